@@ -1,0 +1,160 @@
+"""
+Config objects to live objects: realms, checkers, portals and endpoints.
+
+Everything an operator can get wrong short of a busy port is found here,
+and all of it is reported at once. C{pbd check-config} and C{twistd pbd}
+both run this.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
+from zope.interface import Interface
+
+from pbd import plugins
+from pbd.broker import ServerFactory
+from pbd.config import Config, ListenerConfig, PluginConfig, PortalConfig
+from pbd.errors import ConfigError, OptionError, Problem
+from pbd.interfaces import IConfigWarnings
+from pbd.portals import make_portal
+
+
+@dataclass(frozen=True)
+class Listener:
+    config: ListenerConfig
+    factory: ServerFactory
+    # None when only checking a systemd endpoint outside systemd.
+    endpoint: IStreamServerEndpoint | None
+
+
+@dataclass
+class Assembly:
+    config: Config
+    portals: dict[str, Portal] = field(default_factory=dict)
+    listeners: list[Listener] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assembly:
+    """
+    Build every portal and endpoint the config describes.
+
+    @param check_only: for C{pbd check-config}: systemd endpoints are only
+        checked when the sockets are really inherited.
+    @raise ConfigError: listing every problem found.
+    """
+    assembly = Assembly(config)
+    problems: list[Problem] = []
+    factories: dict[str, ServerFactory] = {}
+    for name, portal_config in config.portals.items():
+        portal = _portal(portal_config, config, problems, assembly.warnings)
+        if portal is not None:
+            assembly.portals[name] = portal
+            factories[name] = ServerFactory(portal)
+    for listener_config in config.listeners:
+        endpoint = _endpoint(listener_config, reactor, problems, check_only)
+        factory = factories.get(listener_config.portal)
+        if factory is not None and (endpoint is not None or check_only):
+            assembly.listeners.append(Listener(listener_config, factory, endpoint))
+    if problems:
+        raise ConfigError(config.source, problems)
+    return assembly
+
+
+def _portal(
+    portal_config: PortalConfig, config: Config, problems: list[Problem], warnings: list[str]
+) -> Portal | None:
+    realm = _plugin(portal_config.realm, plugins.REALMS, IRealm, config, problems)
+    checkers = [
+        _plugin(checker, plugins.CHECKERS, ICredentialsChecker, config, problems)
+        for checker in portal_config.checkers
+    ]
+    for plugin in [realm, *checkers]:
+        if IConfigWarnings.providedBy(plugin):
+            warnings.extend(plugin.configWarnings())
+    if realm is None or None in checkers:
+        return None
+    return make_portal(portal_config.name, realm, checkers)
+
+
+def _plugin(
+    spec: PluginConfig,
+    group: str,
+    interface: type[Interface],
+    config: Config,
+    problems: list[Problem],
+) -> Any:
+    try:
+        factory: Callable[..., Any] = plugins.find_plugin(group, spec.plugin)
+    except plugins.PluginNotFoundError as e:
+        problems.append(Problem(f"{spec.key_path}.plugin", str(e)))
+        return None
+    try:
+        instance = plugins.construct(factory, spec.options, config.directory)
+    except OptionError as e:
+        path = f"{spec.key_path}.{e.option}" if e.option else spec.key_path
+        problems.append(Problem(path, str(e)))
+        return None
+    except Exception as e:
+        problems.append(
+            Problem(spec.key_path, f"plugin {spec.plugin!r} failed: {type(e).__name__}: {e}")
+        )
+        return None
+    if not interface.providedBy(instance):
+        problems.append(
+            Problem(
+                f"{spec.key_path}.plugin",
+                f"{spec.plugin!r} does not provide {interface.__module__}.{interface.__name__}",
+            )
+        )
+        return None
+    return instance
+
+
+def _endpoint(
+    listener: ListenerConfig, reactor: Any, problems: list[Problem], check_only: bool
+) -> IStreamServerEndpoint | None:
+    description = listener.endpoint
+    path = f"{listener.key_path}.endpoint"
+    is_systemd = description.split(":", 1)[0].strip() == "systemd"
+    if is_systemd and check_only and "LISTEN_FDS" not in os.environ:
+        return None
+    try:
+        return serverFromString(reactor, description)
+    except (IndexError, KeyError) as e:
+        if is_systemd:
+            problems.append(Problem(path, _systemd_problem(e)))
+        else:
+            problems.append(Problem(path, f"cannot parse {description!r}: {e}"))
+    except OSError as e:
+        problems.append(
+            Problem(path, f"{description!r}: cannot read {e.filename or 'a file'}: {e.strerror}")
+        )
+    except (ValueError, TypeError) as e:
+        problems.append(Problem(path, f"cannot parse {description!r}: {e}"))
+    except Exception as e:
+        problems.append(Problem(path, f"{description!r}: {type(e).__name__}: {e}"))
+    return None
+
+
+def _systemd_problem(error: Exception) -> str:
+    names = os.environ.get("LISTEN_FDNAMES")
+    if "LISTEN_FDS" not in os.environ:
+        return (
+            "no sockets were inherited from systemd (LISTEN_FDS is not set): start pbd "
+            "from a systemd .socket unit, or use a tcp: endpoint"
+        )
+    if names is None:
+        return (
+            "systemd sockets need LISTEN_FDNAMES beside LISTEN_FDS "
+            "(systemd sets both; systemd-socket-activate needs --fdname=NAME)"
+        )
+    return f"no such inherited socket: {error} (inherited names: {names})"

@@ -1,0 +1,264 @@
+"""
+The YAML config file, read into typed objects.
+
+This module checks the file's shape only: which keys exist and what types
+they hold. Whether a plugin exists, accepts its options, or an endpoint
+string parses is decided in L{pbd.build}, which reports in the same style.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pbd.errors import ConfigError, Problem
+
+PORTAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+RESERVED_OPTIONS = frozenset({"plugin", "config_dir"})
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """A realm or checker: which plugin, and the options handed to it."""
+
+    plugin: str
+    options: Mapping[str, Any]
+    key_path: str
+
+
+@dataclass(frozen=True)
+class PortalConfig:
+    name: str
+    realm: PluginConfig
+    checkers: tuple[PluginConfig, ...]
+    key_path: str
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    endpoint: str
+    portal: str
+    key_path: str
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    listeners: tuple[ListenerConfig, ...]
+    portals: Mapping[str, PortalConfig] = field(default_factory=dict)
+
+    @property
+    def directory(self) -> Path:
+        """The folder relative paths in the config are resolved against."""
+        return self.source.parent
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate keys instead of keeping the last."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    loader.flatten_mapping(node)
+    mapping: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                f"duplicate key {key!r}",
+                key_node.start_mark,
+            )
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_config(path: Path | str) -> Config:
+    """
+    Read and shape-check a config file.
+
+    @raise ConfigError: naming the file, each bad key path and the fault.
+    """
+    source = Path(path).absolute()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, [Problem("", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, [Problem("", f"cannot read: {_reason(e)}")]) from None
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = e.problem or e.context or "malformed"
+        raise ConfigError(path, [Problem(where, f"bad YAML: {problem}")]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(path, [Problem("", f"bad YAML: {e}")]) from None
+    reader = _Reader()
+    config = reader.config(document, source)
+    if reader.problems:
+        raise ConfigError(path, reader.problems)
+    return config
+
+
+def _reason(error: OSError | UnicodeDecodeError) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)
+
+
+class _Reader:
+    """Walks the parsed document, collecting every problem before giving up."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.declared_portals: set[str] = set()
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def mapping(self, value: Any, path: str, allowed: set[str] | None = None) -> dict | None:
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping, not {_kind(value)}")
+            return None
+        for key in value:
+            if not isinstance(key, str):
+                self.fail(path, f"keys must be strings, not {_kind(key)} {key!r}")
+        if allowed is not None:
+            for key in value:
+                if isinstance(key, str) and key not in allowed:
+                    known = ", ".join(sorted(allowed))
+                    self.fail(_join(path, key), f"unknown key (expected one of: {known})")
+        return value
+
+    def string(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            self.fail(path, f"must be a non-empty string, not {_kind(value)}")
+            return None
+        return value
+
+    def required(self, mapping: dict, key: str, path: str) -> Any:
+        if key not in mapping:
+            self.fail(_join(path, key), "missing")
+            return None
+        return mapping[key]
+
+    def config(self, document: Any, source: Path) -> Config:
+        if document is None:
+            self.fail("", "the file is empty: it needs 'listeners' and 'portals'")
+            return Config(source, ())
+        top = self.mapping(document, "", {"listeners", "portals"})
+        if top is None:
+            return Config(source, ())
+        portals = self.portals(self.required(top, "portals", ""))
+        listeners = self.listeners(self.required(top, "listeners", ""), portals)
+        return Config(source, listeners, portals)
+
+    def portals(self, value: Any) -> dict[str, PortalConfig]:
+        if value is None:
+            return {}
+        portals: dict[str, PortalConfig] = {}
+        if self.mapping(value, "portals") is None:
+            return portals
+        if not value:
+            self.fail("portals", "declare at least one portal")
+        for name, body in value.items():
+            if not isinstance(name, str):
+                continue
+            path = f"portals.{name}"
+            self.declared_portals.add(name)
+            if not PORTAL_NAME.match(name):
+                self.fail(path, "a portal name is letters, digits, '_', '.' and '-'")
+            portal = self.portal(name, body, path)
+            if portal is not None:
+                portals[name] = portal
+        return portals
+
+    def portal(self, name: str, body: Any, path: str) -> PortalConfig | None:
+        if self.mapping(body, path, {"realm", "checkers"}) is None:
+            return None
+        realm_value = self.required(body, "realm", path)
+        realm = None if realm_value is None else self.plugin(realm_value, f"{path}.realm")
+        checkers_value = self.required(body, "checkers", path)
+        checkers: list[PluginConfig] = []
+        if checkers_value is not None:
+            checkers_path = f"{path}.checkers"
+            if not isinstance(checkers_value, list):
+                self.fail(checkers_path, f"must be a list, not {_kind(checkers_value)}")
+            elif not checkers_value:
+                self.fail(checkers_path, "declare at least one checker")
+            else:
+                for index, item in enumerate(checkers_value):
+                    checker = self.plugin(item, f"{checkers_path}[{index}]")
+                    if checker is not None:
+                        checkers.append(checker)
+        if realm is None or len(checkers) != len(checkers_value or ()):
+            return None
+        return PortalConfig(name, realm, tuple(checkers), path)
+
+    def plugin(self, value: Any, path: str) -> PluginConfig | None:
+        body = self.mapping(value, path)
+        if body is None:
+            return None
+        name = self.required(body, "plugin", path)
+        if name is not None:
+            name = self.string(name, f"{path}.plugin")
+        for reserved in sorted(RESERVED_OPTIONS - {"plugin"}):
+            if reserved in body:
+                self.fail(_join(path, reserved), "reserved: pbd passes this to the plugin itself")
+                return None
+        if name is None:
+            return None
+        options = {key: item for key, item in body.items() if key != "plugin"}
+        return PluginConfig(name, options, path)
+
+    def listeners(self, value: Any, portals: dict[str, PortalConfig]) -> tuple:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.fail("listeners", f"must be a list, not {_kind(value)}")
+            return ()
+        if not value:
+            self.fail("listeners", "declare at least one listener")
+        listeners = []
+        for index, item in enumerate(value):
+            path = f"listeners[{index}]"
+            if self.mapping(item, path, {"endpoint", "portal"}) is None:
+                continue
+            endpoint = self.required(item, "endpoint", path)
+            endpoint = None if endpoint is None else self.string(endpoint, f"{path}.endpoint")
+            portal = self.required(item, "portal", path)
+            portal = None if portal is None else self.string(portal, f"{path}.portal")
+            if portal is not None and portal not in self.declared_portals:
+                declared = ", ".join(sorted(self.declared_portals)) or "none"
+                self.fail(f"{path}.portal", f"no portal named {portal!r} (declared: {declared})")
+                continue
+            if endpoint is not None and portal in portals:
+                listeners.append(ListenerConfig(endpoint, portal, path))
+        return tuple(listeners)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    names = {
+        type(None): "nothing",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }
+    return names.get(type(value), type(value).__name__)

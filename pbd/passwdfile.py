@@ -1,0 +1,98 @@
+"""
+Password files: one C{user:hash} per line, hashes in passlib's formats.
+
+PB's stock login is an MD5 challenge/response, which a server can only
+check against the plain password or its unsalted MD5. Of the formats read
+here only C{hex_md5} and C{ldap_md5} can answer it; the strong ones
+(argon2, bcrypt, sha512_crypt, pbkdf2) serve the stronger login mechanisms.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from pathlib import Path
+
+from passlib.context import CryptContext
+
+SCHEMES = (
+    "argon2",
+    "bcrypt",
+    "bcrypt_sha256",
+    "sha512_crypt",
+    "sha256_crypt",
+    "pbkdf2_sha256",
+    "pbkdf2_sha512",
+    "scram",
+    "ldap_md5",
+    "hex_md5",
+)
+MD5_CAPABLE_SCHEMES = frozenset({"hex_md5", "ldap_md5"})
+
+hashes = CryptContext(schemes=list(SCHEMES))
+
+
+class PasswordFileError(ValueError):
+    """A password file line is malformed; nothing in the file is guessed at."""
+
+    def __init__(self, line_number: int, message: str) -> None:
+        super().__init__(f"line {line_number}: {message}")
+        self.line_number = line_number
+
+
+@dataclass(frozen=True)
+class PasswordEntry:
+    user: str
+    hash: str
+    scheme: str
+
+    @property
+    def md5_digest(self) -> bytes | None:
+        """The password's MD5, which PB's challenge needs, if this hash holds it."""
+        if self.scheme == "hex_md5":
+            return bytes.fromhex(self.hash)
+        if self.scheme == "ldap_md5":
+            return base64.b64decode(self.hash[len("{MD5}") :])
+        return None
+
+
+def parse_password_file(text: str) -> dict[str, PasswordEntry]:
+    """
+    Parse a password file's text; blank lines and C{#} comments are skipped.
+
+    @raise PasswordFileError: naming the first malformed line.
+    """
+    entries: dict[str, PasswordEntry] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, separator, hashed = line.partition(":")
+        if not separator or not user or not hashed:
+            raise PasswordFileError(number, "expected 'user:hash'")
+        if user in entries:
+            raise PasswordFileError(number, f"user {user!r} appears twice")
+        scheme = hashes.identify(hashed)
+        if scheme is None:
+            known = ", ".join(SCHEMES)
+            raise PasswordFileError(
+                number, f"hash for {user!r} is in no known format (known: {known})"
+            )
+        entry = PasswordEntry(user, hashed, scheme)
+        try:
+            entry.md5_digest  # noqa: B018 - fail now, not at login time
+        except (ValueError, binascii.Error):
+            raise PasswordFileError(number, f"malformed {scheme} hash for {user!r}") from None
+        entries[user] = entry
+    return entries
+
+
+def read_password_file(path: Path) -> dict[str, PasswordEntry]:
+    """
+    Read and parse a password file.
+
+    @raise OSError: when it cannot be read.
+    @raise PasswordFileError: when a line is malformed.
+    """
+    return parse_password_file(path.read_text(encoding="utf-8"))

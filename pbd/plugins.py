@@ -1,0 +1,133 @@
+"""
+Finding realm and checker plugins, and constructing them from their options.
+
+A plugin is named either by an entry point in a group (C{echo} in
+C{pbd.realms}) or by a dotted path (C{package.module:Class}). It is any
+callable that takes its options as keyword arguments; one that also accepts
+a keyword C{config_dir} is given the config file's folder, so that it can
+resolve relative paths the way the operator expects.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from pbd.errors import OptionError
+
+REALMS = "pbd.realms"
+CHECKERS = "pbd.checkers"
+
+
+class PluginNotFoundError(LookupError):
+    """No plugin answers to the name given in the config."""
+
+
+def known_plugins(group: str) -> list[str]:
+    return sorted({entry.name for entry in entry_points(group=group)})
+
+
+def find_plugin(group: str, name: str) -> Callable[..., Any]:
+    """
+    Return the factory a config names, by entry point name or dotted path.
+
+    @raise PluginNotFoundError: with a message fit for the operator.
+    """
+    if ":" in name:
+        return _import_dotted(name)
+    matches = list(entry_points(group=group, name=name))
+    if not matches:
+        known = ", ".join(known_plugins(group)) or "none installed"
+        raise PluginNotFoundError(
+            f"unknown plugin {name!r} in group {group!r} (known: {known}; "
+            "or give a dotted path such as 'package.module:Class')"
+        )
+    try:
+        return matches[0].load()
+    except Exception as e:
+        raise PluginNotFoundError(f"plugin {name!r} ({matches[0].value}) fails to load: {e}") from e
+
+
+def _import_dotted(name: str) -> Callable[..., Any]:
+    module_name, _, attribute_path = name.partition(":")
+    if not module_name or not attribute_path:
+        raise PluginNotFoundError(
+            f"{name!r} is not a dotted path of the form 'package.module:Class'"
+        )
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise PluginNotFoundError(f"cannot import {module_name!r}: {e}") from e
+    except Exception as e:
+        raise PluginNotFoundError(
+            f"importing {module_name!r} failed: {type(e).__name__}: {e}"
+        ) from e
+    for attribute in attribute_path.split("."):
+        try:
+            target = getattr(target, attribute)
+        except AttributeError:
+            raise PluginNotFoundError(
+                f"{module_name!r} has no attribute {attribute_path!r}"
+            ) from None
+    if not callable(target):
+        raise PluginNotFoundError(f"{name!r} is not a class or function")
+    return target
+
+
+def construct(factory: Callable[..., Any], options: Mapping[str, Any], config_dir: Path) -> Any:
+    """
+    Call a plugin factory with its options.
+
+    @raise OptionError: when the options do not fit the factory's signature,
+        or the factory itself rejects them.
+    """
+    keywords = dict(options)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        if _accepts(signature, "config_dir"):
+            keywords["config_dir"] = config_dir
+        _check_fits(signature, keywords)
+    try:
+        return factory(**keywords)
+    except OptionError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise OptionError(str(e)) from e
+
+
+def _accepts(signature: inspect.Signature, name: str) -> bool:
+    parameter = signature.parameters.get(name)
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+
+
+def _check_fits(signature: inspect.Signature, keywords: dict[str, Any]) -> None:
+    parameters = signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    accepted = sorted(
+        name
+        for name, p in parameters.items()
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and name != "config_dir"
+    )
+    if not takes_any:
+        for name in keywords:
+            if name not in parameters:
+                known = ", ".join(accepted) or "none"
+                raise OptionError(f"unknown option (this plugin takes: {known})", name)
+    for name, p in parameters.items():
+        required = p.default is inspect.Parameter.empty and p.kind in (
+            inspect.Parameter.KEYWORD_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        )
+        if required and name not in keywords:
+            raise OptionError("missing required option", name)

@@ -1,0 +1,109 @@
+"""The daemon's service: every listener bound at once, or the daemon does not start."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pbd.assembly import Assembly, Listener
+from pbd.errors import ListenError
+
+log = Logger()
+
+
+class ListenersService(Service):
+    """
+    Listens on every configured endpoint.
+
+    Binding happens in L{listen}, before the reactor runs, so that a busy
+    port or an unreadable socket stops the daemon with a message instead of
+    leaving it half-started.
+    """
+
+    def __init__(self, listeners: Sequence[Listener]) -> None:
+        self.listeners = tuple(listeners)
+        self.ports: list[tuple[Listener, IListeningPort]] = []
+
+    def listen(self) -> None:
+        """
+        Bind every listener, or none.
+
+        @raise ListenError: naming the listener that failed and why.
+        """
+        if self.ports:
+            return
+        for listener in self.listeners:
+            try:
+                port = _listen_now(listener)
+            except ListenError:
+                self._close_all()
+                raise
+            self.ports.append((listener, port))
+
+    def privilegedStartService(self) -> None:
+        self.listen()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        for listener, port in self.ports:
+            log.info(
+                "{key_path} ({endpoint}) serves portal {portal!r} on {address}",
+                key_path=listener.config.key_path,
+                endpoint=listener.config.endpoint,
+                portal=listener.config.portal,
+                address=describe_address(port.getHost()),
+            )
+        log.info("pbd ready: {count} listener(s)", count=len(self.ports))
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return self._close_all()
+
+    def _close_all(self) -> defer.Deferred:
+        closing = [defer.maybeDeferred(port.stopListening) for _, port in self.ports]
+        self.ports = []
+        return defer.gatherResults(closing, consumeErrors=True)
+
+
+def _listen_now(listener: Listener) -> IListeningPort:
+    config = listener.config
+    outcome: list[Any] = []
+    listener.endpoint.listen(listener.factory).addBoth(outcome.append)
+    if not outcome:
+        raise ListenError(
+            f"{config.key_path} ({config.endpoint}): this endpoint does not listen at once; "
+            "pbd only serves endpoints that bind synchronously"
+        )
+    result = outcome[0]
+    if isinstance(result, Failure):
+        reason = result.getErrorMessage()
+        raise ListenError(f"{config.key_path} ({config.endpoint}): cannot listen: {reason}")
+    return result
+
+
+def describe_address(address: Any) -> str:
+    """C{127.0.0.1:8787}, C{[::1]:8787} or a socket path, as an operator writes them."""
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return str(name) if name is not None else str(address)
+
+
+class DaemonService(MultiService):
+    """The service tree twistd runs for one config."""
+
+    def __init__(self, assembly: Assembly) -> None:
+        super().__init__()
+        self.assembly = assembly
+        self.listeners = ListenersService(assembly.listeners)
+        self.listeners.setServiceParent(self)

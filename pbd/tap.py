@@ -1,0 +1,50 @@
+"""The twistd plugin: C{twistd pbd -c config.yaml}. Thin: the work is in L{pbd.service}."""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application.service import IService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from pbd.assembly import assemble
+from pbd.config import load_config
+from pbd.errors import ConfigError, ListenError
+from pbd.service import DaemonService
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "-c CONFIG.yaml"
+    longdesc = "Serve the Perspective Broker portals a pbd YAML config file declares."
+    optParameters = [["config", "c", None, "the YAML config file (required)"]]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("the config file is required: twistd pbd -c config.yaml")
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    try:
+        assembly = assemble(load_config(options["config"]), reactor)
+    except ConfigError as e:
+        _fail(str(e))
+    for warning in assembly.warnings:
+        log.warn("config warning: {warning}", warning=warning)
+    service = DaemonService(assembly)
+    try:
+        service.listeners.listen()
+    except ListenError as e:
+        _fail(str(e))
+    return service
+
+
+def _fail(message: str) -> None:
+    """Stop twistd with the message and status 1: no traceback for an operator's mistake."""
+    sys.stderr.write(f"pbd: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import in_reactor
+import pytest
+from pbd_daemon import Daemon, write_config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reactor_thread() -> None:
+    in_reactor.start()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start a real daemon on a config; every daemon started is stopped afterwards."""
+    daemons: list[Daemon] = []
+
+    def start(config: dict[str, Any] | str, env: dict[str, str] | None = None) -> Daemon:
+        daemon = Daemon(write_config(tmp_path, config), env)
+        daemons.append(daemon)
+        return daemon.wait_until_ready()
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()

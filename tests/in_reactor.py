@@ -1,0 +1,54 @@
+"""
+Run stock Twisted client code from synchronous pytest tests.
+
+The reactor runs in one background thread for the whole session; a test
+hands it a coroutine function and waits, with a timeout, for the outcome.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.python.failure import Failure
+
+_thread: threading.Thread | None = None
+
+
+def start() -> None:
+    global _thread
+    if _thread is None:
+        _thread = threading.Thread(
+            target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True
+        )
+        _thread.start()
+
+
+def run(function: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 30) -> Any:
+    """Run C{function(*args)} in the reactor thread and return its result here."""
+    start()
+    outcome: queue.Queue = queue.Queue()
+
+    def begin() -> None:
+        d = defer.ensureDeferred(_as_coroutine(function, *args))
+        d.addBoth(outcome.put)
+
+    reactor.callFromThread(begin)
+    try:
+        result = outcome.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError(f"{function.__name__} did not finish in {timeout}s") from None
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+async def _as_coroutine(function: Callable[..., Any], *args: Any) -> Any:
+    return await function(*args)
+
+
+async def sleep(seconds: float) -> None:
+    await task.deferLater(reactor, seconds)
