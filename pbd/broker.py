@@ -16,6 +16,15 @@ from twisted.spread import pb
 
 log = Logger()
 
+# Stock Banana keeps a frame for every list still open, with no bound: two
+# bytes each from the peer. Real PB messages nest a few levels per level of
+# user data, and unjelly recurses, so deeper than this is never a real call.
+MAX_NESTING = 256
+
+
+class UnreadableDataError(Exception):
+    """The peer sent something that is not PB."""
+
 
 class Broker(pb.Broker):
     def _sendFailureOrError(self, fail: Any, requestID: int) -> None:
@@ -29,6 +38,8 @@ class Broker(pb.Broker):
     def dataReceived(self, data: bytes) -> None:
         try:
             super().dataReceived(data)
+            if len(self.listStack) > MAX_NESTING:
+                raise UnreadableDataError(f"lists nested more than {MAX_NESTING} deep")
         except Exception as e:
             peer = self.transport.getPeer() if self.transport else None
             log.warn(

@@ -27,13 +27,15 @@ def start() -> None:
         _thread.start()
 
 
-def run(function: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 30) -> Any:
-    """Run C{function(*args)} in the reactor thread and return its result here."""
+def run(
+    function: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 30, **kwargs: Any
+) -> Any:
+    """Run C{function(*args, **kwargs)} in the reactor thread and return its result here."""
     start()
     outcome: queue.Queue = queue.Queue()
 
     def begin() -> None:
-        d = defer.ensureDeferred(_as_coroutine(function, *args))
+        d = defer.ensureDeferred(_as_coroutine(function, *args, **kwargs))
         d.addBoth(outcome.put)
 
     reactor.callFromThread(begin)
@@ -46,8 +48,8 @@ def run(function: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 30
     return result
 
 
-async def _as_coroutine(function: Callable[..., Any], *args: Any) -> Any:
-    return await function(*args)
+async def _as_coroutine(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await function(*args, **kwargs)
 
 
 async def sleep(seconds: float) -> None:

@@ -29,7 +29,9 @@ def test_right_password_echoes_and_knows_the_user(start_daemon):
     assert who == "alice"
 
 
-@pytest.mark.parametrize(("user", "password"), [("alice", "Not-The-Pa55word"), ("mallory", "secret")])
+@pytest.mark.parametrize(
+    ("user", "password"), [("alice", "Not-The-Pa55word"), ("mallory", "secret")]
+)
 def test_wrong_password_or_unknown_user_is_unauthorized(start_daemon, user, password):
     daemon = start_daemon(echo_config())
 

@@ -1,0 +1,81 @@
+"""Garbage on one connection drops that connection only; everyone else carries on."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+import in_reactor
+from configs import echo_config
+from pb_client import login
+from twisted.spread.banana import int2b128
+
+STRING, LIST = b"\x82", b"\x80"
+
+
+def _encoded(number: int, type_byte: bytes) -> bytes:
+    parts: list[bytes] = []
+    int2b128(number, parts.append)
+    return b"".join(parts) + type_byte
+
+
+GARBAGE = {
+    "random bytes": random.Random(1).randbytes(4096),
+    "unknown type byte": b"\x01\xff" * 8,
+    "oversized string": _encoded(10**9, STRING),
+    "oversized list": _encoded(10**9, LIST),
+    "endless prefix": b"\x01" * 100,
+    "deep nesting": _encoded(1, LIST) * 10_000,
+}
+
+
+def _send_and_wait_for_close(port: int, payload: bytes) -> None:
+    """Send the payload; return once the daemon has closed (or reset) the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        try:
+            connection.sendall(payload)
+            while connection.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+
+
+def test_garbage_drops_only_the_sender(start_daemon):
+    daemon = start_daemon(echo_config())
+    port = daemon.port("demo")
+
+    async def log_in():
+        return await login(port, "alice", "secret")
+
+    factory, avatar = in_reactor.run(log_in)
+    try:
+        for name, payload in GARBAGE.items():
+            _send_and_wait_for_close(port, payload)
+
+            async def still_served(name=name):
+                return await avatar.callRemote("echo", name)
+
+            assert in_reactor.run(still_served) == name
+    finally:
+        factory.disconnect()
+
+    assert daemon.process.poll() is None
+    daemon.wait_for_line("dropping connection from")
+    assert daemon.log.count("unreadable PB data") >= len(GARBAGE) - 1
+    assert "Traceback" not in daemon.log
+
+
+def test_deeply_nested_but_honest_data_still_round_trips(start_daemon):
+    port = start_daemon(echo_config()).port("demo")
+    nested: list = []
+    for _ in range(100):
+        nested = [nested]
+
+    async def session():
+        factory, avatar = await login(port, "alice", "secret")
+        try:
+            return await avatar.callRemote("echo", nested)
+        finally:
+            factory.disconnect()
+
+    assert in_reactor.run(session) == nested
