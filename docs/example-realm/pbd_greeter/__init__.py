@@ -1,0 +1,1 @@
+"""An example realm plugin for pbd, packaged on its own."""
