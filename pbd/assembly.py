@@ -8,15 +8,15 @@ both run this.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import _SystemdParser, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.python.systemd import ListenFDs
 from zope.interface import Interface
 
 from pbd import plugins
@@ -125,7 +125,7 @@ def _endpoint(
     description = listener.endpoint
     path = f"{listener.key_path}.endpoint"
     is_systemd = description.split(":", 1)[0].strip() == "systemd"
-    if is_systemd and check_only and "LISTEN_FDS" not in os.environ:
+    if is_systemd and check_only and not _inherited_sockets().inheritedDescriptors():
         return None
     try:
         return serverFromString(reactor, description)
@@ -145,16 +145,27 @@ def _endpoint(
     return None
 
 
+def _inherited_sockets() -> ListenFDs:
+    """
+    The sockets systemd handed over, as Twisted recorded them.
+
+    Twisted reads LISTEN_FDS and LISTEN_FDNAMES once, when its endpoints
+    module is imported, and removes them from the environment; its record,
+    not C{os.environ}, is the truth.
+    """
+    return _SystemdParser._sddaemon
+
+
 def _systemd_problem(error: Exception) -> str:
-    names = os.environ.get("LISTEN_FDNAMES")
-    if "LISTEN_FDS" not in os.environ:
+    inherited = _inherited_sockets()
+    if not inherited.inheritedDescriptors():
+        # Twisted keeps no record of sockets that came without names, so the
+        # two causes cannot be told apart here: name both.
         return (
-            "no sockets were inherited from systemd (LISTEN_FDS is not set): start pbd "
-            "from a systemd .socket unit, or use a tcp: endpoint"
+            "no sockets were inherited from systemd: LISTEN_FDS and LISTEN_FDNAMES must both "
+            "be set (systemd sets both for a .socket unit; systemd-socket-activate needs "
+            "--fdname=NAME). Start pbd from pbd.socket, or use a tcp: endpoint"
         )
-    if names is None:
-        return (
-            "systemd sockets need LISTEN_FDNAMES beside LISTEN_FDS "
-            "(systemd sets both; systemd-socket-activate needs --fdname=NAME)"
-        )
-    return f"no such inherited socket: {error} (inherited names: {names})"
+    names = ", ".join(inherited.inheritedNamedDescriptors())
+    count = len(inherited.inheritedDescriptors())
+    return f"no such inherited socket: {error} ({count} inherited, named: {names})"

@@ -59,12 +59,21 @@ def run_pbd(*arguments: str, timeout: float = 30, **kwargs: Any) -> subprocess.C
 class Daemon:
     """One running C{twistd -n pbd} process and the lines it has logged."""
 
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
+        """
+        @param command: what to run instead of C{twistd -n pbd -c CONFIG}, for
+            tests that start the daemon some other way (under systemd-socket-activate).
+        """
         self.config_path = config_path
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "pbd", "-c", str(config_path)],
+            command or [TWISTD, "-n", "--pidfile=", "pbd", "-c", str(config_path)],
             cwd=config_path.parent,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -113,7 +113,8 @@ BAD_CONFIGS = {
     ),
     "systemd socket outside systemd": (
         _endpoint("systemd:domain=INET:index=0"),
-        "listeners[0].endpoint: no sockets were inherited from systemd (LISTEN_FDS is not set)",
+        "listeners[0].endpoint: no sockets were inherited from systemd: LISTEN_FDS and "
+        "LISTEN_FDNAMES must both be set",
     ),
 }
 
