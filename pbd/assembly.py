@@ -23,8 +23,9 @@ from pbd import plugins
 from pbd.broker import ServerFactory
 from pbd.config import Config, ListenerConfig, PluginConfig, PortalConfig
 from pbd.errors import ConfigError, OptionError, Problem
-from pbd.interfaces import IConfigWarnings
+from pbd.interfaces import ICheckerSource, IConfigWarnings, ILegacyAuthorizer
 from pbd.portals import make_portal
+from pbd.root import PortalRoot
 
 
 @dataclass(frozen=True)
@@ -53,17 +54,20 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
     """
     assembly = Assembly(config)
     problems: list[Problem] = []
-    factories: dict[str, ServerFactory] = {}
+    realms: dict[str, Any] = {}
     for name, portal_config in config.portals.items():
-        portal = _portal(portal_config, config, problems, assembly.warnings)
-        if portal is not None:
-            assembly.portals[name] = portal
-            factories[name] = ServerFactory(portal)
+        built = _portal(portal_config, config, problems, assembly.warnings)
+        if built is not None:
+            assembly.portals[name], realms[name] = built
     for listener_config in config.listeners:
         endpoint = _endpoint(listener_config, reactor, problems, check_only)
-        factory = factories.get(listener_config.portal)
-        if factory is not None and (endpoint is not None or check_only):
-            assembly.listeners.append(Listener(listener_config, factory, endpoint))
+        portal = assembly.portals.get(listener_config.portal)
+        if portal is None or (endpoint is None and not check_only):
+            continue
+        realm = realms[listener_config.portal]
+        speaks_old_login = listener_config.legacy_login and ILegacyAuthorizer.providedBy(realm)
+        factory = ServerFactory(PortalRoot(portal, realm if speaks_old_login else None))
+        assembly.listeners.append(Listener(listener_config, factory, endpoint))
     if problems:
         raise ConfigError(config.source, problems)
     return assembly
@@ -71,7 +75,7 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
 
 def _portal(
     portal_config: PortalConfig, config: Config, problems: list[Problem], warnings: list[str]
-) -> Portal | None:
+) -> tuple[Portal, Any] | None:
     realm = _plugin(portal_config.realm, plugins.REALMS, IRealm, config, problems)
     checkers = [
         _plugin(checker, plugins.CHECKERS, ICredentialsChecker, config, problems)
@@ -82,7 +86,18 @@ def _portal(
             warnings.extend(plugin.configWarnings())
     if realm is None or None in checkers:
         return None
-    return make_portal(portal_config.name, realm, checkers)
+    if ICheckerSource.providedBy(realm):
+        checkers = [*realm.credentialsCheckers(), *checkers]
+    if not checkers:
+        problems.append(
+            Problem(
+                f"{portal_config.key_path}.checkers",
+                f"declare at least one checker (realm {portal_config.realm.plugin!r} "
+                "brings none of its own)",
+            )
+        )
+        return None
+    return make_portal(portal_config.name, realm, checkers), realm
 
 
 def _plugin(

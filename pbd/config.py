@@ -44,6 +44,8 @@ class ListenerConfig:
     endpoint: str
     portal: str
     key_path: str
+    # Serve the old (Twisted 1.x) login too, where the portal's realm speaks it.
+    legacy_login: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,14 +190,14 @@ class _Reader:
             return None
         realm_value = self.required(body, "realm", path)
         realm = None if realm_value is None else self.plugin(realm_value, f"{path}.realm")
-        checkers_value = self.required(body, "checkers", path)
+        # Optional here: a realm may bring checkers of its own; pbd.assembly
+        # insists on at least one in all.
+        checkers_value = body.get("checkers", [])
         checkers: list[PluginConfig] = []
         if checkers_value is not None:
             checkers_path = f"{path}.checkers"
             if not isinstance(checkers_value, list):
                 self.fail(checkers_path, f"must be a list, not {_kind(checkers_value)}")
-            elif not checkers_value:
-                self.fail(checkers_path, "declare at least one checker")
             else:
                 for index, item in enumerate(checkers_value):
                     checker = self.plugin(item, f"{checkers_path}[{index}]")
@@ -232,7 +234,13 @@ class _Reader:
         listeners = []
         for index, item in enumerate(value):
             path = f"listeners[{index}]"
-            if self.mapping(item, path, {"endpoint", "portal"}) is None:
+            if self.mapping(item, path, {"endpoint", "portal", "legacy_login"}) is None:
+                continue
+            legacy_login = item.get("legacy_login", True)
+            if not isinstance(legacy_login, bool):
+                self.fail(
+                    f"{path}.legacy_login", f"must be true or false, not {_kind(legacy_login)}"
+                )
                 continue
             endpoint = self.required(item, "endpoint", path)
             endpoint = None if endpoint is None else self.string(endpoint, f"{path}.endpoint")
@@ -243,7 +251,7 @@ class _Reader:
                 self.fail(f"{path}.portal", f"no portal named {portal!r} (declared: {declared})")
                 continue
             if endpoint is not None and portal in portals:
-                listeners.append(ListenerConfig(endpoint, portal, path))
+                listeners.append(ListenerConfig(endpoint, portal, path, legacy_login))
         return tuple(listeners)
 
 

@@ -14,3 +14,36 @@ class IConfigWarnings(Interface):
         """
         @return: one human sentence per warning.
         """
+
+
+class ICheckerSource(Interface):
+    """
+    A realm that brings its own credential checkers (the legacy realm's identities).
+
+    pbd consults them before the checkers the config lists for the portal.
+    """
+
+    def credentialsCheckers() -> list:
+        """
+        @return: objects providing L{twisted.cred.checkers.ICredentialsChecker}.
+        """
+
+
+class ILegacyAuthorizer(Interface):
+    """
+    What the old (Twisted 1.x) login conversation needs from a realm.
+
+    A portal whose realm provides this also answers C{username} / C{respond}
+    / C{attach} on its PB root (see L{pbd.oldlogin}).
+    """
+
+    def getIdentity(name):
+        """
+        @return: the identity named C{name}, or L{None}.
+        """
+
+    def getServiceNamed(name):
+        """
+        @return: the service named C{name}.
+        @raise twisted.spread.pb.Error: naming the unknown service.
+        """

@@ -60,7 +60,7 @@ BAD_CONFIGS = {
     ),
     "no checkers": (
         _with(lambda c: c["portals"]["demo"].update(checkers=[])),
-        "portals.demo.checkers: declare at least one checker",
+        "portals.demo.checkers: declare at least one checker (realm 'echo' brings none of its own)",
     ),
     "listener names no portal": (
         _with(lambda c: c["listeners"][0].update(portal="nope")),

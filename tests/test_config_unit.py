@@ -69,7 +69,6 @@ portals:
     )
     assert problems == [
         "portals.demo.realm: must be a mapping, not a string",
-        "portals.demo.checkers: declare at least one checker",
         "portals.bad name!: a portal name is letters, digits, '_', '.' and '-'",
         "listeners[0].endpoint: must be a non-empty string, not a number",
         "listeners[1].portal: no portal named 'ghost' (declared: bad name!, demo)",

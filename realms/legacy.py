@@ -1,0 +1,430 @@
+"""
+The C{legacy} realm: Twisted 1.x C{Service} / C{Perspective} / C{Identity}.
+
+Twisted 1.3's PB had its own login path: an authorizer held C{Identity}
+objects (a user, a password and a keyring of C{(service, perspective)}
+pairs), and C{Service}s held C{Perspective}s, the old avatars. Twisted
+deleted that API in 2006; code and clients written against it still
+exist. This module keeps the server half alive inside pbd:
+
+  - old clients speak the old conversation (C{username}, C{respond},
+    C{attach}), which L{pbd.oldlogin} serves on the PB root;
+  - modern clients (C{PBClientFactory.login}) log in through the portal
+    and get the perspective their identity's keyring names.
+
+Passwords are kept as their MD5, the least the old challenge needs: never
+in plain text.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from hashlib import md5
+from pathlib import Path
+from typing import Any
+
+from twisted.cred.checkers import ANONYMOUS, ICredentialsChecker
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.spread import pb
+from twisted.spread.pb import IUsernameMD5Password
+from zope.interface import implementer
+
+from pbd.errors import OptionError
+from pbd.interfaces import ICheckerSource, ILegacyAuthorizer
+from pbd.passwdfile import PasswordFileError, read_password_file
+from pbd.plugins import PluginNotFoundError, find_plugin
+
+log = Logger()
+
+
+class LegacyError(pb.Error):
+    """A refusal an old client sees as a PB error naming what it asked for."""
+
+
+class Perspective(pb.Avatar):
+    """
+    An old-style avatar, held by a L{Service}.
+
+    C{perspective_*} methods are callable remotely. L{attached} and
+    L{detached} bracket every client's use of it, old login or new.
+    """
+
+    def __init__(self, perspectiveName: str, service: Service | None = None) -> None:
+        self.perspectiveName = perspectiveName
+        self.service: Service | None = None
+        if service is not None:
+            self.setService(service)
+
+    def setService(self, service: Service) -> None:
+        self.service = service
+
+    def getService(self) -> Service | None:
+        return self.service
+
+    def getPerspectiveName(self) -> str:
+        return self.perspectiveName
+
+    def attached(self, reference: Any, identity: Identity) -> Any:
+        """
+        A client attached; return what it should talk to (usually C{self}).
+
+        @param reference: the client's C{client} object (a C{RemoteReference})
+            or L{None}.
+        """
+        return self
+
+    def detached(self, reference: Any, identity: Identity) -> None:
+        """A client that attached has gone away."""
+
+
+class Service:
+    """
+    A named collection of perspectives.
+
+    Operators subclass it (and set L{perspectiveClass}) to give their
+    perspectives behaviour; the config names the subclass by dotted path.
+    """
+
+    perspectiveClass: type[Perspective] = Perspective
+
+    def __init__(self, serviceName: str, authorizer: Any = None) -> None:
+        self.serviceName = serviceName
+        self.authorizer = authorizer
+        self.perspectives: dict[str, Perspective] = {}
+
+    def getServiceName(self) -> str:
+        return self.serviceName
+
+    def createPerspective(self, name: str) -> Perspective:
+        perspective = self.perspectiveClass(name)
+        self.addPerspective(perspective)
+        return perspective
+
+    def addPerspective(self, perspective: Perspective) -> None:
+        self.perspectives[perspective.getPerspectiveName()] = perspective
+        perspective.setService(self)
+
+    def getPerspectiveNamed(self, name: str) -> Perspective:
+        """
+        @raise LegacyError: when no perspective has that name.
+        """
+        try:
+            return self.perspectives[name]
+        except KeyError:
+            raise LegacyError(f"no perspective {name!r} in service {self.serviceName!r}") from None
+
+    def getPerspectiveRequest(self, name: str) -> defer.Deferred:
+        """The perspective named C{name}, as a Deferred (subclasses may look it up slowly)."""
+        return defer.maybeDeferred(self.getPerspectiveNamed, name)
+
+
+class Identity:
+    """A user: a name, an MD5-hashed password and a keyring of perspectives."""
+
+    def __init__(self, name: str, authorizer: Any = None) -> None:
+        self.name = name
+        self.authorizer = authorizer
+        self.keyring: dict[tuple[str, str], bool] = {}
+        self.hashedPassword: bytes | None = None
+
+    def setPassword(self, plaintext: str | bytes) -> None:
+        if isinstance(plaintext, str):
+            plaintext = plaintext.encode("utf-8")
+        self.hashedPassword = md5(plaintext).digest()
+
+    def setAlreadyHashedPassword(self, digest: bytes) -> None:
+        """Set the password from its MD5 digest (16 bytes)."""
+        if len(digest) != 16:
+            raise ValueError("an MD5 digest is 16 bytes")
+        self.hashedPassword = digest
+
+    def verifyPassword(self, challenge: bytes, response: bytes) -> bool:
+        """Check the old challenge's response: C{md5(md5(password) + challenge)}."""
+        expected = md5((self.hashedPassword or os.urandom(16)) + challenge).digest()
+        return self.hashedPassword is not None and hmac.compare_digest(expected, response)
+
+    def verifyPlainPassword(self, plaintext: str | bytes) -> defer.Deferred:
+        """Fires with L{None} for the right password, fails with L{UnauthorizedLogin}."""
+        if isinstance(plaintext, str):
+            plaintext = plaintext.encode("utf-8")
+        if self.hashedPassword is not None and hmac.compare_digest(
+            md5(plaintext).digest(), self.hashedPassword
+        ):
+            return defer.succeed(None)
+        return defer.fail(UnauthorizedLogin("password mismatch"))
+
+    def addKeyByString(self, serviceName: str, perspectiveName: str) -> None:
+        self.keyring[(serviceName, perspectiveName)] = True
+
+    def addKeyForPerspective(self, perspective: Perspective) -> None:
+        service = perspective.getService()
+        if service is None:
+            raise ValueError(f"perspective {perspective.getPerspectiveName()!r} has no service")
+        self.addKeyByString(service.getServiceName(), perspective.getPerspectiveName())
+
+    def removeKey(self, serviceName: str, perspectiveName: str) -> None:
+        try:
+            del self.keyring[(serviceName, perspectiveName)]
+        except KeyError:
+            raise KeyError(
+                f"{self.name!r} has no key for {serviceName}:{perspectiveName}"
+            ) from None
+
+    def getAllKeys(self) -> list[tuple[str, str]]:
+        return list(self.keyring)
+
+    def requestPerspectiveForKey(self, serviceName: str, perspectiveName: str) -> defer.Deferred:
+        """The perspective a key opens; fails naming the service, the key or the perspective."""
+        try:
+            service = self.authorizer.getServiceNamed(serviceName)
+        except LegacyError:
+            return defer.fail()
+        if (serviceName, perspectiveName) not in self.keyring:
+            return defer.fail(
+                LegacyError(
+                    f"identity {self.name!r} has no key for {serviceName}:{perspectiveName}"
+                )
+            )
+        return service.getPerspectiveRequest(perspectiveName)
+
+
+@implementer(ICredentialsChecker)
+class IdentityChecker:
+    """
+    Lets modern clients log in as the realm's identities.
+
+    PB's MD5 challenge and plain passwords are checked against the
+    identity's MD5 hash, in the thread pool.
+    """
+
+    credentialInterfaces = (IUsernameMD5Password, IUsernamePassword, IUsernameHashedPassword)
+
+    def __init__(self, realm: LegacyRealm) -> None:
+        self.realm = realm
+        self._decoy = os.urandom(16)
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+        name = credentials.username
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        identity = self.realm.getIdentity(name)
+        return threads.deferToThread(self._check, credentials, identity, name)
+
+    def _check(self, credentials: Any, identity: Identity | None, name: str) -> bytes:
+        digest = identity.hashedPassword if identity is not None else None
+        if IUsernameMD5Password.providedBy(credentials):
+            matched = credentials.checkMD5Password(digest or self._decoy)
+        else:
+            password = credentials.password
+            if isinstance(password, str):
+                password = password.encode("utf-8")
+            matched = hmac.compare_digest(md5(password).digest(), digest or self._decoy)
+        if identity is None or digest is None or not matched:
+            raise UnauthorizedLogin(f"wrong password or no identity for {name!r}")
+        return name.encode("utf-8")
+
+
+@implementer(IRealm, ILegacyAuthorizer, ICheckerSource)
+class LegacyRealm:
+    """
+    The realm plugin C{legacy}: services, perspectives and identities from the config.
+
+    Options:
+      - C{services}: a list of C{{name, class, perspectives}}; C{class} is a
+        dotted path to a L{Service} subclass (default L{Service}).
+      - C{identities}: a list of C{{name, password, keys, default}};
+        C{password} is plain or C{md5:<hex>}; omitted, it comes from
+        C{password_file}. C{keys} lists C{[service, perspective]} pairs;
+        C{default} picks the one a modern login gets (default: the first).
+      - C{password_file}: a pbd password file (C{user:hash} lines) whose
+        C{hex_md5} or C{ldap_md5} hashes serve identities without a password.
+    """
+
+    def __init__(
+        self,
+        *,
+        services: Sequence[Mapping[str, Any]],
+        identities: Sequence[Mapping[str, Any]] = (),
+        password_file: str | None = None,
+        config_dir: Path = Path("."),
+    ) -> None:
+        self.services: dict[str, Service] = {}
+        self.identities: dict[str, Identity] = {}
+        self.default_keys: dict[str, tuple[str, str]] = {}
+        stored = _read_stored_passwords(password_file, config_dir)
+        for index, spec in enumerate(_list_of_mappings(services, "services")):
+            self._add_service(spec, f"services[{index}]")
+        for index, spec in enumerate(_list_of_mappings(identities, "identities")):
+            self._add_identity(spec, f"identities[{index}]", stored)
+
+    # -- configuration
+
+    def _add_service(self, spec: Mapping[str, Any], where: str) -> None:
+        _only_keys(spec, {"name", "class", "perspectives"}, where)
+        name = _text(spec.get("name"), f"{where}.name")
+        if name in self.services:
+            raise OptionError(f"a second service named {name!r}", f"{where}.name")
+        service_class: Any = Service
+        if "class" in spec:
+            dotted = _text(spec["class"], f"{where}.class")
+            try:
+                service_class = find_plugin("pbd.legacy.services", dotted)
+            except PluginNotFoundError as e:
+                raise OptionError(str(e), f"{where}.class") from None
+            if not (isinstance(service_class, type) and issubclass(service_class, Service)):
+                raise OptionError(
+                    f"{dotted!r} is not a subclass of realms.legacy.Service", f"{where}.class"
+                )
+        service = service_class(name, self)
+        for perspective in _list_of_texts(spec.get("perspectives", []), f"{where}.perspectives"):
+            service.createPerspective(perspective)
+        self.services[name] = service
+
+    def _add_identity(
+        self, spec: Mapping[str, Any], where: str, stored: Mapping[str, bytes]
+    ) -> None:
+        _only_keys(spec, {"name", "password", "keys", "default"}, where)
+        name = _text(spec.get("name"), f"{where}.name")
+        if name in self.identities:
+            raise OptionError(f"a second identity named {name!r}", f"{where}.name")
+        identity = Identity(name, self)
+        if "password" in spec:
+            _set_configured_password(identity, spec["password"], f"{where}.password")
+        elif name in stored:
+            identity.setAlreadyHashedPassword(stored[name])
+        else:
+            raise OptionError(
+                "no password: give 'password', or an MD5-capable entry in password_file",
+                f"{where}.password",
+            )
+        keys = spec.get("keys", [])
+        if not isinstance(keys, list):
+            raise OptionError("must be a list of [service, perspective] pairs", f"{where}.keys")
+        for number, key in enumerate(keys):
+            service, perspective = self._key(key, f"{where}.keys[{number}]")
+            identity.addKeyByString(service, perspective)
+        if "default" in spec:
+            default = self._key(spec["default"], f"{where}.default")
+            if default not in identity.keyring:
+                raise OptionError("must be one of the identity's keys", f"{where}.default")
+            self.default_keys[name] = default
+        self.identities[name] = identity
+
+    def _key(self, key: Any, where: str) -> tuple[str, str]:
+        if not (isinstance(key, list | tuple) and len(key) == 2):
+            raise OptionError("a key is a [service, perspective] pair", where)
+        service_name = _text(key[0], where)
+        perspective_name = _text(key[1], where)
+        service = self.services.get(service_name)
+        if service is None:
+            raise OptionError(f"no service named {service_name!r}", where)
+        if perspective_name not in service.perspectives:
+            raise OptionError(
+                f"service {service_name!r} has no perspective {perspective_name!r}", where
+            )
+        return service_name, perspective_name
+
+    # -- ILegacyAuthorizer
+
+    def getIdentity(self, name: str) -> Identity | None:
+        return self.identities.get(name)
+
+    def getServiceNamed(self, name: str) -> Service:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise LegacyError(f"no such service: {name!r}") from None
+
+    # -- ICheckerSource
+
+    def credentialsCheckers(self) -> list[ICredentialsChecker]:
+        return [IdentityChecker(self)]
+
+    # -- IRealm: modern logins
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
+        if pb.IPerspective not in interfaces:
+            raise NotImplementedError("the legacy realm only serves Perspective Broker")
+        if avatarId == ANONYMOUS:
+            raise UnauthorizedLogin("the legacy realm has no anonymous perspective")
+        name = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
+        identity = self.identities.get(name)
+        if identity is None:
+            raise UnauthorizedLogin(f"{name!r} is not an identity of the legacy realm")
+        key = self.default_keys.get(name) or next(iter(identity.keyring), None)
+        if key is None:
+            raise UnauthorizedLogin(f"identity {name!r} has no keys")
+        d = identity.requestPerspectiveForKey(*key)
+        d.addCallback(_attach_modern, mind, identity)
+        return d
+
+
+def _attach_modern(perspective: Perspective, mind: Any, identity: Identity) -> tuple:
+    attached = perspective.attached(mind, identity)
+
+    def logout() -> None:
+        attached.detached(mind, identity)
+
+    return pb.IPerspective, attached, logout
+
+
+def _read_stored_passwords(password_file: str | None, config_dir: Path) -> dict[str, bytes]:
+    if password_file is None:
+        return {}
+    if not isinstance(password_file, str) or not password_file:
+        raise OptionError("must be the path of a password file", "password_file")
+    try:
+        entries = read_password_file(config_dir / password_file)
+    except FileNotFoundError:
+        raise OptionError(f"no such file: {password_file}", "password_file") from None
+    except OSError as e:
+        raise OptionError(f"cannot read {password_file}: {e.strerror}", "password_file") from None
+    except (PasswordFileError, UnicodeDecodeError) as e:
+        raise OptionError(f"{password_file}: {e}", "password_file") from None
+    return {
+        user: entry.md5_digest for user, entry in entries.items() if entry.md5_digest is not None
+    }
+
+
+def _set_configured_password(identity: Identity, value: Any, where: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise OptionError("must be a non-empty string (quote it)", where)
+    if value.startswith("md5:"):
+        try:
+            identity.setAlreadyHashedPassword(bytes.fromhex(value[4:]))
+        except ValueError:
+            raise OptionError("md5:<hex> needs the 32 hex digits of an MD5", where) from None
+    else:
+        identity.setPassword(value)
+
+
+def _list_of_mappings(value: Any, where: str) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+        raise OptionError("must be a list of mappings", where)
+    return value
+
+
+def _list_of_texts(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list):
+        raise OptionError("must be a list of names", where)
+    return [_text(item, where) for item in value]
+
+
+def _only_keys(spec: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+    for key in spec:
+        if key not in allowed:
+            raise OptionError(
+                f"unknown key (expected one of: {', '.join(sorted(allowed))})", f"{where}.{key}"
+            )
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise OptionError("must be a non-empty string", where)
+    return value
