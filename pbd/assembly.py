@@ -42,6 +42,8 @@ class Assembly:
     portals: dict[str, Portal] = field(default_factory=dict)
     listeners: list[Listener] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Per portal, the checkers it consults, in order, as the summary shows them.
+    checker_names: dict[str, list[str]] = field(default_factory=dict)
 
 
 def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assembly:
@@ -56,7 +58,7 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
     problems: list[Problem] = []
     realms: dict[str, Any] = {}
     for name, portal_config in config.portals.items():
-        built = _portal(portal_config, config, problems, assembly.warnings)
+        built = _portal(portal_config, config, problems, assembly)
         if built is not None:
             assembly.portals[name], realms[name] = built
     for listener_config in config.listeners:
@@ -74,7 +76,7 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
 
 
 def _portal(
-    portal_config: PortalConfig, config: Config, problems: list[Problem], warnings: list[str]
+    portal_config: PortalConfig, config: Config, problems: list[Problem], assembly: Assembly
 ) -> tuple[Portal, Any] | None:
     realm = _plugin(portal_config.realm, plugins.REALMS, IRealm, config, problems)
     checkers = [
@@ -83,11 +85,15 @@ def _portal(
     ]
     for plugin in [realm, *checkers]:
         if IConfigWarnings.providedBy(plugin):
-            warnings.extend(plugin.configWarnings())
+            assembly.warnings.extend(plugin.configWarnings())
     if realm is None or None in checkers:
         return None
+    names = [checker.plugin for checker in portal_config.checkers]
     if ICheckerSource.providedBy(realm):
-        checkers = [*realm.credentialsCheckers(), *checkers]
+        own = realm.credentialsCheckers()
+        checkers = [*own, *checkers]
+        names = [f"{type(checker).__name__} (from the realm)" for checker in own] + names
+    assembly.checker_names[portal_config.name] = names
     if not checkers:
         problems.append(
             Problem(

@@ -47,7 +47,7 @@ def summary(assembly: Assembly) -> str:
         lines.append(f"  {listener.config.endpoint} -> portal {listener.config.portal}{note}")
     lines.append("portals:")
     for name, portal in config.portals.items():
-        checkers = ", ".join(checker.plugin for checker in portal.checkers)
+        checkers = ", ".join(assembly.checker_names[name])
         lines.append(f"  {name}: realm {portal.realm.plugin}; checkers {checkers}")
     served = {listener.config.portal for listener in assembly.listeners}
     for name in config.portals:
