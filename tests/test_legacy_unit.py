@@ -1,0 +1,145 @@
+"""The Twisted 1.x server objects: Identity, Service, Perspective, and an old-style server."""
+
+from __future__ import annotations
+
+from hashlib import md5
+
+import in_reactor
+import pytest
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import reactor
+from twisted.spread import pb
+
+from pbd import compat
+from realms.legacy import Identity, LegacyError, LegacyRealm, Perspective, Service
+from realms.legacy_echo import EchoService
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _result(d):
+    outcome = []
+    d.addBoth(outcome.append)
+    return outcome[0]
+
+
+def test_identity_keeps_only_the_md5_of_its_password():
+    identity = Identity("alice")
+    identity.setPassword("secret")
+    assert identity.hashedPassword == md5(b"secret").digest()
+    assert "secret" not in repr(vars(identity))
+    challenge = b"0123456789abcdef"
+    assert identity.verifyPassword(challenge, pb.respond(challenge, b"secret"))
+    assert not identity.verifyPassword(challenge, pb.respond(challenge, b"wrong"))
+    assert _result(identity.verifyPlainPassword("secret")) is None
+    assert _result(identity.verifyPlainPassword("wrong")).check(UnauthorizedLogin)
+
+
+def test_identity_without_a_password_verifies_nothing():
+    identity = Identity("nobody")
+    assert not identity.verifyPassword(b"c", pb.respond(b"c", b""))
+
+
+def test_keyring_and_perspective_requests():
+    realm = LegacyRealm(services=[{"name": "svc", "perspectives": ["p", "q"]}])
+    identity = Identity("alice", realm)
+    identity.addKeyByString("svc", "p")
+    identity.addKeyForPerspective(realm.getServiceNamed("svc").getPerspectiveNamed("q"))
+    assert sorted(identity.getAllKeys()) == [("svc", "p"), ("svc", "q")]
+    assert _result(identity.requestPerspectiveForKey("svc", "p")).getPerspectiveName() == "p"
+    identity.removeKey("svc", "q")
+    refused = _result(identity.requestPerspectiveForKey("svc", "q"))
+    assert refused.check(LegacyError)
+    assert "identity 'alice' has no key for svc:q" in str(refused.value)
+    assert "no such service: 'nope'" in str(
+        _result(identity.requestPerspectiveForKey("nope", "p")).value
+    )
+    with pytest.raises(KeyError):
+        identity.removeKey("svc", "q")
+
+
+def test_service_holds_perspectives_of_its_class():
+    service = EchoService("echo")
+    created = service.createPerspective("alice")
+    assert type(created).__name__ == "EchoPerspective"
+    assert created.getService() is service
+    added = Perspective("bob")
+    service.addPerspective(added)
+    assert added.getService() is service
+    assert service.getPerspectiveNamed("bob") is added
+    assert _result(service.getPerspectiveRequest("alice")) is created
+    with pytest.raises(LegacyError, match="no perspective 'carol' in service 'echo'"):
+        service.getPerspectiveNamed("carol")
+    assert _result(service.getPerspectiveRequest("carol")).check(LegacyError)
+    assert Perspective("p", Service("s")).getService().getServiceName() == "s"
+
+
+def test_an_old_style_server_with_broker_factory_and_auth_root():
+    """A 2004 server: BrokerFactory(AuthRoot(authorizer)), listening on a real socket."""
+    realm = LegacyRealm(
+        services=[
+            {"name": "echo", "class": "realms.legacy_echo:EchoService", "perspectives": ["alice"]}
+        ],
+        identities=[{"name": "alice", "password": "secret", "keys": [["echo", "alice"]]}],
+    )
+
+    async def session():
+        port = reactor.listenTCP(
+            0, compat.BrokerFactory(compat.AuthRoot(realm)), interface="127.0.0.1"
+        )
+        try:
+            number = port.getHost().port
+            perspective = await compat.connect("127.0.0.1", number, "alice", "secret", "echo")
+            echoed = await perspective.callRemote("echo", "old server")
+            perspective.broker.transport.loseConnection()
+            with pytest.raises(UnauthorizedLogin):
+                await compat.connect("127.0.0.1", number, "alice", "bad", "echo")
+            return echoed
+        finally:
+            await port.stopListening()
+
+    assert in_reactor.run(session) == "old server"
+
+
+def test_get_object_retriever_and_get_perspective(start_daemon):
+    daemon = start_daemon(
+        {
+            "listeners": [{"endpoint": "tcp:0:interface=127.0.0.1", "portal": "old"}],
+            "portals": {
+                "old": {
+                    "realm": {
+                        "plugin": "legacy",
+                        "services": [
+                            {
+                                "name": "echo",
+                                "class": "realms.legacy_echo:EchoService",
+                                "perspectives": ["alice"],
+                            }
+                        ],
+                        "identities": [
+                            {"name": "alice", "password": "secret", "keys": [["echo", "alice"]]}
+                        ],
+                    }
+                }
+            },
+        }
+    )
+    port = daemon.port("old")
+
+    async def session():
+        factory, root_deferred = compat.getObjectRetriever()
+        reactor.connectTCP("127.0.0.1", port, factory)
+        root = await root_deferred
+        identity = await compat.authIdentity(root, "alice", "secret")
+        perspective = await identity.callRemote("attach", "echo", "alice", None)
+        first = await perspective.callRemote("whoami")
+        root.broker.transport.loseConnection()
+
+        migrating = compat.PBClientFactory()
+        reactor.connectTCP("127.0.0.1", port, migrating)
+        perspective = await migrating.getPerspective("alice", "secret", "echo")
+        second = await perspective.callRemote("echo", "migrated")
+        migrating.disconnect()
+        return first, second
+
+    assert in_reactor.run(session) == (["echo", "alice"], "migrated")
