@@ -1,10 +1,12 @@
 """
-Password files: one C{user:hash} per line, hashes in passlib's formats.
+Password files: one C{user:hash} per line.
 
-PB's stock login is an MD5 challenge/response, which a server can only
-check against the plain password or its unsalted MD5. Of the formats read
-here only C{hex_md5} and C{ldap_md5} can answer it; the strong ones
-(argon2, bcrypt, sha512_crypt, pbkdf2) serve the stronger login mechanisms.
+Hashes are SCRAM-SHA-256 verifiers (PostgreSQL's format, pbd's default) or
+in passlib's formats. PB's stock login is an MD5 challenge/response, which
+a server can only check against the plain password or its unsalted MD5:
+only C{hex_md5} and C{ldap_md5} can answer it. A SCRAM verifier serves the
+C{scram-sha-256} and C{plain} mechanisms; the other strong hashes (argon2,
+bcrypt, sha512_crypt, pbkdf2) serve C{plain}.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from passlib.context import CryptContext
+
+from pbd.scram import Verifier
 
 SCHEMES = (
     "argon2",
@@ -29,6 +33,7 @@ SCHEMES = (
     "hex_md5",
 )
 MD5_CAPABLE_SCHEMES = frozenset({"hex_md5", "ldap_md5"})
+SCRAM_SCHEME = "scram-sha-256"
 
 hashes = CryptContext(schemes=list(SCHEMES))
 
@@ -46,6 +51,17 @@ class PasswordEntry:
     user: str
     hash: str
     scheme: str
+
+    @property
+    def scram_verifier(self) -> Verifier | None:
+        return Verifier.parse(self.hash) if self.scheme == SCRAM_SCHEME else None
+
+    def verify_plain(self, password: str) -> bool:
+        """Check a password sent in full (slow by design: call it off the reactor thread)."""
+        verifier = self.scram_verifier
+        if verifier is not None:
+            return verifier.verify_password(password)
+        return hashes.verify(password, self.hash, scheme=self.scheme)
 
     @property
     def md5_digest(self) -> bytes | None:
@@ -73,19 +89,27 @@ def parse_password_file(text: str) -> dict[str, PasswordEntry]:
             raise PasswordFileError(number, "expected 'user:hash'")
         if user in entries:
             raise PasswordFileError(number, f"user {user!r} appears twice")
-        scheme = hashes.identify(hashed)
+        scheme = identify(hashed)
         if scheme is None:
-            known = ", ".join(SCHEMES)
+            known = ", ".join((SCRAM_SCHEME, *SCHEMES))
             raise PasswordFileError(
                 number, f"hash for {user!r} is in no known format (known: {known})"
             )
         entry = PasswordEntry(user, hashed, scheme)
         try:
             entry.md5_digest  # noqa: B018 - fail now, not at login time
+            entry.scram_verifier  # noqa: B018
         except (ValueError, binascii.Error):
             raise PasswordFileError(number, f"malformed {scheme} hash for {user!r}") from None
         entries[user] = entry
     return entries
+
+
+def identify(hashed: str) -> str | None:
+    """The scheme of a stored hash, or L{None} if it is in no known format."""
+    if hashed.startswith("SCRAM-SHA-256$"):
+        return SCRAM_SCHEME
+    return hashes.identify(hashed)
 
 
 def read_password_file(path: Path) -> dict[str, PasswordEntry]:

@@ -1,0 +1,152 @@
+"""
+Changing a password file without losing anything.
+
+Every change holds an exclusive lock (a C{FILE.lock} beside the file, so
+that it outlives the rename), re-reads the file under it, refuses to touch
+a file with a malformed line, and writes a temporary file in the same
+folder that replaces the original in one rename, with the original's mode
+and owner (0600 for a new file). Comments and the order of lines are kept.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from passlib.context import CryptContext
+
+from pbd.passwdfile import SCRAM_SCHEME, identify, parse_password_file
+from pbd.scram import Verifier
+
+DEFAULT_SCHEME = SCRAM_SCHEME
+# Schemes `pbd passwd --scheme` can write. hex_md5 exists only for stock PB
+# clients' MD5 login, and is as good as the password to an attacker.
+WRITABLE_SCHEMES = (SCRAM_SCHEME, "argon2", "bcrypt", "sha512_crypt", "pbkdf2_sha256", "hex_md5")
+
+_writers = CryptContext(schemes=[scheme for scheme in WRITABLE_SCHEMES if scheme != SCRAM_SCHEME])
+
+
+class PasswordFileEditError(Exception):
+    """Why a change was refused; the file is untouched."""
+
+
+def hash_password(password: str, scheme: str = DEFAULT_SCHEME) -> str:
+    if scheme == SCRAM_SCHEME:
+        return str(Verifier.from_password(password))
+    if scheme not in WRITABLE_SCHEMES:
+        raise PasswordFileEditError(
+            f"unknown scheme {scheme!r} (choose from: {', '.join(WRITABLE_SCHEMES)})"
+        )
+    return _writers.hash(password, scheme=scheme)
+
+
+def check_user_name(user: str) -> None:
+    if not user or ":" in user or any(c.isspace() for c in user) or user.startswith("#"):
+        raise PasswordFileEditError(
+            f"bad user name {user!r}: no ':', no spaces, not starting with '#'"
+        )
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the file's edit lock; concurrent editors wait their turn."""
+    lock_path = path.with_name(path.name + ".lock")
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The file's lines, after checking that every one of them parses."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except UnicodeDecodeError:
+        raise PasswordFileEditError(f"{path}: not UTF-8 text; nothing changed") from None
+    try:
+        parse_password_file(text)
+    except ValueError as e:
+        raise PasswordFileEditError(f"{path}: {e}; fix it by hand, nothing changed") from None
+    return text.splitlines()
+
+
+def _user_of(line: str) -> str | None:
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    return stripped.partition(":")[0]
+
+
+def set_password(path: Path, user: str, hashed: str) -> bool:
+    """
+    Set or change C{user}'s hash.
+
+    @return: whether the user is new.
+    """
+    check_user_name(user)
+    if identify(hashed) is None:
+        raise PasswordFileEditError("internal error: refusing to write an unreadable hash")
+    with locked(path):
+        lines = _read_lines(path)
+        entry = f"{user}:{hashed}"
+        for index, line in enumerate(lines):
+            if _user_of(line) == user:
+                lines[index] = entry
+                _replace(path, lines)
+                return False
+        _replace(path, [*lines, entry])
+        return True
+
+
+def delete_user(path: Path, user: str) -> None:
+    with locked(path):
+        lines = _read_lines(path)
+        kept = [line for line in lines if _user_of(line) != user]
+        if len(kept) == len(lines):
+            raise PasswordFileEditError(f"{path}: no user {user!r}; nothing changed")
+        _replace(path, kept)
+
+
+def list_users(path: Path) -> list[tuple[str, str]]:
+    """(user, scheme) for every user: never the hashes."""
+    with locked(path):
+        if not path.exists():
+            raise PasswordFileEditError(f"{path}: no such file")
+        _read_lines(path)
+        entries = parse_password_file(path.read_text(encoding="utf-8"))
+    return [(entry.user, entry.scheme) for entry in entries.values()]
+
+
+def _replace(path: Path, lines: list[str]) -> None:
+    """Write C{lines} to a temporary file beside C{path}, then rename it over C{path}."""
+    try:
+        status = path.stat()
+        mode, owner = status.st_mode & 0o7777, (status.st_uid, status.st_gid)
+    except FileNotFoundError:
+        mode, owner = 0o600, None
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write("".join(f"{line}\n" for line in lines))
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                os.fchown(handle.fileno(), *owner)
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
