@@ -44,6 +44,8 @@ class Assembly:
     warnings: list[str] = field(default_factory=list)
     # Per portal, the checkers it consults, in order, as the summary shows them.
     checker_names: dict[str, list[str]] = field(default_factory=dict)
+    # Every realm and checker built, for the services that watch their files.
+    plugins: list[Any] = field(default_factory=list)
 
 
 def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assembly:
@@ -88,6 +90,7 @@ def _portal(
             assembly.warnings.extend(plugin.configWarnings())
     if realm is None or None in checkers:
         return None
+    assembly.plugins.extend([realm, *checkers])
     names = [checker.plugin for checker in portal_config.checkers]
     if ICheckerSource.providedBy(realm):
         own = realm.credentialsCheckers()

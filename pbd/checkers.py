@@ -8,7 +8,7 @@ realm written for stock Twisted works unchanged.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,16 @@ from twisted.logger import Logger
 from twisted.spread.pb import IUsernameMD5Password
 from zope.interface import implementer
 
+from pbd.credentials import ICertificateSubject, IScramVerified, IScramVerifierSource
 from pbd.errors import OptionError
-from pbd.interfaces import IConfigWarnings
+from pbd.interfaces import IConfigWarnings, IReloadable
 from pbd.passwdfile import (
     MD5_CAPABLE_SCHEMES,
     PasswordEntry,
     PasswordFileError,
     read_password_file,
 )
+from pbd.scram import Verifier
 
 log = Logger()
 
@@ -44,29 +46,49 @@ def _username(credentials: Any) -> str:
     return username
 
 
-@implementer(ICredentialsChecker)
+def _password(credentials: Any) -> str:
+    password = credentials.password
+    return password.decode("utf-8", "replace") if isinstance(password, bytes) else password
+
+
+def _scram_verified_by(checker: Any, credentials: Any) -> defer.Deferred:
+    """Accept a SCRAM proof only if it was checked against this checker's verifier."""
+    if credentials.source is not checker:
+        return defer.fail(error.UnauthorizedLogin("verified by another checker"))
+    return defer.succeed(credentials.username)
+
+
+@implementer(ICredentialsChecker, IScramVerifierSource)
 class MemoryChecker:
     """
     Users and plain passwords written into the config: for development and tests.
 
-    Checking costs one MD5 of a short string, as Twisted's own in-memory
-    checker does on the reactor thread.
+    Checking PB's challenge costs one MD5 of a short string, as Twisted's own
+    in-memory checker does on the reactor thread; SCRAM verifiers are
+    computed once, at start-up.
     """
 
-    credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+    credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword, IScramVerified)
 
     def __init__(self, *, users: Mapping[str, str]) -> None:
         if not isinstance(users, Mapping):
             raise OptionError("must be a mapping of user name to password", "users")
         self._passwords: dict[str, bytes] = {}
+        self._verifiers: dict[str, Verifier] = {}
         for user, password in users.items():
             if not isinstance(user, str) or not user:
                 raise OptionError(f"user names must be non-empty strings: {user!r}", "users")
             if not isinstance(password, str):
                 raise OptionError(f"password of {user!r} must be a string (quote it)", "users")
             self._passwords[user] = password.encode("utf-8")
+            self._verifiers[user] = Verifier.from_password(password)
+
+    def scramVerifier(self, username: str) -> Verifier | None:
+        return self._verifiers.get(username)
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+        if IScramVerified.providedBy(credentials):
+            return _scram_verified_by(self, credentials)
         try:
             user = _username(credentials)
         except error.UnauthorizedLogin:
@@ -85,16 +107,18 @@ def _matched(matched: bool, user: str) -> bytes:
     return user.encode("utf-8")
 
 
-@implementer(ICredentialsChecker, IConfigWarnings)
+@implementer(ICredentialsChecker, IConfigWarnings, IScramVerifierSource, IReloadable)
 class PasswordFileChecker:
     """
-    Users from a password file (C{user:hash} lines, passlib formats).
+    Users from a password file (C{user:hash} lines), re-read when it changes.
 
-    PB's stock login can only be answered from a C{hex_md5} or C{ldap_md5}
-    hash; other users are refused with a log line that says why.
+    PB's stock MD5 login can only be answered from a C{hex_md5} or
+    C{ldap_md5} hash; SCRAM from a SCRAM-SHA-256 verifier; a plain password
+    (over TLS) from any hash. Other users are refused with a log line that
+    says why. Hash checks run in the reactor's thread pool.
     """
 
-    credentialInterfaces = (IUsernameMD5Password,)
+    credentialInterfaces = (IUsernameMD5Password, IUsernamePassword, IScramVerified)
 
     def __init__(self, *, file: str, config_dir: Path) -> None:
         if not isinstance(file, str) or not file:
@@ -110,6 +134,7 @@ class PasswordFileChecker:
             raise OptionError(f"{file}: not UTF-8 text", "file") from None
         except PasswordFileError as e:
             raise OptionError(f"{file}: {e}", "file") from None
+        self._seen = self._signature()
         self._decoy = os.urandom(16)
 
     def configWarnings(self) -> list[str]:
@@ -120,15 +145,53 @@ class PasswordFileChecker:
             if entry.scheme not in MD5_CAPABLE_SCHEMES
         ]
 
+    # -- IReloadable
+
+    def _signature(self) -> tuple | None:
+        try:
+            status = self.path.stat()
+        except OSError:
+            return None
+        return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+    def reloadIfChanged(self) -> None:
+        if self._signature() != self._seen:
+            self.reload()
+
+    def reload(self) -> None:
+        """Re-read the file; a file that fails to parse leaves the previous users in force."""
+        self._seen = self._signature()
+        try:
+            entries = read_password_file(self.path)
+        except (OSError, UnicodeDecodeError, PasswordFileError) as e:
+            log.error(
+                "{path}: not reloaded, the previous users stay in force: {error}",
+                path=str(self.path),
+                error=getattr(e, "strerror", None) or e,
+            )
+            return
+        self._entries = entries
+        log.info("{path}: reloaded, {count} user(s)", path=str(self.path), count=len(entries))
+
+    # -- checking
+
+    def scramVerifier(self, username: str) -> Verifier | None:
+        entry = self._entries.get(username)
+        return entry.scram_verifier if entry is not None else None
+
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+        if IScramVerified.providedBy(credentials):
+            return _scram_verified_by(self, credentials)
         try:
             user = _username(credentials)
         except error.UnauthorizedLogin:
             return defer.fail()
         entry = self._entries.get(user)
-        return threads.deferToThread(self._check, credentials, user, entry)
+        if IUsernameMD5Password.providedBy(credentials):
+            return threads.deferToThread(self._check_md5, credentials, user, entry)
+        return threads.deferToThread(self._check_plain, _password(credentials), user, entry)
 
-    def _check(self, credentials: Any, user: str, entry: PasswordEntry | None) -> bytes:
+    def _check_md5(self, credentials: Any, user: str, entry: PasswordEntry | None) -> bytes:
         """Runs in the reactor's thread pool: hash checks never block the reactor."""
         digest = entry.md5_digest if entry is not None else None
         if entry is not None and digest is None:
@@ -144,3 +207,42 @@ class PasswordFileChecker:
         if entry is None or digest is None or not matched:
             raise error.UnauthorizedLogin(f"login refused for {user!r}")
         return user.encode("utf-8")
+
+    def _check_plain(self, password: str, user: str, entry: PasswordEntry | None) -> bytes:
+        """Runs in the reactor's thread pool: slow hashes must not stall other users."""
+        if entry is None or not entry.verify_plain(password):
+            raise error.UnauthorizedLogin(f"wrong password or unknown user {user!r}")
+        return user.encode("utf-8")
+
+
+@implementer(ICredentialsChecker)
+class CertificateChecker:
+    """
+    Logs in the holder of a verified TLS client certificate, as the value of
+    one field of its subject (by default the common name).
+
+    Options: C{field} (C{commonName}, C{emailAddress}, C{userId}, ...),
+    C{users} (only these avatar ids; default: anyone the client CA vouches for).
+    """
+
+    credentialInterfaces = (ICertificateSubject,)
+
+    def __init__(self, *, field: str = "commonName", users: Sequence[str] | None = None) -> None:
+        if not isinstance(field, str) or not field:
+            raise OptionError("must be the name of a subject field, e.g. commonName", "field")
+        if users is not None and not (
+            isinstance(users, list) and all(isinstance(u, str) and u for u in users)
+        ):
+            raise OptionError("must be a list of user names", "users")
+        self.field = field
+        self.users = None if users is None else frozenset(users)
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+        name = credentials.subject.get(self.field)
+        if not name:
+            return defer.fail(
+                error.UnauthorizedLogin(f"the client certificate's subject has no {self.field}")
+            )
+        if self.users is not None and name not in self.users:
+            return defer.fail(error.UnauthorizedLogin(f"{name!r} is not a permitted user"))
+        return defer.succeed(name.encode("utf-8"))

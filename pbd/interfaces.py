@@ -47,3 +47,18 @@ class ILegacyAuthorizer(Interface):
         @return: the service named C{name}.
         @raise twisted.spread.pb.Error: naming the unknown service.
         """
+
+
+class IReloadable(Interface):
+    """
+    A plugin whose data lives in a file the operator edits while pbd runs.
+
+    pbd calls L{reloadIfChanged} every few seconds and L{reload} on SIGHUP.
+    A reload that fails must keep the previous data in force and log why.
+    """
+
+    def reloadIfChanged() -> None:
+        """Reload if the underlying file changed since the last load."""
+
+    def reload() -> None:
+        """Reload now."""

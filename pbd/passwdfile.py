@@ -61,7 +61,7 @@ class PasswordEntry:
         verifier = self.scram_verifier
         if verifier is not None:
             return verifier.verify_password(password)
-        return hashes.verify(password, self.hash, scheme=self.scheme)
+        return hashes.handler(self.scheme).verify(password, self.hash)
 
     @property
     def md5_digest(self) -> bytes | None:

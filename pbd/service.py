@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pbd.assembly import Assembly, Listener
 from pbd.errors import ListenError
+from pbd.interfaces import IReloadable
 
 log = Logger()
 
@@ -99,6 +101,48 @@ def describe_address(address: Any) -> str:
     return str(name) if name is not None else str(address)
 
 
+class ReloadService(Service):
+    """
+    Re-reads the files plugins depend on: when they change (polled), and on SIGHUP.
+
+    Logged-in users stay logged in; only new logins see the new data.
+    """
+
+    def __init__(self, reloadables: Sequence[Any], interval: float = 2.0) -> None:
+        self.reloadables = tuple(reloadables)
+        self.interval = interval
+        self._poll: task.LoopingCall | None = None
+        self._previous_handler: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        if not self.reloadables:
+            return
+        self._poll = task.LoopingCall(self._each, "reloadIfChanged")
+        self._poll.start(self.interval, now=False)
+        self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
+            self._previous_handler = None
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(self._each, "reload")
+
+    def _each(self, method: str) -> None:
+        for reloadable in self.reloadables:
+            try:
+                getattr(reloadable, method)()
+            except Exception:
+                log.failure("reloading {plugin!r} failed", plugin=reloadable)
+
+
 class DaemonService(MultiService):
     """The service tree twistd runs for one config."""
 
@@ -107,3 +151,5 @@ class DaemonService(MultiService):
         self.assembly = assembly
         self.listeners = ListenersService(assembly.listeners)
         self.listeners.setServiceParent(self)
+        reloadables = [p for p in assembly.plugins if IReloadable.providedBy(p)]
+        ReloadService(reloadables).setServiceParent(self)

@@ -1,0 +1,156 @@
+"""`pbd passwd` round trips, and a running daemon picking up the changes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import threading
+
+import in_reactor
+import pytest
+from configs import echo_config
+from pb_client import login
+from pbd_daemon import PBD, run_pbd
+from twisted.spread import pb
+
+from pbd.passwdfile import read_password_file
+
+
+def passwd(*arguments: str, password: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PBD, "passwd", *arguments, *(["--password-stdin"] if password is not None else [])],
+        input=None if password is None else password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_set_verify_change_list_delete(tmp_path):
+    path = tmp_path / "users.passwd"
+    assert passwd(str(path), "alice", password="first").returncode == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    entry = read_password_file(path)["alice"]
+    assert entry.scheme == "scram-sha-256"
+    assert entry.verify_plain("first") and not entry.verify_plain("second")
+    assert "first" not in path.read_text()
+
+    result = passwd(str(path), "alice", "--scheme", "argon2", password="second")
+    assert result.returncode == 0
+    assert "changed the password of alice (argon2)" in result.stdout
+    assert read_password_file(path)["alice"].verify_plain("second")
+
+    passwd(str(path), "bob", "--scheme", "hex_md5", password="bob-pw")
+    listing = passwd(str(path), "--list")
+    assert listing.stdout.splitlines() == ["alice\targon2", "bob\thex_md5"]
+    assert "$argon2" not in listing.stdout
+
+    assert passwd(str(path), "bob", "--delete").returncode == 0
+    assert list(read_password_file(path)) == ["alice"]
+    missing = passwd(str(path), "bob", "--delete")
+    assert missing.returncode == 1
+    assert "no user 'bob'; nothing changed" in missing.stderr
+
+
+def test_mode_comments_and_order_are_kept(tmp_path):
+    path = tmp_path / "users.passwd"
+    passwd(str(path), "a", "--scheme", "hex_md5", password="x")
+    passwd(str(path), "b", "--scheme", "hex_md5", password="x")
+    path.write_text("# staff\n" + path.read_text())
+    path.chmod(0o640)
+    passwd(str(path), "a", "--scheme", "hex_md5", password="y")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# staff"
+    assert [line.split(":")[0] for line in lines[1:]] == ["a", "b"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".users.passwd.")]
+
+
+def test_a_malformed_file_is_reported_and_never_rewritten(tmp_path):
+    path = tmp_path / "users.passwd"
+    original = "alice:0cc175b9c0f1b6a831c399e269772661\nthis line is broken\n"
+    path.write_text(original)
+    result = passwd(str(path), "bob", password="pw")
+    assert result.returncode == 1
+    assert "line 2: expected 'user:hash'" in result.stderr
+    assert "nothing changed" in result.stderr
+    assert path.read_text() == original
+    assert passwd(str(path), "--list").returncode == 1
+
+
+def test_no_terminal_and_no_password_stdin_is_refused(tmp_path):
+    result = run_pbd("passwd", str(tmp_path / "users.passwd"), "alice")
+    assert result.returncode == 1
+    assert "no terminal to ask on: give --password-stdin" in result.stderr
+    assert not (tmp_path / "users.passwd").exists()
+
+
+@pytest.mark.parametrize("user", ["a:b", "with space", "#comment", ""])
+def test_bad_user_names_are_refused(tmp_path, user):
+    result = passwd(str(tmp_path / "users.passwd"), user, password="pw")
+    assert result.returncode != 0
+
+
+def test_writers_at_the_same_time_lose_no_update(tmp_path):
+    path = tmp_path / "users.passwd"
+    users = [f"user{n}" for n in range(12)]
+    results: list[subprocess.CompletedProcess] = []
+
+    def add(user: str) -> None:
+        results.append(passwd(str(path), user, "--scheme", "hex_md5", password=user))
+
+    threads = [threading.Thread(target=add, args=(user,)) for user in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(result.returncode == 0 for result in results), [r.stderr for r in results]
+    assert sorted(read_password_file(path)) == sorted(users)
+
+
+def test_the_daemon_reloads_the_file_and_keeps_logged_in_users(start_daemon, tmp_path):
+    path = tmp_path / "users.passwd"
+    passwd(str(path), "alice", "--scheme", "hex_md5", password="alice-pw")
+    daemon = start_daemon(echo_config([{"plugin": "passwd", "file": "users.passwd"}]))
+    port = daemon.port("demo")
+
+    factory, alice = in_reactor.run(login, port, "alice", "alice-pw")
+
+    async def whoami(user, password):
+        f, avatar = await login(port, user, password)
+        try:
+            return await avatar.callRemote("whoami")
+        finally:
+            f.disconnect()
+
+    async def eventually_whoami(user, password):
+        for _ in range(100):
+            try:
+                return await whoami(user, password)
+            except pb.RemoteError:
+                await in_reactor.sleep(0.1)
+        raise AssertionError(f"{user} never got in")
+
+    try:
+        passwd(str(path), "bob", "--scheme", "hex_md5", password="bob-pw")
+        assert in_reactor.run(eventually_whoami, "bob", "bob-pw") == "bob"
+
+        # A broken file keeps the previous users in force, and says why.
+        with path.open("a") as broken:
+            broken.write("no colon on this line\n")
+        daemon.wait_for_line("not reloaded, the previous users stay in force: line 3")
+        assert in_reactor.run(whoami, "bob", "bob-pw") == "bob"
+
+        # Repaired, and reloaded at once on SIGHUP.
+        path.write_text(path.read_text().replace("no colon on this line\n", ""))
+        os.kill(daemon.process.pid, signal.SIGHUP)
+        daemon.wait_for_line("reloaded, 2 user(s)")
+
+        async def still_there():
+            return await alice.callRemote("whoami")
+
+        assert in_reactor.run(still_there) == "alice"
+    finally:
+        factory.disconnect()
