@@ -16,16 +16,17 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.endpoints import _SystemdParser, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.systemd import ListenFDs
 from zope.interface import Interface
 
-from pbd import plugins
+from pbd import mechanisms, plugins
 from pbd.broker import ServerFactory
 from pbd.config import Config, ListenerConfig, PluginConfig, PortalConfig
 from pbd.errors import ConfigError, OptionError, Problem
 from pbd.interfaces import ICheckerSource, IConfigWarnings, ILegacyAuthorizer
 from pbd.portals import make_portal
-from pbd.root import PortalRoot
+from pbd.root import PortalEntry, PortalRoot
 
 
 @dataclass(frozen=True)
@@ -58,28 +59,45 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
     """
     assembly = Assembly(config)
     problems: list[Problem] = []
-    realms: dict[str, Any] = {}
+    built: dict[str, _BuiltPortal] = {}
     for name, portal_config in config.portals.items():
-        built = _portal(portal_config, config, problems, assembly)
-        if built is not None:
-            assembly.portals[name], realms[name] = built
+        portal = _portal(portal_config, config, problems, assembly)
+        if portal is not None:
+            built[name] = portal
+            assembly.portals[name] = portal.entry.portal
     for listener_config in config.listeners:
         endpoint = _endpoint(listener_config, reactor, problems, check_only)
-        portal = assembly.portals.get(listener_config.portal)
-        if portal is None or (endpoint is None and not check_only):
+        tls = _tls_options(listener_config, problems)
+        served = [built[name] for name in listener_config.portals if name in built]
+        if len(served) != len(listener_config.portals) or (endpoint is None and not check_only):
             continue
-        realm = realms[listener_config.portal]
-        speaks_old_login = listener_config.legacy_login and ILegacyAuthorizer.providedBy(realm)
-        factory = ServerFactory(PortalRoot(portal, realm if speaks_old_login else None))
+        if listener_config.tls is not None and tls is None:
+            continue
+        legacy = next(
+            (portal.realm for portal in served if ILegacyAuthorizer.providedBy(portal.realm)),
+            None,
+        )
+        root = PortalRoot(
+            [portal.entry for portal in served], legacy if listener_config.legacy_login else None
+        )
+        factory: Any = ServerFactory(root)
+        if tls is not None:
+            factory = TLSMemoryBIOFactory(tls, False, factory)
         assembly.listeners.append(Listener(listener_config, factory, endpoint))
     if problems:
         raise ConfigError(config.source, problems)
     return assembly
 
 
+@dataclass(frozen=True)
+class _BuiltPortal:
+    entry: PortalEntry
+    realm: Any
+
+
 def _portal(
     portal_config: PortalConfig, config: Config, problems: list[Problem], assembly: Assembly
-) -> tuple[Portal, Any] | None:
+) -> _BuiltPortal | None:
     realm = _plugin(portal_config.realm, plugins.REALMS, IRealm, config, problems)
     checkers = [
         _plugin(checker, plugins.CHECKERS, ICredentialsChecker, config, problems)
@@ -106,7 +124,91 @@ def _portal(
             )
         )
         return None
-    return make_portal(portal_config.name, realm, checkers), realm
+    offered = _mechanisms(portal_config, checkers, problems)
+    if offered is None:
+        return None
+    portal = make_portal(portal_config.name, realm, checkers)
+    return _BuiltPortal(PortalEntry(portal_config.name, portal, tuple(checkers), offered), realm)
+
+
+def _mechanisms(
+    portal_config: PortalConfig, checkers: list[Any], problems: list[Problem]
+) -> tuple[str, ...] | None:
+    servable = mechanisms.servable(checkers)
+    if portal_config.mechanisms is None:
+        return tuple(servable)
+    unservable = False
+    for index, name in enumerate(portal_config.mechanisms):
+        if name not in servable:
+            unservable = True
+            problems.append(
+                Problem(
+                    f"{portal_config.key_path}.mechanisms[{index}]",
+                    f"no checker of this portal can serve {name!r} "
+                    f"(its checkers serve: {', '.join(servable) or 'nothing'})",
+                )
+            )
+    if unservable:
+        return None
+    return tuple(name for name in mechanisms.MECHANISMS if name in portal_config.mechanisms)
+
+
+def _tls_options(listener: ListenerConfig, problems: list[Problem]) -> Any:
+    """CertificateOptions for a listener's C{tls:} block: TLS 1.2 at least."""
+    tls = listener.tls
+    if tls is None:
+        return None
+    from twisted.internet import ssl
+
+    def load(path: Any, what: str, parse: Any) -> Any:
+        try:
+            return parse(path.read_bytes())
+        except OSError as e:
+            problems.append(Problem(f"{tls.key_path}.{what}", f"cannot read {path}: {e.strerror}"))
+        except Exception as e:
+            problems.append(Problem(f"{tls.key_path}.{what}", f"{path}: not a PEM {what}: {e}"))
+        return None
+
+    certificate = load(tls.certificate, "certificate", ssl.Certificate.loadPEM)
+    key = load(tls.key, "key", ssl.KeyPair.load)
+    chain = _pem_certificates(tls.chain, f"{tls.key_path}.chain", problems) if tls.chain else []
+    authorities = (
+        _pem_certificates(tls.client_ca, f"{tls.key_path}.client_ca", problems)
+        if tls.client_ca
+        else None
+    )
+    if certificate is None or key is None or chain is None or authorities == []:
+        return None
+    try:
+        return ssl.CertificateOptions(
+            privateKey=key.original,
+            certificate=certificate.original,
+            extraCertChain=chain,
+            verify=authorities is not None,
+            caCerts=authorities,
+            requireCertificate=tls.require_client_cert,
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        )
+    except Exception as e:
+        problems.append(Problem(tls.key_path, f"the certificate and key do not fit: {e}"))
+        return None
+
+
+def _pem_certificates(path: Any, where: str, problems: list[Problem]) -> list | None:
+    from OpenSSL import crypto
+
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        problems.append(Problem(where, f"cannot read {path}: {e.strerror}"))
+        return None
+    marker = b"-----END CERTIFICATE-----"
+    blocks = [block + marker for block in text.split(marker) if block.strip()]
+    try:
+        return [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
+    except crypto.Error as e:
+        problems.append(Problem(where, f"{path}: not PEM certificates: {e}"))
+        return None
 
 
 def _plugin(

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from pbd.errors import ConfigError, Problem
+from pbd.mechanisms import MECHANISMS
 
 PORTAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 RESERVED_OPTIONS = frozenset({"plugin", "config_dir"})
@@ -37,15 +38,36 @@ class PortalConfig:
     realm: PluginConfig
     checkers: tuple[PluginConfig, ...]
     key_path: str
+    # None: every mechanism the portal's checkers can serve.
+    mechanisms: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """A listener's TLS settings; paths already resolved against the config's folder."""
+
+    certificate: Path
+    key: Path
+    chain: Path | None
+    client_ca: Path | None
+    require_client_cert: bool
+    key_path: str
 
 
 @dataclass(frozen=True)
 class ListenerConfig:
     endpoint: str
-    portal: str
+    # The portals served; the first is the one stock clients reach.
+    portals: tuple[str, ...]
     key_path: str
-    # Serve the old (Twisted 1.x) login too, where the portal's realm speaks it.
+    # Serve the old (Twisted 1.x) login too, where a portal's realm speaks it.
     legacy_login: bool = True
+    tls: TLSConfig | None = None
+
+    @property
+    def portal(self) -> str:
+        """The default portal: the one stock clients reach."""
+        return self.portals[0]
 
 
 @dataclass(frozen=True)
@@ -105,7 +127,7 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(path, [Problem(where, f"bad YAML: {problem}")]) from None
     except yaml.YAMLError as e:
         raise ConfigError(path, [Problem("", f"bad YAML: {e}")]) from None
-    reader = _Reader()
+    reader = _Reader(source.parent)
     config = reader.config(document, source)
     if reader.problems:
         raise ConfigError(path, reader.problems)
@@ -121,7 +143,8 @@ def _reason(error: OSError | UnicodeDecodeError) -> str:
 class _Reader:
     """Walks the parsed document, collecting every problem before giving up."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self.problems: list[Problem] = []
         self.declared_portals: set[str] = set()
 
@@ -186,8 +209,9 @@ class _Reader:
         return portals
 
     def portal(self, name: str, body: Any, path: str) -> PortalConfig | None:
-        if self.mapping(body, path, {"realm", "checkers"}) is None:
+        if self.mapping(body, path, {"realm", "checkers", "mechanisms"}) is None:
             return None
+        mechanisms = self.mechanisms(body.get("mechanisms"), f"{path}.mechanisms")
         realm_value = self.required(body, "realm", path)
         realm = None if realm_value is None else self.plugin(realm_value, f"{path}.realm")
         # Optional here: a realm may bring checkers of its own; pbd.assembly
@@ -205,7 +229,21 @@ class _Reader:
                         checkers.append(checker)
         if realm is None or len(checkers) != len(checkers_value or ()):
             return None
-        return PortalConfig(name, realm, tuple(checkers), path)
+        return PortalConfig(name, realm, tuple(checkers), path, mechanisms)
+
+    def mechanisms(self, value: Any, path: str) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            self.fail(path, "must be a non-empty list of mechanism names")
+            return None
+        for index, name in enumerate(value):
+            if name not in MECHANISMS:
+                self.fail(
+                    f"{path}[{index}]",
+                    f"unknown mechanism {name!r} (known: {', '.join(MECHANISMS)})",
+                )
+        return tuple(value)
 
     def plugin(self, value: Any, path: str) -> PluginConfig | None:
         body = self.mapping(value, path)
@@ -233,26 +271,93 @@ class _Reader:
             self.fail("listeners", "declare at least one listener")
         listeners = []
         for index, item in enumerate(value):
-            path = f"listeners[{index}]"
-            if self.mapping(item, path, {"endpoint", "portal", "legacy_login"}) is None:
-                continue
-            legacy_login = item.get("legacy_login", True)
-            if not isinstance(legacy_login, bool):
-                self.fail(
-                    f"{path}.legacy_login", f"must be true or false, not {_kind(legacy_login)}"
-                )
-                continue
-            endpoint = self.required(item, "endpoint", path)
-            endpoint = None if endpoint is None else self.string(endpoint, f"{path}.endpoint")
-            portal = self.required(item, "portal", path)
-            portal = None if portal is None else self.string(portal, f"{path}.portal")
-            if portal is not None and portal not in self.declared_portals:
-                declared = ", ".join(sorted(self.declared_portals)) or "none"
-                self.fail(f"{path}.portal", f"no portal named {portal!r} (declared: {declared})")
-                continue
-            if endpoint is not None and portal in portals:
-                listeners.append(ListenerConfig(endpoint, portal, path, legacy_login))
+            listener = self.listener(item, f"listeners[{index}]", portals)
+            if listener is not None:
+                listeners.append(listener)
         return tuple(listeners)
+
+    def listener(
+        self, item: Any, path: str, portals: dict[str, PortalConfig]
+    ) -> ListenerConfig | None:
+        allowed = {"endpoint", "portal", "portals", "legacy_login", "tls"}
+        if self.mapping(item, path, allowed) is None:
+            return None
+        problems_before = len(self.problems)
+        legacy_login = item.get("legacy_login", True)
+        if not isinstance(legacy_login, bool):
+            self.fail(f"{path}.legacy_login", f"must be true or false, not {_kind(legacy_login)}")
+        endpoint = self.required(item, "endpoint", path)
+        endpoint = None if endpoint is None else self.string(endpoint, f"{path}.endpoint")
+        names = self.listener_portals(item, path)
+        tls = self.tls(item["tls"], f"{path}.tls") if "tls" in item else None
+        if endpoint is None or not names or len(self.problems) > problems_before:
+            return None
+        if not all(name in portals for name in names):
+            return None
+        return ListenerConfig(endpoint, names, path, legacy_login, tls)
+
+    def listener_portals(self, item: dict, path: str) -> tuple[str, ...]:
+        if "portal" in item and "portals" in item:
+            self.fail(path, "give 'portal' or 'portals', not both")
+            return ()
+        if "portal" in item:
+            key, values = "portal", [item["portal"]]
+        elif "portals" in item:
+            key, values = "portals", item["portals"]
+            if not isinstance(values, list) or not values:
+                self.fail(f"{path}.portals", "must be a non-empty list of portal names")
+                return ()
+        else:
+            self.fail(f"{path}.portal", "missing")
+            return ()
+        names = []
+        for index, name in enumerate(values):
+            where = f"{path}.{key}" if key == "portal" else f"{path}.portals[{index}]"
+            if self.string(name, where) is None:
+                continue
+            if name not in self.declared_portals:
+                declared = ", ".join(sorted(self.declared_portals)) or "none"
+                self.fail(where, f"no portal named {name!r} (declared: {declared})")
+                continue
+            names.append(name)
+        if len(set(names)) != len(names):
+            self.fail(f"{path}.portals", "names a portal twice")
+        return tuple(names)
+
+    def tls(self, value: Any, path: str) -> TLSConfig | None:
+        allowed = {"certificate", "key", "chain", "client_ca", "require_client_cert"}
+        body = self.mapping(value, path, allowed)
+        if body is None:
+            return None
+        files: dict[str, Path | None] = {}
+        for key in ("certificate", "key", "chain", "client_ca"):
+            if key not in body:
+                if key in ("certificate", "key"):
+                    self.fail(f"{path}.{key}", "missing")
+                files[key] = None
+                continue
+            name = self.string(body[key], f"{path}.{key}")
+            if name is None:
+                continue
+            file = self.directory / name
+            if not file.is_file():
+                self.fail(f"{path}.{key}", f"no such file: {name}")
+            files[key] = file
+        require = body.get("require_client_cert", False)
+        if not isinstance(require, bool):
+            self.fail(f"{path}.require_client_cert", "must be true or false")
+        elif require and files.get("client_ca") is None:
+            self.fail(f"{path}.require_client_cert", "needs client_ca to verify certificates")
+        if files.get("certificate") is None or files.get("key") is None:
+            return None
+        return TLSConfig(
+            files["certificate"],
+            files["key"],
+            files.get("chain"),
+            files.get("client_ca"),
+            require is True,
+            path,
+        )
 
 
 def _join(path: str, key: str) -> str:

@@ -1,51 +1,257 @@
-"""The object each connection sees first: the portal's logins, and the old one where enabled."""
+"""
+The object each connection sees first.
+
+It answers Twisted's stock C{login} / C{loginAnonymous} unchanged on the
+wire (for the listener's first portal), and pbd's own calls: which portals
+and mechanisms are offered, and a login call per mechanism, naming the
+portal. Where a legacy realm is served, the old Twisted 1.x C{username}
+conversation is answered too.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.cred.credentials import Anonymous, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
 from twisted.spread import pb
 from twisted.spread.flavors import IPBRoot
 from zope.interface import implementer
 
+from pbd import mechanisms
+from pbd.credentials import CertificateSubject, IScramVerifierSource, ScramVerified
 from pbd.interfaces import ILegacyAuthorizer
 from pbd.oldlogin import AuthServ, new_challenge
+from pbd.scram import ClientFirst, ScramError, ServerExchange, Verifier
+
+log = Logger()
 
 
-class PortalWrapper(pb._PortalWrapper):
-    """
-    Twisted's root for portal logins (C{login}, C{loginAnonymous}), unchanged
-    on the wire, with an unpredictable challenge.
-    """
+class LoginRefused(pb.Error):
+    """A login call the connection may not make; the message says why and what is offered."""
+
+
+@dataclass(frozen=True)
+class PortalEntry:
+    """What a listener's root knows of one portal it serves."""
+
+    name: str
+    portal: Portal
+    checkers: tuple[Any, ...]
+    mechanisms: tuple[str, ...]
+
+
+class RootObject(pb.Referenceable, pb._JellyableAvatarMixin):
+    """One connection's root: logins to the listener's portals."""
+
+    def __init__(self, entries: Sequence[PortalEntry], broker: pb.Broker, secret: bytes) -> None:
+        self.entries = {entry.name: entry for entry in entries}
+        self.default = entries[0]
+        self.broker = broker
+        self._secret = secret
+
+    # -- what is on offer
+
+    def _tls(self) -> bool:
+        return ISSLTransport.providedBy(self.broker.transport)
+
+    def _peer_certificate(self) -> Any:
+        if not self._tls():
+            return None
+        return self.broker.transport.getPeerCertificate()
+
+    def _entry(self, portal: str | None) -> PortalEntry:
+        if portal is None:
+            return self.default
+        entry = self.entries.get(portal)
+        if entry is None:
+            raise LoginRefused(f"no portal {portal!r} here (served: {', '.join(self.entries)})")
+        return entry
+
+    def _usable(self, entry: PortalEntry) -> list[str]:
+        return mechanisms.usable_on(
+            entry.mechanisms, self._tls(), self._peer_certificate() is not None
+        )
+
+    def _require(self, entry: PortalEntry, mechanism: str) -> None:
+        usable = self._usable(entry)
+        if mechanism in usable:
+            return
+        if mechanism == mechanisms.PLAIN and mechanism in entry.mechanisms:
+            reason = "plain sends the password itself: it is offered only over TLS"
+        elif mechanism == mechanisms.TLS_CLIENT_CERT and mechanism in entry.mechanisms:
+            reason = "tls-client-cert needs a client certificate the listener verified"
+        else:
+            reason = f"{mechanism} is not offered for portal {entry.name!r}"
+        raise LoginRefused(f"{reason} (offered here: {', '.join(usable) or 'nothing'})")
+
+    def remote_portals(self) -> list[str]:
+        return list(self.entries)
+
+    def remote_mechanisms(self, portal: str | None = None) -> list[str]:
+        return self._usable(self._entry(portal))
+
+    # -- Twisted's stock calls, for the first portal
 
     def remote_login(self, username: bytes) -> tuple:
+        return self.remote_loginMD5(None, username)
+
+    def remote_loginAnonymous(self, mind: Any) -> defer.Deferred:
+        return self.remote_loginAnonymousTo(None, mind)
+
+    # -- one call per mechanism
+
+    def remote_loginMD5(self, portal: str | None, username: bytes) -> tuple:
+        entry = self._entry(portal)
+        self._require(entry, mechanisms.MD5)
         challenge = new_challenge()
-        return challenge, pb._PortalAuthChallenger(self.portal, self.broker, username, challenge)
+        return challenge, pb._PortalAuthChallenger(entry.portal, self.broker, username, challenge)
+
+    def remote_loginAnonymousTo(self, portal: str | None, mind: Any) -> defer.Deferred:
+        entry = self._entry(portal)
+        self._require(entry, mechanisms.ANONYMOUS)
+        return self._login(entry, Anonymous(), mind)
+
+    def remote_loginPlain(
+        self, portal: str | None, username: str, password: str, mind: Any
+    ) -> defer.Deferred:
+        entry = self._entry(portal)
+        self._require(entry, mechanisms.PLAIN)
+        return self._login(entry, UsernamePassword(_bytes(username), _bytes(password)), mind)
+
+    def remote_loginCertificate(self, portal: str | None, mind: Any) -> defer.Deferred:
+        entry = self._entry(portal)
+        self._require(entry, mechanisms.TLS_CLIENT_CERT)
+        subject = self._peer_certificate().get_subject()
+        fields = {
+            name.decode("ascii", "replace"): value.decode("utf-8", "replace")
+            for name, value in subject.get_components()
+        }
+        # pyOpenSSL names fields by their short names; offer the long ones too.
+        for short, long in (
+            ("CN", "commonName"),
+            ("emailAddress", "emailAddress"),
+            ("UID", "userId"),
+            ("O", "organizationName"),
+            ("OU", "organizationalUnitName"),
+        ):
+            if short in fields:
+                fields.setdefault(long, fields[short])
+        return self._login(entry, CertificateSubject(fields), mind)
+
+    def remote_scramStart(self, portal: str | None, client_first: str) -> tuple:
+        entry = self._entry(portal)
+        self._require(entry, mechanisms.SCRAM)
+        try:
+            first = ClientFirst.parse(_text(client_first))
+        except ScramError as e:
+            raise LoginRefused(f"scram-sha-256: {e}") from None
+        verifier, source = self._verifier(entry, first.username)
+        exchange = ServerExchange(first, verifier)
+        return exchange.server_first, ScramExchange(self, entry, exchange, source)
+
+    def _verifier(self, entry: PortalEntry, username: str) -> tuple[Verifier, Any]:
+        for checker in entry.checkers:
+            if IScramVerifierSource.providedBy(checker):
+                verifier = checker.scramVerifier(username)
+                if verifier is not None:
+                    return verifier, checker
+        # An unknown user gets a decoy: the same salt every time, and no way in.
+        salt = hmac.new(self._secret, username.encode("utf-8"), hashlib.sha256).digest()[:16]
+        keys = os.urandom(64)
+        return Verifier(4096, salt, keys[:32], keys[32:]), None
+
+    def _login(self, entry: PortalEntry, credentials: Any, mind: Any) -> defer.Deferred:
+        d = entry.portal.login(credentials, mind, pb.IPerspective)
+        d.addCallback(self._cbLogin)
+        return d
 
 
-class LegacyPortalWrapper(PortalWrapper):
-    """The portal's logins, and the old C{username} conversation beside them."""
+class LegacyRootObject(RootObject):
+    """A root that also answers the old Twisted 1.x C{username} conversation."""
 
-    def __init__(self, portal: Portal, broker: pb.Broker, auth: ILegacyAuthorizer) -> None:
-        super().__init__(portal, broker)
-        self._old = AuthServ(auth, broker)
+    def __init__(
+        self,
+        entries: Sequence[PortalEntry],
+        broker: pb.Broker,
+        secret: bytes,
+        legacy: ILegacyAuthorizer,
+    ) -> None:
+        super().__init__(entries, broker, secret)
+        self._old = AuthServ(legacy, broker)
 
     def remote_username(self, username: str | bytes) -> tuple:
         return self._old.remote_username(username)
 
 
+class ScramExchange(pb.Referenceable, pb._JellyableAvatarMixin):
+    """The server's side of one SCRAM conversation, waiting for the client's proof."""
+
+    def __init__(
+        self, root: RootObject, entry: PortalEntry, exchange: ServerExchange, source: Any
+    ) -> None:
+        self.broker = root.broker
+        self.entry = entry
+        self.exchange = exchange
+        self.source = source
+        self._finished = False
+
+    def remote_finish(self, client_final: str, mind: Any) -> defer.Deferred:
+        if self._finished:
+            raise LoginRefused("this SCRAM exchange is over: start a new one")
+        self._finished = True
+        username = self.exchange.client_first.username
+        try:
+            server_final = self.exchange.finish(_text(client_final))
+        except ScramError as e:
+            log.info(
+                "portal {portal!r}: scram-sha-256 login refused for {user!r}: {reason}",
+                portal=self.entry.name,
+                user=username,
+                reason=str(e),
+            )
+            return defer.fail(UnauthorizedLogin())
+        credentials = ScramVerified(username.encode("utf-8"), self.source)
+        d = self.entry.portal.login(credentials, mind, pb.IPerspective)
+        d.addCallback(self._cbLogin)
+        d.addCallback(lambda avatar: (server_final, avatar))
+        return d
+
+
 @implementer(IPBRoot)
 class PortalRoot:
     """
-    Gives each connection a root for one portal.
+    Gives each connection of one listener its root.
 
-    @param legacy: the realm, when the old conversation is served too.
+    @param legacy: the realm whose identities the old conversation serves,
+        or L{None} to leave it out.
     """
 
-    def __init__(self, portal: Portal, legacy: ILegacyAuthorizer | None = None) -> None:
-        self.portal = portal
+    def __init__(
+        self, entries: Sequence[PortalEntry], legacy: ILegacyAuthorizer | None = None
+    ) -> None:
+        self.entries = tuple(entries)
         self.legacy = legacy
+        self._secret = os.urandom(32)
 
-    def rootObject(self, broker: pb.Broker) -> PortalWrapper:
+    def rootObject(self, broker: pb.Broker) -> RootObject:
         if self.legacy is None:
-            return PortalWrapper(self.portal, broker)
-        return LegacyPortalWrapper(self.portal, broker, self.legacy)
+            return RootObject(self.entries, broker, self._secret)
+        return LegacyRootObject(self.entries, broker, self._secret, self.legacy)
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value

@@ -62,7 +62,8 @@ def test_anonymous_refused_without_the_anonymous_checker(start_daemon):
 
     with pytest.raises(pb.RemoteError) as raised:
         in_reactor.run(login, daemon.port("demo"))
-    assert b"UnhandledCredentials" in raised.value.remoteType
+    assert raised.value.remoteType == b"pbd.root.LoginRefused"
+    assert "anonymous is not offered for portal 'demo'" in str(raised.value)
 
 
 def test_password_file_users_log_in_and_strong_hashes_are_refused_with_a_reason(
