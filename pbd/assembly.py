@@ -158,6 +158,7 @@ def _tls_options(listener: ListenerConfig, problems: list[Problem]) -> Any:
     tls = listener.tls
     if tls is None:
         return None
+    from OpenSSL import crypto
     from twisted.internet import ssl
 
     def load(path: Any, what: str, parse: Any) -> Any:
@@ -170,7 +171,7 @@ def _tls_options(listener: ListenerConfig, problems: list[Problem]) -> Any:
         return None
 
     certificate = load(tls.certificate, "certificate", ssl.Certificate.loadPEM)
-    key = load(tls.key, "key", ssl.KeyPair.load)
+    key = load(tls.key, "key", lambda data: ssl.KeyPair.load(data, crypto.FILETYPE_PEM))
     chain = _pem_certificates(tls.chain, f"{tls.key_path}.chain", problems) if tls.chain else []
     authorities = (
         _pem_certificates(tls.client_ca, f"{tls.key_path}.client_ca", problems)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from pbd.assembly import Assembly, assemble
 from pbd.config import load_config
@@ -57,6 +61,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     passwd.add_argument("--delete", action="store_true", help="remove USER")
     passwd.add_argument("--list", action="store_true", help="list users and schemes")
     passwd.set_defaults(run=edit_passwords)
+    call = commands.add_parser(
+        "call",
+        help="log in by URL and call one method of the avatar",
+        description=(
+            "Log in to URL (pb://[user@]host[:port][/portal], pbs://..., "
+            "pb+unix:///path.sock[#portal]) and call perspective_METHOD with ARGS, each "
+            "read as a YAML scalar (42, true, 'text'). The password comes from "
+            "--password-stdin, else $PBD_PASSWORD, else a prompt."
+        ),
+    )
+    call.add_argument("url", metavar="URL")
+    call.add_argument("method", metavar="METHOD")
+    call.add_argument("args", metavar="ARGS", nargs="*")
+    call.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    call.add_argument("--ca", type=Path, help="PEM file of the CA of a pbs:// server")
+    call.add_argument("--cert", type=Path, help="PEM client certificate (tls-client-cert)")
+    call.add_argument("--key", type=Path, help="PEM key of --cert (if not in the same file)")
+    call.add_argument(
+        "--insecure", action="store_true", help="do not verify a pbs:// server (tests only)"
+    )
+    call.set_defaults(run=call_method)
     arguments = parser.parse_args(argv)
     return arguments.run(arguments)
 
@@ -126,6 +151,103 @@ def _read_password(from_stdin: bool) -> str | None:
         print("pbd passwd: an empty password; nothing changed", file=sys.stderr)
         return None
     return password
+
+
+def call_method(arguments: argparse.Namespace) -> int:
+    from pbd import client
+
+    try:
+        target = client.parse_url(arguments.url)
+    except client.URLError as e:
+        print(f"pbd call: {e}", file=sys.stderr)
+        return 2
+    password = None
+    if target.user is not None and arguments.cert is None:
+        password = _call_password(arguments.password_stdin)
+        if password is None:
+            return 1
+    args = [yaml.safe_load(argument) if argument else "" for argument in arguments.args]
+    return _run_in_reactor(_call(arguments, password, args))
+
+
+def _call_password(from_stdin: bool) -> str | None:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if "PBD_PASSWORD" in os.environ:
+        return os.environ["PBD_PASSWORD"]
+    if sys.stdin.isatty():
+        return getpass.getpass("Password: ")
+    print(
+        "pbd call: the URL names a user: give --password-stdin or set PBD_PASSWORD",
+        file=sys.stderr,
+    )
+    return None
+
+
+async def _call(arguments: argparse.Namespace, password: str | None, args: list) -> int:
+    from twisted.cred.error import UnauthorizedLogin
+    from twisted.internet.error import ConnectError
+    from twisted.spread import pb
+
+    from pbd import client
+
+    try:
+        avatar = await client.login(
+            arguments.url,
+            password,
+            ca=arguments.ca,
+            certificate=arguments.cert,
+            key=arguments.key,
+            verify=not arguments.insecure,
+        )
+    except (
+        UnauthorizedLogin,
+        client.NoUsableMechanismError,
+        client.ServerNotVerifiedError,
+        ConnectError,
+        pb.RemoteError,
+        OSError,
+    ) as e:
+        print(f"pbd call: cannot log in to {arguments.url}: {e}", file=sys.stderr)
+        return 1
+    try:
+        result = await avatar.callRemote(arguments.method, *args)
+    except (pb.Error, pb.RemoteError) as e:
+        print(f"pbd call: {arguments.method} failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.disconnect(avatar)
+    print(_shown(result))
+    return 0
+
+
+def _shown(result: object) -> str:
+    if isinstance(result, str):
+        return result
+    try:
+        shown = yaml.safe_dump(result, default_flow_style=True, allow_unicode=True)
+        return shown.removesuffix("\n...\n").strip()
+    except yaml.YAMLError:
+        return repr(result)
+
+
+def _run_in_reactor(coroutine: Any) -> int:
+    from twisted.internet import defer, reactor
+
+    outcome: list[Any] = []
+
+    def start() -> None:
+        d = defer.ensureDeferred(coroutine)
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    result = outcome[0] if outcome else 1
+    if not isinstance(result, int):
+        print(f"pbd call: {result.getErrorMessage()}", file=sys.stderr)
+        return 1
+    return result
 
 
 def summary(assembly: Assembly) -> str:

@@ -41,7 +41,7 @@ def hash_password(password: str, scheme: str = DEFAULT_SCHEME) -> str:
         raise PasswordFileEditError(
             f"unknown scheme {scheme!r} (choose from: {', '.join(WRITABLE_SCHEMES)})"
         )
-    return _writers.hash(password, scheme=scheme)
+    return _writers.handler(scheme).hash(password)
 
 
 def check_user_name(user: str) -> None:

@@ -1,0 +1,277 @@
+"""
+Logging in to pbd from Python, by URL.
+
+    avatar = await pbd.client.login("pbs://alice@pb.example.com/echo", password="...")
+    print(await avatar.callRemote("echo", "hello"))
+
+URLs: C{pb://[user@]host[:port][/portal]} (clear text), C{pbs://...}
+(TLS; the server's certificate is verified against the system's trust
+store or a given CA), C{pb+unix:///path/to.sock[#portal]}. The default port
+is 8787 (the 2004 C{pb.portno}).
+
+The client asks the server which mechanisms it offers and uses the
+strongest it can: tls-client-cert > scram-sha-256 > plain (only over TLS)
+> pb-md5, or anonymous without a user name. It never sends a password in
+the clear. Over a verified TLS connection, a user SCRAM refuses (whose
+stored hash is argon2 or bcrypt, not a SCRAM verifier) is tried with plain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.spread import pb
+
+from pbd import mechanisms
+from pbd.scram import ClientExchange, ScramError
+
+DEFAULT_PORT = 8787
+SCHEMES = ("pb", "pbs", "pb+unix")
+
+
+class URLError(ValueError):
+    """The URL cannot name a pbd portal."""
+
+
+class NoUsableMechanismError(Exception):
+    """Nothing the server offers fits what the client has; the message says both."""
+
+
+class ServerNotVerifiedError(Exception):
+    """The server did not prove it knows the user's password (SCRAM)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a URL points: a host and port, or a socket path; a user; a portal."""
+
+    scheme: str
+    user: str | None
+    host: str | None
+    port: int | None
+    socket_path: str | None
+    portal: str | None
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "pbs"
+
+
+def parse_url(url: str) -> Target:
+    """
+    @raise URLError: naming what is wrong.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise URLError(f"{url!r}: the scheme must be one of {', '.join(SCHEMES)}")
+    user = unquote(parts.username) if parts.username else None
+    if parts.password is not None:
+        raise URLError(f"{url!r}: put no password in a URL; pass it separately")
+    if scheme == "pb+unix":
+        if parts.hostname not in (None, "localhost") or not parts.path:
+            raise URLError(f"{url!r}: write pb+unix:///path/to.sock[#portal]")
+        return Target(scheme, user, None, None, unquote(parts.path), parts.fragment or None)
+    if not parts.hostname:
+        raise URLError(f"{url!r}: no host")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise URLError(f"{url!r}: the port is not a number from 1 to 65535") from None
+    portal = unquote(parts.path.strip("/")) or None
+    if portal is not None and "/" in portal:
+        raise URLError(f"{url!r}: the path names one portal")
+    return Target(scheme, user, parts.hostname, port, None, portal)
+
+
+def choose_mechanism(
+    offered: list[str], *, tls: bool, user: str | None, password: str | None, certificate: bool
+) -> str:
+    """
+    The strongest mechanism among C{offered} this client can use.
+
+    @raise NoUsableMechanismError: saying what was offered and why nothing fit.
+    """
+    reasons = []
+    for mechanism in offered:
+        if mechanism == mechanisms.TLS_CLIENT_CERT:
+            if certificate and tls:
+                return mechanism
+            reasons.append(f"{mechanism} needs a client certificate")
+        elif mechanism in (mechanisms.SCRAM, mechanisms.MD5, mechanisms.PLAIN):
+            if user is None:
+                reasons.append(f"{mechanism} needs a user name in the URL")
+            elif password is None:
+                reasons.append(f"{mechanism} needs a password")
+            elif mechanism == mechanisms.PLAIN and not tls:
+                reasons.append("plain would send the password in the clear")
+            else:
+                return mechanism
+        elif mechanism == mechanisms.ANONYMOUS:
+            if user is None:
+                return mechanism
+            reasons.append("anonymous is for URLs without a user name")
+    if not offered:
+        raise NoUsableMechanismError(
+            "the server offers no login mechanism on this connection "
+            "(plain is offered only over TLS, tls-client-cert only with a client certificate)"
+        )
+    raise NoUsableMechanismError(
+        f"the server offers {', '.join(offered)}; "
+        + ("; ".join(reasons) or "this client knows none of them")
+    )
+
+
+def login(
+    url: str,
+    password: str | None = None,
+    client: Any = None,
+    *,
+    ca: Path | str | None = None,
+    certificate: Path | str | None = None,
+    key: Path | str | None = None,
+    verify: bool = True,
+    timeout: float = 30,
+) -> defer.Deferred:
+    """
+    Connect to the URL, log in and fire with the avatar's C{RemoteReference}.
+
+    @param client: the C{mind} the realm may call back (a C{pb.Referenceable}).
+    @param ca: PEM file of the CA that signed a C{pbs://} server's certificate
+        (default: the system's trust store).
+    @param certificate: PEM client certificate (with C{key}) for tls-client-cert.
+    @param verify: C{False} skips verifying a C{pbs://} server: only for tests.
+    """
+    target = parse_url(url)
+    return defer.ensureDeferred(
+        _login(target, password, client, ca, certificate, key, verify, timeout)
+    )
+
+
+def disconnect(reference: pb.RemoteReference) -> None:
+    """Close the connection an avatar reference came over."""
+    reference.broker.transport.loseConnection()
+
+
+async def _login(
+    target: Target,
+    password: str | None,
+    client: Any,
+    ca: Any,
+    certificate: Any,
+    key: Any,
+    verify: bool,
+    timeout: float,
+) -> pb.RemoteReference:
+    factory = pb.PBClientFactory()
+    _connect(target, factory, ca, certificate, key, verify, timeout)
+    root = await factory.getRootObject()
+    try:
+        offered = await root.callRemote("mechanisms", target.portal)
+        mechanism = choose_mechanism(
+            offered,
+            tls=target.tls,
+            user=target.user,
+            password=password,
+            certificate=certificate is not None,
+        )
+        try:
+            return await _LOGINS[mechanism](root, target, password, client)
+        except pb.RemoteError as e:
+            # A user whose stored hash is not a SCRAM verifier (argon2, bcrypt...)
+            # can still log in with plain, over the TLS connection we verified.
+            refused = e.remoteType == b"twisted.cred.error.UnauthorizedLogin"
+            if not (refused and mechanism == mechanisms.SCRAM and target.tls):
+                raise
+            if mechanisms.PLAIN not in offered:
+                raise
+            return await _plain(root, target, password, client)
+    except pb.RemoteError as e:
+        factory.disconnect()
+        if e.remoteType == b"twisted.cred.error.UnauthorizedLogin":
+            raise UnauthorizedLogin(f"{target.user or 'anonymous'}: login refused") from None
+        raise
+    except BaseException:
+        factory.disconnect()
+        raise
+
+
+def _connect(
+    target: Target, factory: Any, ca: Any, certificate: Any, key: Any, verify: bool, timeout: float
+) -> None:
+    from twisted.internet import reactor, ssl
+
+    if target.socket_path is not None:
+        reactor.connectUNIX(target.socket_path, factory, timeout)
+        return
+    if not target.tls:
+        reactor.connectTCP(target.host, target.port, factory, timeout)
+        return
+    client_certificate = None
+    if certificate is not None:
+        pem = Path(certificate).read_bytes() + b"\n" + Path(key or certificate).read_bytes()
+        client_certificate = ssl.PrivateCertificate.loadPEM(pem)
+    if verify:
+        trust = ssl.Certificate.loadPEM(Path(ca).read_bytes()) if ca else ssl.platformTrust()
+        options = ssl.optionsForClientTLS(
+            target.host, trustRoot=trust, clientCertificate=client_certificate
+        )
+    else:
+        extra = {}
+        if client_certificate is not None:
+            extra = {
+                "privateKey": client_certificate.privateKey.original,
+                "certificate": client_certificate.original,
+            }
+        options = ssl.CertificateOptions(verify=False, **extra)
+    reactor.connectSSL(target.host, target.port, factory, options, timeout)
+
+
+async def _scram(root: Any, target: Target, password: str, client: Any) -> Any:
+    exchange = ClientExchange(target.user, password)
+    server_first, conversation = await root.callRemote(
+        "scramStart", target.portal, exchange.client_first
+    )
+    try:
+        final = exchange.final(server_first)
+    except ScramError as e:
+        raise ServerNotVerifiedError(f"scram-sha-256: {e}") from None
+    server_final, avatar = await conversation.callRemote("finish", final, client)
+    try:
+        exchange.verify_server(server_final)
+    except ScramError as e:
+        raise ServerNotVerifiedError(str(e)) from None
+    return avatar
+
+
+async def _plain(root: Any, target: Target, password: str, client: Any) -> Any:
+    return await root.callRemote("loginPlain", target.portal, target.user, password, client)
+
+
+async def _md5(root: Any, target: Target, password: str, client: Any) -> Any:
+    challenge, challenger = await root.callRemote("loginMD5", target.portal, target.user)
+    return await challenger.callRemote(
+        "respond", pb.respond(challenge, password.encode("utf-8")), client
+    )
+
+
+async def _certificate(root: Any, target: Target, password: Any, client: Any) -> Any:
+    return await root.callRemote("loginCertificate", target.portal, client)
+
+
+async def _anonymous(root: Any, target: Target, password: Any, client: Any) -> Any:
+    return await root.callRemote("loginAnonymousTo", target.portal, client)
+
+
+_LOGINS = {
+    mechanisms.SCRAM: _scram,
+    mechanisms.PLAIN: _plain,
+    mechanisms.MD5: _md5,
+    mechanisms.TLS_CLIENT_CERT: _certificate,
+    mechanisms.ANONYMOUS: _anonymous,
+}
