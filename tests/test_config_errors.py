@@ -119,6 +119,51 @@ BAD_CONFIGS = {
 }
 
 
+BAD_CONFIGS.update(
+    {
+        "unknown mechanism": (
+            _with(lambda c: c["portals"]["demo"].update(mechanisms=["kerberos"])),
+            "portals.demo.mechanisms[0]: unknown mechanism 'kerberos' (known: tls-client-cert, "
+            "scram-sha-256, plain, pb-md5, anonymous)",
+        ),
+        "mechanism no checker serves": (
+            _with(lambda c: c["portals"]["demo"].update(mechanisms=["tls-client-cert"])),
+            "portals.demo.mechanisms[0]: no checker of this portal can serve 'tls-client-cert'",
+        ),
+        "portal and portals": (
+            _with(lambda c: c["listeners"][0].update(portals=["demo"])),
+            "listeners[0]: give 'portal' or 'portals', not both",
+        ),
+        "tls certificate missing": (
+            _with(
+                lambda c: c["listeners"][0].update(tls={"certificate": "no.pem", "key": "no.key"})
+            ),
+            "listeners[0].tls.certificate: no such file: no.pem",
+        ),
+        "tls without a key": (
+            _with(lambda c: c["listeners"][0].update(tls={"certificate": "pbd.yaml"})),
+            "listeners[0].tls.key: missing",
+        ),
+        "tls certificate that is not PEM": (
+            _with(
+                lambda c: c["listeners"][0].update(
+                    tls={"certificate": "pbd.yaml", "key": "pbd.yaml"}
+                )
+            ),
+            "listeners[0].tls.certificate: ",
+        ),
+        "client certificates required without a CA": (
+            _with(
+                lambda c: c["listeners"][0].update(
+                    tls={"certificate": "pbd.yaml", "key": "pbd.yaml", "require_client_cert": True}
+                )
+            ),
+            "listeners[0].tls.require_client_cert: needs client_ca to verify certificates",
+        ),
+    }
+)
+
+
 def _assert_refused(result, expected, config_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
