@@ -154,3 +154,51 @@ def test_the_daemon_reloads_the_file_and_keeps_logged_in_users(start_daemon, tmp
         assert in_reactor.run(still_there) == "alice"
     finally:
         factory.disconnect()
+
+
+def _on_a_terminal(arguments: list[str], answers: list[str]) -> tuple[int, str]:
+    """Run `pbd passwd` with a pseudo-terminal as its terminal, answering each prompt."""
+    import pty
+    import select
+
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: becomes pbd
+        os.execv(PBD, [PBD, "passwd", *arguments])
+    seen = b""
+    try:
+        for answer in answers:
+            while not seen.rstrip().endswith(b":"):
+                ready, _, _ = select.select([terminal], [], [], 10)
+                assert ready, f"no prompt; got {seen!r}"
+                seen += os.read(terminal, 1024)
+            os.write(terminal, answer.encode() + b"\n")
+            seen = b""
+        output = b""
+        while True:
+            ready, _, _ = select.select([terminal], [], [], 10)
+            if not ready:
+                break
+            try:
+                chunk = os.read(terminal, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(terminal)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_on_a_terminal_the_password_is_asked_twice(tmp_path):
+    path = tmp_path / "users.passwd"
+    code, output = _on_a_terminal([str(path), "alice"], ["typed-pw", "typed-pw"])
+    assert code == 0, output
+    assert read_password_file(path)["alice"].verify_plain("typed-pw")
+    assert "typed-pw" not in output
+
+    code, output = _on_a_terminal([str(path), "alice"], ["one", "other"])
+    assert code == 1
+    assert "the passwords differ; nothing changed" in output
+    assert read_password_file(path)["alice"].verify_plain("typed-pw")
