@@ -45,6 +45,8 @@ class Assembly:
     warnings: list[str] = field(default_factory=list)
     # Per portal, the checkers it consults, in order, as the summary shows them.
     checker_names: dict[str, list[str]] = field(default_factory=dict)
+    # Per portal, the mechanisms it offers (plain only over TLS, as the root decides).
+    mechanisms: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Every realm and checker built, for the services that watch their files.
     plugins: list[Any] = field(default_factory=list)
 
@@ -65,6 +67,7 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
         if portal is not None:
             built[name] = portal
             assembly.portals[name] = portal.entry.portal
+            assembly.mechanisms[name] = portal.entry.mechanisms
     for listener_config in config.listeners:
         endpoint = _endpoint(listener_config, reactor, problems, check_only)
         tls = _tls_options(listener_config, problems)

@@ -255,12 +255,18 @@ def summary(assembly: Assembly) -> str:
     lines = [f"{config.source}: OK", "listeners:"]
     for listener in assembly.listeners:
         note = "" if listener.endpoint else "  (systemd socket: checked when systemd starts pbd)"
-        lines.append(f"  {listener.config.endpoint} -> portal {listener.config.portal}{note}")
+        served = listener.config.portals
+        target = f"portal {served[0]}" if len(served) == 1 else f"portals {', '.join(served)}"
+        tls = " + tls" if listener.config.tls is not None else ""
+        lines.append(f"  {listener.config.endpoint}{tls} -> {target}{note}")
     lines.append("portals:")
     for name, portal in config.portals.items():
         checkers = ", ".join(assembly.checker_names[name])
-        lines.append(f"  {name}: realm {portal.realm.plugin}; checkers {checkers}")
-    served = {listener.config.portal for listener in assembly.listeners}
+        offered = ", ".join(assembly.mechanisms[name])
+        lines.append(
+            f"  {name}: realm {portal.realm.plugin}; checkers {checkers}; mechanisms {offered}"
+        )
+    served = {name for listener in assembly.listeners for name in listener.config.portals}
     for name in config.portals:
         if name not in served:
             assembly.warnings.append(f"portal {name!r} is not served by any listener")

@@ -232,7 +232,8 @@ def test_check_config_summarises_a_good_config(tmp_path):
         "listeners:",
         "  tcp:0:interface=127.0.0.1 -> portal demo",
         "portals:",
-        "  demo: realm echo; checkers memory, anonymous",
+        "  demo: realm echo; checkers memory, anonymous; "
+        "mechanisms scram-sha-256, plain, pb-md5, anonymous",
     ]
 
 

@@ -150,4 +150,7 @@ def test_legacy_realm_config_errors_name_the_key(tmp_path, case):
 def test_legacy_example_config_passes_check_config():
     result = run_pbd("check-config", str(REPO / "config" / "legacy.yaml"))
     assert result.returncode == 0, result.stderr
-    assert "legacy: realm legacy; checkers IdentityChecker (from the realm)" in result.stdout
+    assert (
+        "legacy: realm legacy; checkers IdentityChecker (from the realm); mechanisms plain, pb-md5"
+        in result.stdout
+    )
