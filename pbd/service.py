@@ -55,12 +55,15 @@ class ListenersService(Service):
     def startService(self) -> None:
         super().startService()
         for listener, port in self.ports:
+            others = listener.config.portals[1:]
             log.info(
-                "{key_path} ({endpoint}) serves portal {portal!r} on {address}",
+                "{key_path} ({endpoint}) serves portal {portal!r} on {address}{more}{tls}",
                 key_path=listener.config.key_path,
                 endpoint=listener.config.endpoint,
                 portal=listener.config.portal,
                 address=describe_address(port.getHost()),
+                more=f" (and portals {', '.join(others)})" if others else "",
+                tls=" with TLS" if listener.config.tls is not None else "",
             )
         log.info("pbd ready: {count} listener(s)", count=len(self.ports))
 
