@@ -35,13 +35,16 @@ class PasswordFileEditError(Exception):
 
 
 def hash_password(password: str, scheme: str = DEFAULT_SCHEME) -> str:
-    if scheme == SCRAM_SCHEME:
-        return str(Verifier.from_password(password))
     if scheme not in WRITABLE_SCHEMES:
         raise PasswordFileEditError(
             f"unknown scheme {scheme!r} (choose from: {', '.join(WRITABLE_SCHEMES)})"
         )
-    return _writers.handler(scheme).hash(password)
+    try:
+        if scheme == SCRAM_SCHEME:
+            return str(Verifier.from_password(password))
+        return _writers.handler(scheme).hash(password)
+    except ValueError as e:
+        raise PasswordFileEditError(f"{scheme} cannot store this password: {e}") from None
 
 
 def check_user_name(user: str) -> None:

@@ -61,7 +61,11 @@ class PasswordEntry:
         verifier = self.scram_verifier
         if verifier is not None:
             return verifier.verify_password(password)
-        return hashes.handler(self.scheme).verify(password, self.hash)
+        try:
+            return hashes.handler(self.scheme).verify(password, self.hash)
+        except (ValueError, TypeError):
+            # bcrypt refuses passwords over 72 bytes or with NUL bytes: no match.
+            return False
 
     @property
     def md5_digest(self) -> bytes | None:

@@ -72,3 +72,14 @@ def test_chain_asks_checkers_in_order_and_first_yes_wins():
     assert _outcome(chain.requestAvatarId(Anonymous())) == ()
     refused = _outcome(chain.requestAvatarId(UsernamePassword(b"alice", b"third")))
     assert isinstance(refused, Failure) and refused.check(UnauthorizedLogin)
+
+
+def test_passwords_bcrypt_cannot_take_never_match_and_are_refused_when_set():
+    from pbd.passwdedit import PasswordFileEditError, hash_password
+
+    entry = parse_password_file(f"a:{hash_password('pw', 'bcrypt')}\n")["a"]
+    assert entry.verify_plain("pw")
+    assert not entry.verify_plain("x" * 100)
+    assert not entry.verify_plain("nul\x00byte")
+    with pytest.raises(PasswordFileEditError, match="bcrypt cannot store this password"):
+        hash_password("x" * 100, "bcrypt")
