@@ -1,0 +1,135 @@
+"""
+pbd's Banana decoder against Twisted's: the same items from the same bytes,
+however they are chunked, and the same refusals of the same garbage.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from twisted.spread import banana, jelly
+
+from pbd.banana import FastDecoding
+
+
+class Recorder:
+    """Collects what a decoder makes of its input, or the exception it raised."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+
+    def expressionReceived(self, item):
+        self.items.append(item)
+
+
+class Stock(Recorder, banana.Banana):
+    def __init__(self, dialect=b"pb"):
+        banana.Banana.__init__(self)
+        Recorder.__init__(self)
+        self.currentDialect = dialect
+        self.setPrefixLimit(banana._PREFIX_LIMIT)
+
+
+class Fast(FastDecoding, Stock):
+    pass
+
+
+def decode(decoder_class, data: bytes, cuts: list[int], dialect=b"pb"):
+    decoder = decoder_class(dialect)
+    previous = 0
+    try:
+        for cut in [*cuts, len(data)]:
+            decoder.dataReceived(data[previous:cut])
+            previous = cut
+    except Exception as e:
+        return decoder.items, type(e).__name__
+    return decoder.items, decoder.buffer
+
+
+def encode(value) -> bytes:
+    encoder = banana.Banana()
+    encoder.currentDialect = b"pb"
+    encoder.setPrefixLimit(banana._PREFIX_LIMIT)
+    out: list[bytes] = []
+    encoder.transport = type("T", (), {"write": lambda self, data: out.append(data)})()
+    encoder.sendEncoded(jelly.jelly(value))
+    return b"".join(out)
+
+
+def random_value(rng: random.Random, depth: int = 0):
+    kinds = ["int", "big", "neg", "float", "str", "bytes", "none"]
+    if depth < 4:
+        kinds += ["list", "dict", "tuple"]
+    kind = rng.choice(kinds)
+    if kind == "int":
+        return rng.randint(-1000, 1000)
+    if kind == "big":
+        return rng.choice([1, -1]) * rng.randint(2**31, 2**200)
+    if kind == "neg":
+        return -rng.randint(1, 2**31)
+    if kind == "float":
+        return rng.uniform(-1e9, 1e9)
+    if kind == "str":
+        return "".join(rng.choice("abcé, ñ=💡") for _ in range(rng.randint(0, 40)))
+    if kind == "bytes":
+        return rng.randbytes(rng.randint(0, 300))
+    if kind == "none":
+        return None
+    children = [random_value(rng, depth + 1) for _ in range(rng.randint(0, 6))]
+    if kind == "list":
+        return children
+    if kind == "tuple":
+        return tuple(children)
+    return {f"k{i}": child for i, child in enumerate(children)}
+
+
+def random_cuts(rng: random.Random, length: int) -> list[int]:
+    return sorted(rng.sample(range(length), min(length, rng.randint(0, 8)))) if length else []
+
+
+def test_valid_messages_decode_the_same_in_any_chunks():
+    rng = random.Random(20261125)
+    for _ in range(400):
+        data = b"".join(encode(random_value(rng)) for _ in range(rng.randint(1, 4)))
+        cuts = random_cuts(rng, len(data))
+        assert decode(Fast, data, cuts) == decode(Stock, data, cuts)
+
+
+def test_vocabulary_of_the_pb_dialect():
+    data = b"\x01\x87\x02\x87" + encode("after")
+    assert decode(Fast, data, [1, 3]) == decode(Stock, data, [1, 3])
+    assert decode(Fast, data, [], dialect=b"none") == decode(Stock, data, [], dialect=b"none")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x01" * 65,  # a prefix longer than the limit, no type byte yet
+        b"\x01" * 64,  # as long as allowed: wait for more
+        b"\x01" * 70 + b"\x81",  # too long a prefix, then a type byte
+        b"\x7f\x7f\x7f\x7f\x82",  # a string far over the size limit
+        b"\x7f\x7f\x7f\x7f\x80",  # a list far over the size limit
+        b"\x01\x88",  # an unknown type byte
+        b"\x7f\x7f\x87",  # vocabulary that does not exist
+        b"\x84\x00\x00",  # half a float
+        b"\x05\x82abc",  # half a string
+    ],
+)
+def test_edge_cases_are_treated_alike(data):
+    for cuts in ([], [1], list(range(1, len(data)))):
+        assert decode(Fast, data, cuts) == decode(Stock, data, cuts)
+
+
+def test_random_garbage_is_refused_alike():
+    rng = random.Random(7)
+    # Half pure noise; half built of valid type bytes and small prefixes, to reach deeper.
+    plausible = bytes([*range(0, 8), 0x7F, *range(0x80, 0x88)])
+    for n in range(4000):
+        length = rng.randint(1, 60)
+        if n % 2:
+            data = rng.randbytes(length)
+        else:
+            data = bytes(rng.choice(plausible) for _ in range(length))
+        cuts = random_cuts(rng, len(data))
+        assert decode(Fast, data, cuts) == decode(Stock, data, cuts), data
