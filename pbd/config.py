@@ -290,6 +290,8 @@ class _Reader:
         endpoint = None if endpoint is None else self.string(endpoint, f"{path}.endpoint")
         names = self.listener_portals(item, path)
         tls = self.tls(item["tls"], f"{path}.tls") if "tls" in item else None
+        if tls is not None and endpoint is not None and endpoint.split(":")[0].strip() == "ssl":
+            self.fail(f"{path}.tls", "an ssl: endpoint already speaks TLS: use tcp: with tls:")
         if endpoint is None or not names or len(self.problems) > problems_before:
             return None
         if not all(name in portals for name in names):

@@ -152,6 +152,15 @@ BAD_CONFIGS.update(
             ),
             "listeners[0].tls.certificate: ",
         ),
+        "tls on an ssl endpoint": (
+            _with(
+                lambda c: c["listeners"][0].update(
+                    endpoint="ssl:0:privateKey=pbd.yaml",
+                    tls={"certificate": "pbd.yaml", "key": "pbd.yaml"},
+                )
+            ),
+            "listeners[0].tls: an ssl: endpoint already speaks TLS: use tcp: with tls:",
+        ),
         "client certificates required without a CA": (
             _with(
                 lambda c: c["listeners"][0].update(
