@@ -15,11 +15,12 @@ from typing import Any
 from twisted.cred import error
 from twisted.cred.checkers import AllowAnonymousAccess, ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread.pb import IUsernameMD5Password
 from zope.interface import implementer
 
+from pbd import hashing
 from pbd.credentials import ICertificateSubject, IScramVerified, IScramVerifierSource
 from pbd.errors import OptionError
 from pbd.interfaces import IConfigWarnings, IReloadable
@@ -188,8 +189,8 @@ class PasswordFileChecker:
             return defer.fail()
         entry = self._entries.get(user)
         if IUsernameMD5Password.providedBy(credentials):
-            return threads.deferToThread(self._check_md5, credentials, user, entry)
-        return threads.deferToThread(self._check_plain, _password(credentials), user, entry)
+            return hashing.run(self._check_md5, credentials, user, entry)
+        return hashing.run(self._check_plain, _password(credentials), user, entry)
 
     def _check_md5(self, credentials: Any, user: str, entry: PasswordEntry | None) -> bytes:
         """Runs in the reactor's thread pool: hash checks never block the reactor."""

@@ -21,13 +21,14 @@ import os
 from hashlib import md5
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 from twisted.spread.flavors import IPBRoot
 from twisted.spread.jelly import IJellyable
 from zope.interface import implementer
 
+from pbd import hashing
 from pbd.interfaces import ILegacyAuthorizer
 
 log = Logger()
@@ -67,7 +68,7 @@ class AuthChallenger(pb.Referenceable):
             raise pb.Error("this challenge was already answered: ask for a new one")
         self._answered = True
         identity = self.identity or _Decoy()
-        d = threads.deferToThread(identity.verifyPassword, self.challenge, response)
+        d = hashing.run(identity.verifyPassword, self.challenge, response)
         d.addCallback(self._verified)
         return d
 

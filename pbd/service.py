@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pbd import hashing
 from pbd.assembly import Assembly, Listener
 from pbd.errors import ListenError
 from pbd.interfaces import IReloadable
@@ -146,12 +148,26 @@ class ReloadService(Service):
                 log.failure("reloading {plugin!r} failed", plugin=reloadable)
 
 
+class HashingService(Service):
+    """Runs the bounded thread pool password checks use (L{pbd.hashing})."""
+
+    def startService(self) -> None:
+        super().startService()
+        size = os.environ.get("PBD_HASH_THREADS")
+        hashing.start(int(size) if size else None)
+
+    def stopService(self) -> None:
+        super().stopService()
+        hashing.stop()
+
+
 class DaemonService(MultiService):
     """The service tree twistd runs for one config."""
 
     def __init__(self, assembly: Assembly) -> None:
         super().__init__()
         self.assembly = assembly
+        HashingService().setServiceParent(self)
         self.listeners = ListenersService(assembly.listeners)
         self.listeners.setServiceParent(self)
         reloadables = [p for p in assembly.plugins if IReloadable.providedBy(p)]

@@ -29,12 +29,13 @@ from twisted.cred.checkers import ANONYMOUS, ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 from twisted.spread.pb import IUsernameMD5Password
 from zope.interface import implementer
 
+from pbd import hashing
 from pbd.errors import OptionError
 from pbd.interfaces import ICheckerSource, ILegacyAuthorizer
 from pbd.passwdfile import PasswordFileError, read_password_file
@@ -214,7 +215,7 @@ class IdentityChecker:
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
         identity = self.realm.getIdentity(name)
-        return threads.deferToThread(self._check, credentials, identity, name)
+        return hashing.run(self._check, credentials, identity, name)
 
     def _check(self, credentials: Any, identity: Identity | None, name: str) -> bytes:
         digest = identity.hashedPassword if identity is not None else None
