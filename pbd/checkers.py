@@ -52,15 +52,27 @@ def _password(credentials: Any) -> str:
     return password.decode("utf-8", "replace") if isinstance(password, bytes) else password
 
 
-def _scram_verified_by(checker: Any, credentials: Any) -> defer.Deferred:
-    """Accept a SCRAM proof only if it was checked against this checker's verifier."""
-    if credentials.source is not checker:
-        return defer.fail(error.UnauthorizedLogin("verified by another checker"))
-    return defer.succeed(credentials.username)
+class _UserChecker:
+    """What every checker of named users does first: SCRAM proofs, and decoding the name."""
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+        if IScramVerified.providedBy(credentials):
+            # Accept a SCRAM proof only if it was checked against our own verifier.
+            if credentials.source is not self:
+                return defer.fail(error.UnauthorizedLogin("verified by another checker"))
+            return defer.succeed(credentials.username)
+        try:
+            user = _username(credentials)
+        except error.UnauthorizedLogin:
+            return defer.fail()
+        return self.checkUser(credentials, user)
+
+    def checkUser(self, credentials: Any, user: str) -> defer.Deferred:
+        raise NotImplementedError
 
 
 @implementer(ICredentialsChecker, IScramVerifierSource)
-class MemoryChecker:
+class MemoryChecker(_UserChecker):
     """
     Users and plain passwords written into the config: for development and tests.
 
@@ -87,13 +99,7 @@ class MemoryChecker:
     def scramVerifier(self, username: str) -> Verifier | None:
         return self._verifiers.get(username)
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
-        if IScramVerified.providedBy(credentials):
-            return _scram_verified_by(self, credentials)
-        try:
-            user = _username(credentials)
-        except error.UnauthorizedLogin:
-            return defer.fail()
+    def checkUser(self, credentials: Any, user: str) -> defer.Deferred:
         password = self._passwords.get(user)
         if password is None:
             return defer.fail(error.UnauthorizedLogin(f"unknown user {user!r}"))
@@ -109,7 +115,7 @@ def _matched(matched: bool, user: str) -> bytes:
 
 
 @implementer(ICredentialsChecker, IConfigWarnings, IScramVerifierSource, IReloadable)
-class PasswordFileChecker:
+class PasswordFileChecker(_UserChecker):
     """
     Users from a password file (C{user:hash} lines), re-read when it changes.
 
@@ -180,13 +186,7 @@ class PasswordFileChecker:
         entry = self._entries.get(username)
         return entry.scram_verifier if entry is not None else None
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
-        if IScramVerified.providedBy(credentials):
-            return _scram_verified_by(self, credentials)
-        try:
-            user = _username(credentials)
-        except error.UnauthorizedLogin:
-            return defer.fail()
+    def checkUser(self, credentials: Any, user: str) -> defer.Deferred:
         entry = self._entries.get(user)
         if IUsernameMD5Password.providedBy(credentials):
             return hashing.run(self._check_md5, credentials, user, entry)
