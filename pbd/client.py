@@ -28,6 +28,7 @@ from twisted.internet import defer
 from twisted.spread import pb
 
 from pbd import mechanisms
+from pbd.banana import FastDecoding
 from pbd.scram import ClientExchange, ScramError
 
 DEFAULT_PORT = 8787
@@ -153,6 +154,14 @@ def login(
     )
 
 
+class _ClientBroker(FastDecoding, pb.Broker):
+    """A stock client broker that decodes incoming data without copies (L{pbd.banana})."""
+
+
+class _ClientFactory(pb.PBClientFactory):
+    protocol = _ClientBroker
+
+
 def disconnect(reference: pb.RemoteReference) -> None:
     """Close the connection an avatar reference came over."""
     reference.broker.transport.loseConnection()
@@ -168,7 +177,7 @@ async def _login(
     verify: bool,
     timeout: float,
 ) -> pb.RemoteReference:
-    factory = pb.PBClientFactory()
+    factory = _ClientFactory()
     _connect(target, factory, ca, certificate, key, verify, timeout)
     root = await factory.getRootObject()
     try:
