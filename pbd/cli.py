@@ -204,6 +204,7 @@ async def _call(arguments: argparse.Namespace, password: str | None, args: list)
         UnauthorizedLogin,
         client.NoUsableMechanismError,
         client.ServerNotVerifiedError,
+        client.TLSFailedError,
         ConnectError,
         pb.RemoteError,
         OSError,

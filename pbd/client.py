@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from OpenSSL import SSL
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.spread import pb
@@ -45,6 +46,10 @@ class NoUsableMechanismError(Exception):
 
 class ServerNotVerifiedError(Exception):
     """The server did not prove it knows the user's password (SCRAM)."""
+
+
+class TLSFailedError(Exception):
+    """The TLS handshake failed: a certificate one side could not verify, mostly."""
 
 
 @dataclass(frozen=True)
@@ -157,9 +162,22 @@ def login(
 class _ClientBroker(FastDecoding, pb.Broker):
     """A stock client broker that decodes incoming data without copies (L{pbd.banana})."""
 
+    def connectionLost(self, reason: Any) -> None:
+        # The TLS layer tells the protocol why it failed; the connector only
+        # tells the factory that the connection closed. Keep the why.
+        if self.factory is not None:
+            self.factory.lost_reason = reason
+        super().connectionLost(reason)
+
 
 class _ClientFactory(pb.PBClientFactory):
     protocol = _ClientBroker
+    lost_reason: Any = None
+
+    def clientConnectionLost(self, connector: Any, reason: Any, reconnecting: int = 0) -> None:
+        if self.lost_reason is not None and self.lost_reason.check(SSL.Error):
+            reason = self.lost_reason
+        super().clientConnectionLost(connector, reason, reconnecting)
 
 
 def disconnect(reference: pb.RemoteReference) -> None:
@@ -179,7 +197,13 @@ async def _login(
 ) -> pb.RemoteReference:
     factory = _ClientFactory()
     _connect(target, factory, ca, certificate, key, verify, timeout)
-    root = await factory.getRootObject()
+    try:
+        root = await factory.getRootObject()
+    except SSL.Error as e:
+        raise TLSFailedError(
+            f"TLS with {target.host}:{target.port} failed ({_ssl_reason(e)}): is the server's "
+            "certificate signed by the CA you trust (ca=), and is yours by one it trusts?"
+        ) from None
     try:
         offered = await root.callRemote("mechanisms", target.portal)
         mechanism = choose_mechanism(
@@ -208,6 +232,11 @@ async def _login(
     except BaseException:
         factory.disconnect()
         raise
+
+
+def _ssl_reason(error: Exception) -> str:
+    reasons = [part[2] for part in (error.args[0] if error.args else []) if len(part) == 3]
+    return "; ".join(reason for reason in reasons if reason) or str(error)
 
 
 def _connect(
