@@ -15,11 +15,22 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
 _pool: ThreadPool | None = None
 _local = threading.local()
+# Checks waiting or running at once; past this, new logins are refused at once
+# rather than queued without end (each queued check holds a connection's state).
+MAX_PENDING = 256
+_pending = 0
+
+
+class BusyError(UnauthorizedLogin):
+    """Too many password checks are under way; the login is refused, not queued."""
+
+
 # Hashing threads run at a lower priority than the reactor (Linux niceness is
 # per thread, and inherited by the threads argon2 starts for its lanes).
 NICENESS = 10
@@ -48,9 +59,21 @@ def run(function: Callable[..., Any], *args: Any) -> defer.Deferred:
     """Run C{function(*args)} in the hashing pool; fire with its result."""
     from twisted.internet import reactor
 
+    global _pending
+    if _pending >= MAX_PENDING:
+        return defer.fail(BusyError(f"{_pending} password checks under way"))
+    _pending += 1
     if _pool is None:  # outside the daemon (tests, tools): the reactor's own pool
-        return threads.deferToThread(function, *args)
-    return threads.deferToThreadPool(reactor, _pool, _politely, function, *args)
+        d = threads.deferToThread(function, *args)
+    else:
+        d = threads.deferToThreadPool(reactor, _pool, _politely, function, *args)
+    return d.addBoth(_done)
+
+
+def _done(result: Any) -> Any:
+    global _pending
+    _pending -= 1
+    return result
 
 
 def _politely(function: Callable[..., Any], *args: Any) -> Any:

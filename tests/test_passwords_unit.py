@@ -83,3 +83,12 @@ def test_passwords_bcrypt_cannot_take_never_match_and_are_refused_when_set():
     assert not entry.verify_plain("nul\x00byte")
     with pytest.raises(PasswordFileEditError, match="bcrypt cannot store this password"):
         hash_password("x" * 100, "bcrypt")
+
+
+def test_password_checks_past_the_bound_are_refused_not_queued(monkeypatch):
+    from pbd import hashing
+
+    monkeypatch.setattr(hashing, "MAX_PENDING", 0)
+    refused = _outcome(hashing.run(lambda: "never run"))
+    assert isinstance(refused, Failure) and refused.check(UnauthorizedLogin)
+    assert "password checks under way" in str(refused.value)
