@@ -83,7 +83,7 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
         root = PortalRoot(
             [portal.entry for portal in served], legacy if listener_config.legacy_login else None
         )
-        factory: Any = ServerFactory(root)
+        factory: Any = ServerFactory(root, login_timeout=config.login_timeout)
         if tls is not None:
             factory = TLSMemoryBIOFactory(tls, False, factory)
         assembly.listeners.append(Listener(listener_config, factory, endpoint))

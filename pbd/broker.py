@@ -30,6 +30,35 @@ class UnreadableDataError(Exception):
 
 
 class Broker(FastDecoding, pb.Broker):
+    _login_deadline: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        from twisted.internet import reactor
+
+        timeout = getattr(self.factory, "login_timeout", None)
+        if timeout:
+            self._login_deadline = reactor.callLater(timeout, self._too_slow_to_log_in, timeout)
+
+    def markLoggedIn(self) -> None:
+        """A login succeeded on this connection: it may stay as long as it likes."""
+        if self._login_deadline is not None and self._login_deadline.active():
+            self._login_deadline.cancel()
+        self._login_deadline = None
+
+    def _too_slow_to_log_in(self, timeout: float) -> None:
+        self._login_deadline = None
+        log.info(
+            "dropping connection from {peer}: no login in {timeout:g} s",
+            peer=self.transport.getPeer(),
+            timeout=timeout,
+        )
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.markLoggedIn()
+        super().connectionLost(reason)
+
     def _sendFailureOrError(self, fail: Any, requestID: int) -> None:
         # The checker chain has already logged why; the client still receives
         # twisted.cred.error.UnauthorizedLogin, exactly as from stock PB.
@@ -58,3 +87,7 @@ class ServerFactory(pb.PBServerFactory):
     """C{PBServerFactory} with pbd's L{Broker}; same root, same jelly security."""
 
     protocol = Broker
+
+    def __init__(self, root: Any, login_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.login_timeout = login_timeout

@@ -244,7 +244,7 @@ class BrokerFactory(ServerFactory):
     """DEPRECATED. A server factory for an C{IPBRoot}, such as L{AuthRoot}."""
 
     def __init__(self, objectToBroker: Any, unsafeTracebacks: bool = False) -> None:
-        super().__init__(objectToBroker, unsafeTracebacks)
+        super().__init__(objectToBroker, unsafeTracebacks=unsafeTracebacks)
 
 
 class BrokerClientFactory(protocol.ClientFactory):

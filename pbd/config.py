@@ -21,6 +21,7 @@ from pbd.mechanisms import MECHANISMS
 
 PORTAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 RESERVED_OPTIONS = frozenset({"plugin", "config_dir"})
+DEFAULT_LOGIN_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class Config:
     source: Path
     listeners: tuple[ListenerConfig, ...]
     portals: Mapping[str, PortalConfig] = field(default_factory=dict)
+    # Seconds a connection may stay without logging in before it is dropped.
+    login_timeout: float = DEFAULT_LOGIN_TIMEOUT
 
     @property
     def directory(self) -> Path:
@@ -181,12 +184,20 @@ class _Reader:
         if document is None:
             self.fail("", "the file is empty: it needs 'listeners' and 'portals'")
             return Config(source, ())
-        top = self.mapping(document, "", {"listeners", "portals"})
+        top = self.mapping(document, "", {"listeners", "portals", "login_timeout"})
         if top is None:
             return Config(source, ())
         portals = self.portals(self.required(top, "portals", ""))
         listeners = self.listeners(self.required(top, "listeners", ""), portals)
-        return Config(source, listeners, portals)
+        login_timeout = top.get("login_timeout", DEFAULT_LOGIN_TIMEOUT)
+        if (
+            isinstance(login_timeout, bool)
+            or not isinstance(login_timeout, int | float)
+            or (login_timeout <= 0)
+        ):
+            self.fail("login_timeout", "must be a number of seconds greater than 0")
+            login_timeout = DEFAULT_LOGIN_TIMEOUT
+        return Config(source, listeners, portals, float(login_timeout))
 
     def portals(self, value: Any) -> dict[str, PortalConfig]:
         if value is None:

@@ -106,6 +106,9 @@ class IdentityWrapper(pb.Referenceable):
                 log.failure("detached() of {p!r} failed", p=attached)
 
         self.broker.notifyOnDisconnect(detach)
+        mark = getattr(self.broker, "markLoggedIn", None)
+        if mark is not None:
+            mark()
         if IJellyable.providedBy(attached):
             return attached
         return pb.AsReferenceable(attached, "perspective")

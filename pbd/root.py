@@ -50,7 +50,22 @@ class PortalEntry:
     mechanisms: tuple[str, ...]
 
 
-class RootObject(pb.Referenceable, pb._JellyableAvatarMixin):
+class _MarksLogin(pb._JellyableAvatarMixin):
+    """Tells the broker when a login succeeded, so that it stops the login timer."""
+
+    def _cbLogin(self, result: tuple) -> Any:
+        avatar = super()._cbLogin(result)
+        mark = getattr(self.broker, "markLoggedIn", None)
+        if mark is not None:
+            mark()
+        return avatar
+
+
+class _MD5Challenger(_MarksLogin, pb._PortalAuthChallenger):
+    """Twisted's challenger for PB's MD5 login, unchanged on the wire."""
+
+
+class RootObject(pb.Referenceable, _MarksLogin):
     """One connection's root: logins to the listener's portals."""
 
     def __init__(self, entries: Sequence[PortalEntry], broker: pb.Broker, secret: bytes) -> None:
@@ -114,7 +129,7 @@ class RootObject(pb.Referenceable, pb._JellyableAvatarMixin):
         entry = self._entry(portal)
         self._require(entry, mechanisms.MD5)
         challenge = new_challenge()
-        return challenge, pb._PortalAuthChallenger(entry.portal, self.broker, username, challenge)
+        return challenge, _MD5Challenger(entry.portal, self.broker, username, challenge)
 
     def remote_loginAnonymousTo(self, portal: str | None, mind: Any) -> defer.Deferred:
         entry = self._entry(portal)
@@ -193,7 +208,7 @@ class LegacyRootObject(RootObject):
         return self._old.remote_username(username)
 
 
-class ScramExchange(pb.Referenceable, pb._JellyableAvatarMixin):
+class ScramExchange(pb.Referenceable, _MarksLogin):
     """The server's side of one SCRAM conversation, waiting for the client's proof."""
 
     def __init__(

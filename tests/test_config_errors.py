@@ -44,7 +44,7 @@ BAD_CONFIGS = {
     "not a mapping": ("- just\n- a list\n", "must be a mapping, not a list"),
     "unknown top-level key": (
         _with(lambda c: c.update(listners=[])),
-        "listners: unknown key (expected one of: listeners, portals)",
+        "listners: unknown key (expected one of: listeners, login_timeout, portals)",
     ),
     "unknown listener key": (
         _with(lambda c: c["listeners"][0].update(port=8787)),
@@ -121,6 +121,10 @@ BAD_CONFIGS = {
 
 BAD_CONFIGS.update(
     {
+        "login timeout not a number": (
+            _with(lambda c: c.update(login_timeout="soon")),
+            "login_timeout: must be a number of seconds greater than 0",
+        ),
         "unknown mechanism": (
             _with(lambda c: c["portals"]["demo"].update(mechanisms=["kerberos"])),
             "portals.demo.mechanisms[0]: unknown mechanism 'kerberos' (known: tls-client-cert, "

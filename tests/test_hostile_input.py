@@ -79,3 +79,25 @@ def test_deeply_nested_but_honest_data_still_round_trips(start_daemon):
             factory.disconnect()
 
     assert in_reactor.run(session) == nested
+
+
+def test_a_connection_that_never_logs_in_is_dropped_and_a_logged_in_one_is_not(start_daemon):
+    config = echo_config()
+    config["login_timeout"] = 1
+    daemon = start_daemon(config)
+    port = daemon.port("demo")
+    factory, avatar = in_reactor.run(login, port, "alice", "secret")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
+            idle.settimeout(10)
+            received = b""
+            while chunk := idle.recv(4096):  # the server's Banana greeting, then the close
+                received += chunk
+        assert "no login in 1 s" in daemon.wait_for_line("dropping connection from")
+
+        async def still_served():
+            return await avatar.callRemote("echo", "still here")
+
+        assert in_reactor.run(still_served) == "still here"
+    finally:
+        factory.disconnect()
