@@ -76,8 +76,14 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
             continue
         if listener_config.tls is not None and tls is None:
             continue
+        # The old conversation is PB's MD5 challenge: only where pb-md5 is offered.
         legacy = next(
-            (portal.realm for portal in served if ILegacyAuthorizer.providedBy(portal.realm)),
+            (
+                portal.realm
+                for portal in served
+                if ILegacyAuthorizer.providedBy(portal.realm)
+                and mechanisms.MD5 in portal.entry.mechanisms
+            ),
             None,
         )
         root = PortalRoot(

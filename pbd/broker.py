@@ -23,6 +23,11 @@ log = Logger()
 # bytes each from the peer. Real PB messages nest a few levels per level of
 # user data, and unjelly recurses, so deeper than this is never a real call.
 MAX_NESTING = 256
+# Before a login, a peer has no business sending more than a few logins' worth:
+# this bounds what an unauthenticated peer can make the daemon buffer.
+MAX_BYTES_BEFORE_LOGIN = 64 * 1024
+# Failed logins one connection may make before it is dropped.
+MAX_FAILED_LOGINS = 5
 
 
 class UnreadableDataError(Exception):
@@ -31,6 +36,10 @@ class UnreadableDataError(Exception):
 
 class Broker(FastDecoding, pb.Broker):
     _login_deadline: Any = None
+    logged_in = False
+    failed_logins = 0
+    logins_under_way = 0
+    _bytes_before_login = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -42,9 +51,24 @@ class Broker(FastDecoding, pb.Broker):
 
     def markLoggedIn(self) -> None:
         """A login succeeded on this connection: it may stay as long as it likes."""
+        self.logged_in = True
+        self._cancel_login_deadline()
+
+    def _cancel_login_deadline(self) -> None:
         if self._login_deadline is not None and self._login_deadline.active():
             self._login_deadline.cancel()
         self._login_deadline = None
+
+    def markLoginFailed(self) -> None:
+        """A login failed; after a few, the connection is dropped (online guessing)."""
+        self.failed_logins += 1
+        if self.failed_logins >= MAX_FAILED_LOGINS and self.transport is not None:
+            log.info(
+                "dropping connection from {peer}: {count} failed logins",
+                peer=self.transport.getPeer(),
+                count=self.failed_logins,
+            )
+            self.transport.loseConnection()
 
     def _too_slow_to_log_in(self, timeout: float) -> None:
         self._login_deadline = None
@@ -56,7 +80,7 @@ class Broker(FastDecoding, pb.Broker):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
-        self.markLoggedIn()
+        self._cancel_login_deadline()
         super().connectionLost(reason)
 
     def _sendFailureOrError(self, fail: Any, requestID: int) -> None:
@@ -69,6 +93,12 @@ class Broker(FastDecoding, pb.Broker):
 
     def dataReceived(self, data: bytes) -> None:
         try:
+            if not self.logged_in:
+                self._bytes_before_login += len(data)
+                if self._bytes_before_login > MAX_BYTES_BEFORE_LOGIN:
+                    raise UnreadableDataError(
+                        f"more than {MAX_BYTES_BEFORE_LOGIN} bytes without logging in"
+                    )
             super().dataReceived(data)
             if len(self.listStack) > MAX_NESTING:
                 raise UnreadableDataError(f"lists nested more than {MAX_NESTING} deep")

@@ -76,6 +76,9 @@ class AuthChallenger(pb.Referenceable):
         if matched and self.identity is not None:
             return IdentityWrapper(self.serv.broker, self.identity)
         log.info("old-style login refused for {user!r}", user=self.name)
+        failed = getattr(self.serv.broker, "markLoginFailed", None)
+        if failed is not None:
+            failed()
         return None
 
 

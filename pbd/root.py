@@ -23,6 +23,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.spread import pb
 from twisted.spread.flavors import IPBRoot
 from zope.interface import implementer
@@ -34,6 +35,9 @@ from pbd.oldlogin import AuthServ, new_challenge
 from pbd.scram import ClientFirst, ScramError, ServerExchange, Verifier
 
 log = Logger()
+# Keys the decoy salts of unknown users: one per process, so every listener
+# gives the same salt for the same name (a restart still changes it).
+_DECOY_SECRET = os.urandom(32)
 
 
 class LoginRefused(pb.Error):
@@ -61,18 +65,46 @@ class _MarksLogin(pb._JellyableAvatarMixin):
         return avatar
 
 
+def attempt(broker: Any, start: Any, *args: Any) -> defer.Deferred:
+    """
+    Run one login attempt: one at a time per connection, failures counted
+    (the broker drops a connection that fails too often).
+    """
+    if getattr(broker, "logins_under_way", 0):
+        raise LoginRefused("one login at a time on a connection")
+    if hasattr(broker, "logins_under_way"):
+        broker.logins_under_way += 1
+
+    def settle(result: Any) -> Any:
+        if hasattr(broker, "logins_under_way"):
+            broker.logins_under_way -= 1
+        failed = isinstance(result, Failure) and result.check(UnauthorizedLogin)
+        if failed and hasattr(broker, "markLoginFailed"):
+            broker.markLoginFailed()
+        return result
+
+    return defer.maybeDeferred(start, *args).addBoth(settle)
+
+
 class _MD5Challenger(_MarksLogin, pb._PortalAuthChallenger):
-    """Twisted's challenger for PB's MD5 login, unchanged on the wire."""
+    """Twisted's challenger for PB's MD5 login, unchanged on the wire, answerable once."""
+
+    _answered = False
+
+    def remote_respond(self, response: bytes, mind: Any) -> defer.Deferred:
+        if self._answered:
+            raise LoginRefused("this challenge was already answered: ask for a new one")
+        self._answered = True
+        return attempt(self.broker, super().remote_respond, response, mind)
 
 
 class RootObject(pb.Referenceable, _MarksLogin):
     """One connection's root: logins to the listener's portals."""
 
-    def __init__(self, entries: Sequence[PortalEntry], broker: pb.Broker, secret: bytes) -> None:
+    def __init__(self, entries: Sequence[PortalEntry], broker: pb.Broker) -> None:
         self.entries = {entry.name: entry for entry in entries}
         self.default = entries[0]
         self.broker = broker
-        self._secret = secret
 
     # -- what is on offer
 
@@ -180,15 +212,18 @@ class RootObject(pb.Referenceable, _MarksLogin):
                 verifier = checker.scramVerifier(username)
                 if verifier is not None:
                     return verifier, checker
-        # An unknown user gets a decoy: the same salt every time, and no way in.
-        salt = hmac.new(self._secret, username.encode("utf-8"), hashlib.sha256).digest()[:16]
+        # An unknown user gets a decoy: the same salt on every listener, and no way in.
+        key = f"{entry.name}\0{username}".encode()
+        salt = hmac.new(_DECOY_SECRET, key, hashlib.sha256).digest()[:16]
         keys = os.urandom(64)
         return Verifier(4096, salt, keys[:32], keys[32:]), None
 
     def _login(self, entry: PortalEntry, credentials: Any, mind: Any) -> defer.Deferred:
-        d = entry.portal.login(credentials, mind, pb.IPerspective)
-        d.addCallback(self._cbLogin)
-        return d
+        def log_in() -> defer.Deferred:
+            d = entry.portal.login(credentials, mind, pb.IPerspective)
+            return d.addCallback(self._cbLogin)
+
+        return attempt(self.broker, log_in)
 
 
 class LegacyRootObject(RootObject):
@@ -198,10 +233,9 @@ class LegacyRootObject(RootObject):
         self,
         entries: Sequence[PortalEntry],
         broker: pb.Broker,
-        secret: bytes,
         legacy: ILegacyAuthorizer,
     ) -> None:
-        super().__init__(entries, broker, secret)
+        super().__init__(entries, broker)
         self._old = AuthServ(legacy, broker)
 
     def remote_username(self, username: str | bytes) -> tuple:
@@ -224,6 +258,9 @@ class ScramExchange(pb.Referenceable, _MarksLogin):
         if self._finished:
             raise LoginRefused("this SCRAM exchange is over: start a new one")
         self._finished = True
+        return attempt(self.broker, self._finish, client_final, mind)
+
+    def _finish(self, client_final: str, mind: Any) -> defer.Deferred:
         username = self.exchange.client_first.username
         try:
             server_final = self.exchange.finish(_text(client_final))
@@ -256,12 +293,11 @@ class PortalRoot:
     ) -> None:
         self.entries = tuple(entries)
         self.legacy = legacy
-        self._secret = os.urandom(32)
 
     def rootObject(self, broker: pb.Broker) -> RootObject:
         if self.legacy is None:
-            return RootObject(self.entries, broker, self._secret)
-        return LegacyRootObject(self.entries, broker, self._secret, self.legacy)
+            return RootObject(self.entries, broker)
+        return LegacyRootObject(self.entries, broker, self.legacy)
 
 
 def _bytes(value: str | bytes) -> bytes:

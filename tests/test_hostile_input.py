@@ -8,6 +8,9 @@ import socket
 import in_reactor
 from configs import echo_config
 from pb_client import login
+from twisted.internet import reactor
+from twisted.internet.error import ConnectionDone
+from twisted.spread import pb
 from twisted.spread.banana import int2b128
 
 STRING, LIST = b"\x82", b"\x80"
@@ -101,3 +104,40 @@ def test_a_connection_that_never_logs_in_is_dropped_and_a_logged_in_one_is_not(s
         assert in_reactor.run(still_served) == "still here"
     finally:
         factory.disconnect()
+
+
+def test_guessing_passwords_on_one_connection_is_cut_short(start_daemon):
+    daemon = start_daemon(echo_config())
+    port = daemon.port("demo")
+
+    async def guess_until_dropped():
+        factory = pb.PBClientFactory()
+        reactor.connectTCP("127.0.0.1", port, factory)
+        root = await factory.getRootObject()
+        refused = 0
+        try:
+            for guess in range(20):
+                challenge, challenger = await root.callRemote("login", b"alice")
+                try:
+                    await challenger.callRemote(
+                        "respond", pb.respond(challenge, b"%d" % guess), None
+                    )
+                except pb.RemoteError:
+                    refused += 1
+        except (pb.PBConnectionLost, pb.DeadReferenceError, ConnectionDone):
+            return refused
+        finally:
+            factory.disconnect()
+        return None
+
+    assert in_reactor.run(guess_until_dropped) == 5
+    assert "5 failed logins" in daemon.wait_for_line("failed logins")
+
+
+def test_an_unauthenticated_peer_cannot_make_the_daemon_buffer_much(start_daemon):
+    daemon = start_daemon(echo_config())
+    port = daemon.port("demo")
+    # One list of a million items, never finished: stock PB would buffer it all.
+    payload = _encoded(600_000, LIST) + (_encoded(3, STRING) + b"abc") * 40_000
+    _send_and_wait_for_close(port, payload)
+    assert "without logging in" in daemon.wait_for_line("bytes without logging in")

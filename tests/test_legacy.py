@@ -212,6 +212,17 @@ def test_the_old_conversation_can_be_turned_off_per_listener(start_daemon):
     assert in_reactor.run(modern) == ["echoservice", "alice"]
 
 
+def test_the_old_conversation_is_off_where_pb_md5_is_not_offered(start_daemon):
+    config = legacy_config()
+    config["portals"]["old"]["mechanisms"] = ["plain"]
+    daemon = start_daemon(config, env=ON_PATH)
+
+    with pytest.raises(pb.RemoteError, match="No such method: remote_username"):
+        in_reactor.run(
+            compat.connect, "127.0.0.1", daemon.port("old"), "alice", "secret", "echoservice"
+        )
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
