@@ -24,10 +24,12 @@ from pbd import hashing
 from pbd.credentials import ICertificateSubject, IScramVerified, IScramVerifierSource
 from pbd.errors import OptionError
 from pbd.interfaces import IConfigWarnings, IReloadable
+from pbd.passwdedit import DEFAULT_SCHEME, PasswordFileEditError, hash_password
 from pbd.passwdfile import (
     MD5_CAPABLE_SCHEMES,
     PasswordEntry,
     PasswordFileError,
+    identify,
     read_password_file,
 )
 from pbd.scram import Verifier
@@ -165,6 +167,18 @@ class PasswordFileChecker(_UserChecker):
         if self._signature() != self._seen:
             self.reload()
 
+    def _decoy_entry(self) -> PasswordEntry:
+        """A hash in the file's most common scheme, of a password nobody knows."""
+        schemes = [entry.scheme for entry in self._entries.values()] or [DEFAULT_SCHEME]
+        scheme = max(set(schemes), key=schemes.count)
+        if getattr(self, "_decoy_hash", None) is None or self._decoy_hash.scheme != scheme:
+            try:
+                hashed = hash_password(os.urandom(16).hex(), scheme)
+            except PasswordFileEditError:
+                hashed = hash_password(os.urandom(16).hex(), DEFAULT_SCHEME)
+            self._decoy_hash = PasswordEntry("", hashed, identify(hashed))
+        return self._decoy_hash
+
     def reload(self) -> None:
         """Re-read the file; a file that fails to parse leaves the previous users in force."""
         self._seen = self._signature()
@@ -210,8 +224,12 @@ class PasswordFileChecker(_UserChecker):
         return user.encode("utf-8")
 
     def _check_plain(self, password: str, user: str, entry: PasswordEntry | None) -> bytes:
-        """Runs in the reactor's thread pool: slow hashes must not stall other users."""
-        if entry is None or not entry.verify_plain(password):
+        """Runs in the hashing pool: slow hashes must not stall other users."""
+        if entry is None:
+            # As slow as a real user's check, so that timing does not tell who exists.
+            self._decoy_entry().verify_plain(password)
+            raise error.UnauthorizedLogin(f"unknown user {user!r}")
+        if not entry.verify_plain(password):
             raise error.UnauthorizedLogin(f"wrong password or unknown user {user!r}")
         return user.encode("utf-8")
 

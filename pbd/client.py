@@ -18,6 +18,7 @@ stored hash is argon2 or bcrypt, not a SCRAM verifier) is tried with plain.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from twisted.spread import pb
 
 from pbd import mechanisms
 from pbd.banana import FastDecoding
+from pbd.mechanisms import MECHANISMS as MECHANISM_NAMES
+from pbd.mechanisms import PLAIN, SCRAM
 from pbd.scram import ClientExchange, ScramError
 
 DEFAULT_PORT = 8787
@@ -143,6 +146,7 @@ def login(
     key: Path | str | None = None,
     verify: bool = True,
     timeout: float = 30,
+    mechanisms: Sequence[str] | None = None,
 ) -> defer.Deferred:
     """
     Connect to the URL, log in and fire with the avatar's C{RemoteReference}.
@@ -151,11 +155,17 @@ def login(
     @param ca: PEM file of the CA that signed a C{pbs://} server's certificate
         (default: the system's trust store).
     @param certificate: PEM client certificate (with C{key}) for tls-client-cert.
-    @param verify: C{False} skips verifying a C{pbs://} server: only for tests.
+    @param verify: C{False} skips verifying a C{pbs://} server: only for
+        tests; C{plain} is then never used (the password would go to whoever
+        answered).
+    @param mechanisms: the mechanisms this client may use (default: all);
+        e.g. leave out C{pb-md5} so that a man in the middle of a C{pb://}
+        connection cannot get an MD5 challenge answered.
     """
     target = parse_url(url)
+    allowed = tuple(mechanisms) if mechanisms is not None else None
     return defer.ensureDeferred(
-        _login(target, password, client, ca, certificate, key, verify, timeout)
+        _login(target, password, client, ca, certificate, key, verify, timeout, allowed)
     )
 
 
@@ -194,6 +204,7 @@ async def _login(
     key: Any,
     verify: bool,
     timeout: float,
+    allowed: tuple[str, ...] | None,
 ) -> pb.RemoteReference:
     factory = _ClientFactory()
     _connect(target, factory, ca, certificate, key, verify, timeout)
@@ -206,8 +217,19 @@ async def _login(
         ) from None
     try:
         offered = await root.callRemote("mechanisms", target.portal)
+        usable = [
+            name
+            for name in offered
+            if (allowed is None or name in allowed) and (verify or name != PLAIN)
+        ]
+        if not usable and offered:
+            raise NoUsableMechanismError(
+                f"the server offers {', '.join(offered)}; this client allows "
+                f"{', '.join(allowed or MECHANISM_NAMES)}"
+                + ("" if verify else ", and never plain without verifying the server")
+            )
         mechanism = choose_mechanism(
-            offered,
+            usable,
             tls=target.tls,
             user=target.user,
             password=password,
@@ -219,9 +241,9 @@ async def _login(
             # A user whose stored hash is not a SCRAM verifier (argon2, bcrypt...)
             # can still log in with plain, over the TLS connection we verified.
             refused = e.remoteType == b"twisted.cred.error.UnauthorizedLogin"
-            if not (refused and mechanism == mechanisms.SCRAM and target.tls):
+            if not (refused and mechanism == SCRAM and target.tls and verify):
                 raise
-            if mechanisms.PLAIN not in offered:
+            if PLAIN not in usable:
                 raise
             return await _plain(root, target, password, client)
     except pb.RemoteError as e:

@@ -54,6 +54,11 @@ def check_user_name(user: str) -> None:
         )
 
 
+def real(path: Path) -> Path:
+    """Through any symbolic links: edit the file itself, not replace the link."""
+    return Path(os.path.realpath(path))
+
+
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold the file's edit lock; concurrent editors wait their turn."""
@@ -97,6 +102,7 @@ def set_password(path: Path, user: str, hashed: str) -> bool:
     check_user_name(user)
     if identify(hashed) is None:
         raise PasswordFileEditError("internal error: refusing to write an unreadable hash")
+    path = real(path)
     with locked(path):
         lines = _read_lines(path)
         entry = f"{user}:{hashed}"
@@ -110,6 +116,7 @@ def set_password(path: Path, user: str, hashed: str) -> bool:
 
 
 def delete_user(path: Path, user: str) -> None:
+    path = real(path)
     with locked(path):
         lines = _read_lines(path)
         kept = [line for line in lines if _user_of(line) != user]
@@ -120,6 +127,7 @@ def delete_user(path: Path, user: str) -> None:
 
 def list_users(path: Path) -> list[tuple[str, str]]:
     """(user, scheme) for every user: never the hashes."""
+    path = real(path)
     with locked(path):
         if not path.exists():
             raise PasswordFileEditError(f"{path}: no such file")

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 NAME = "SCRAM-SHA-256"
 DEFAULT_ITERATIONS = 4096  # RFC 7677's minimum and PostgreSQL's default
 MINIMUM_ITERATIONS = 4096
+# A client refuses more: a hostile server could otherwise freeze it in PBKDF2.
+MAXIMUM_ITERATIONS = 1_000_000
 
 
 class ScramError(ValueError):
@@ -140,9 +142,11 @@ def _attributes(message: str) -> list[tuple[str, str]]:
 
 
 def _unescape_name(name: str) -> str:
-    if "=" in name.replace("=2C", "").replace("=3D", ""):
-        raise ScramError("malformed user name")
-    return name.replace("=2C", ",").replace("=3D", "=")
+    parts = name.split("=")
+    for part in parts[1:]:
+        if not part.startswith(("2C", "3D")):
+            raise ScramError("malformed user name")
+    return parts[0] + "".join({"2C": ",", "3D": "="}[p[:2]] + p[2:] for p in parts[1:])
 
 
 def _escape_name(name: str) -> str:
@@ -164,9 +168,13 @@ class ClientFirst:
             raise ScramError("channel binding is not supported here")
         if flag not in ("n", "y") or authzid:
             raise ScramError("a client-first message starts with 'n,,'")
+        if bare.startswith("m="):
+            raise ScramError("mandatory extensions are not supported")
         attributes = _attributes(bare)
         if len(attributes) < 2 or attributes[0][0] != "n" or attributes[1][0] != "r":
             raise ScramError("a client-first message is 'n,,n=<user>,r=<nonce>'")
+        if not attributes[1][1] or not attributes[0][1]:
+            raise ScramError("an empty user name or nonce")
         return cls(_unescape_name(attributes[0][1]), attributes[1][1], bare, f"{flag},,")
 
 
@@ -226,6 +234,8 @@ class ClientExchange:
             raise ScramError("the server's nonce does not extend ours")
         if not iterations.isdigit() or int(iterations) < MINIMUM_ITERATIONS:
             raise ScramError(f"the server asks for too few iterations ({iterations})")
+        if int(iterations) > MAXIMUM_ITERATIONS:
+            raise ScramError(f"the server asks for too many iterations ({iterations})")
         salted = salted_password(self.password, _unb64(salt), int(iterations))
         client_key = _hmac(salted, b"Client Key")
         without_proof = f"c={_b64(b'n,,')},r={nonce}"

@@ -160,6 +160,17 @@ def test_pbs_verifies_the_server_certificate(start_daemon, passwd_file, tls_setu
     assert in_reactor.run(whoami, url, "sam-pw", verify=False) == "sam"
 
 
+def test_no_plain_to_an_unverified_server_and_an_allow_list(start_daemon, passwd_file, tls_setup):
+    _, _, tls = tls_setup
+    daemon = start_daemon(config(tls=tls))
+    url = f"pbs://ada@localhost:{daemon.port('echo')}/echo"
+    # ada's argon2 hash needs plain; unverified, the client will not send it.
+    with pytest.raises(UnauthorizedLogin):
+        in_reactor.run(whoami, url, "ada-pw", verify=False)
+    with pytest.raises(client.NoUsableMechanismError, match="this client allows tls-client-cert"):
+        in_reactor.run(whoami, url, "ada-pw", verify=False, mechanisms=["tls-client-cert"])
+
+
 def test_tls_client_certificate(start_daemon, passwd_file, tls_setup, tmp_path):
     authority, clients, tls = tls_setup
     daemon = start_daemon(config(tls=tls, extra_checkers=[{"plugin": "certificate"}]))

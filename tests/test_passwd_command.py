@@ -68,6 +68,16 @@ def test_mode_comments_and_order_are_kept(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".users.passwd.")]
 
 
+def test_editing_through_a_symbolic_link_edits_the_file_it_points_to(tmp_path):
+    real = tmp_path / "real.passwd"
+    link = tmp_path / "link.passwd"
+    passwd(str(real), "a", "--scheme", "hex_md5", password="x")
+    link.symlink_to(real)
+    assert passwd(str(link), "b", "--scheme", "hex_md5", password="y").returncode == 0
+    assert link.is_symlink()
+    assert sorted(read_password_file(real)) == ["a", "b"]
+
+
 def test_a_malformed_file_is_reported_and_never_rewritten(tmp_path):
     path = tmp_path / "users.passwd"
     original = "alice:0cc175b9c0f1b6a831c399e269772661\nthis line is broken\n"

@@ -70,7 +70,16 @@ def test_a_server_that_does_not_know_the_verifier_is_caught():
 
 @pytest.mark.parametrize(
     "message",
-    ["p=tls-unique,,n=a,r=b", "n,a=x,n=a,r=b", "n,,r=b", "garbage", "n,,n=a=b,r=c"],
+    [
+        "p=tls-unique,,n=a,r=b",
+        "n,a=x,n=a,r=b",
+        "n,,r=b",
+        "garbage",
+        "n,,n=a=b,r=c",
+        "n,,n==3=2CD,r=c",
+        "n,,n=a,r=",
+        "n,,m=ext,n=a,r=b",
+    ],
 )
 def test_malformed_client_first_messages_are_refused(message):
     with pytest.raises(ScramError):
@@ -80,3 +89,11 @@ def test_malformed_client_first_messages_are_refused(message):
 def test_user_names_with_commas_and_equals_are_escaped():
     client = ClientExchange("a,b=c", "pw")
     assert ClientFirst.parse(client.client_first).username == "a,b=c"
+
+
+def test_a_client_refuses_a_server_that_asks_for_absurd_work():
+    client = ClientExchange("alice", "pw", nonce="abc")
+    with pytest.raises(ScramError, match="too many iterations"):
+        client.final("r=abcdef,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1000000000")
+    with pytest.raises(ScramError, match="too few iterations"):
+        client.final("r=abcdef,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1")
