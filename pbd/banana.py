@@ -28,7 +28,26 @@ _DOUBLE = struct.Struct("!d")
 class FastDecoding:
     """Mix in before a L{banana.Banana} subclass (such as C{pb.Broker})."""
 
+    # While a long string arrives in pieces, the pieces wait here, unjoined,
+    # until there are enough of them: joining on every read would copy the
+    # string again and again.
+    _awaiting = 0
+    _stash: list[bytes] | None = None
+    _stashed = 0
+
     def dataReceived(self, chunk: bytes) -> None:
+        if self._awaiting:
+            if self._stash is None:
+                self._stash = [self.buffer]
+                self._stashed = len(self.buffer)
+            self._stash.append(chunk)
+            self._stashed += len(chunk)
+            if self._stashed < self._awaiting:
+                return
+            chunk = b"".join(self._stash)
+            self.buffer = b""
+            self._stash = None
+            self._awaiting = 0
         buffer = self.buffer + chunk if self.buffer else chunk
         end = len(buffer)
         position = 0
@@ -66,6 +85,7 @@ class FastDecoding:
                     if number > size_limit:
                         raise banana.BananaError("Security precaution: String too long.")
                     if end - rest < number:
+                        self._awaiting = rest + number - position
                         return
                     position = rest + number
                     got_item(buffer[rest:position])
