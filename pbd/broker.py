@@ -9,6 +9,7 @@ decoded by L{pbd.banana}, which does the same work with fewer copies.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
@@ -28,6 +29,8 @@ MAX_NESTING = 256
 MAX_BYTES_BEFORE_LOGIN = 64 * 1024
 # Failed logins one connection may make before it is dropped.
 MAX_FAILED_LOGINS = 5
+# Connections from one address that have not logged in (yet) at once.
+MAX_UNAUTHENTICATED_PER_ADDRESS = 32
 
 
 class UnreadableDataError(Exception):
@@ -51,8 +54,15 @@ class Broker(FastDecoding, pb.Broker):
 
     def markLoggedIn(self) -> None:
         """A login succeeded on this connection: it may stay as long as it likes."""
-        self.logged_in = True
+        if not self.logged_in:
+            self.logged_in = True
+            self._release_address()
         self._cancel_login_deadline()
+
+    def _release_address(self) -> None:
+        release = getattr(self.factory, "release", None)
+        if release is not None:
+            release(self)
 
     def _cancel_login_deadline(self) -> None:
         if self._login_deadline is not None and self._login_deadline.active():
@@ -81,6 +91,8 @@ class Broker(FastDecoding, pb.Broker):
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_login_deadline()
+        if not self.logged_in:
+            self._release_address()
         super().connectionLost(reason)
 
     def _sendFailureOrError(self, fail: Any, requestID: int) -> None:
@@ -121,3 +133,28 @@ class ServerFactory(pb.PBServerFactory):
     def __init__(self, root: Any, login_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(root, **kwargs)
         self.login_timeout = login_timeout
+        self._unauthenticated: Counter[str] = Counter()
+        self._counted: dict[int, str] = {}
+
+    def buildProtocol(self, addr: Any) -> Broker | None:
+        host = getattr(addr, "host", None)
+        if host is not None and self._unauthenticated[host] >= MAX_UNAUTHENTICATED_PER_ADDRESS:
+            log.info(
+                "refusing a connection from {host}: {count} of its connections have not logged in",
+                host=host,
+                count=self._unauthenticated[host],
+            )
+            return None
+        broker = super().buildProtocol(addr)
+        if host is not None:
+            self._unauthenticated[host] += 1
+            self._counted[id(broker)] = host
+        return broker
+
+    def release(self, broker: Broker) -> None:
+        """A connection logged in or went away: it no longer counts against its address."""
+        host = self._counted.pop(id(broker), None)
+        if host is not None:
+            self._unauthenticated[host] -= 1
+            if not self._unauthenticated[host]:
+                del self._unauthenticated[host]

@@ -141,3 +141,37 @@ def test_an_unauthenticated_peer_cannot_make_the_daemon_buffer_much(start_daemon
     payload = _encoded(600_000, LIST) + (_encoded(3, STRING) + b"abc") * 40_000
     _send_and_wait_for_close(port, payload)
     assert "without logging in" in daemon.wait_for_line("bytes without logging in")
+
+
+def test_one_address_cannot_hold_many_connections_without_logging_in(start_daemon):
+    from pbd.broker import MAX_UNAUTHENTICATED_PER_ADDRESS
+
+    daemon = start_daemon(echo_config())
+    port = daemon.port("demo")
+    idle = [
+        socket.create_connection(("127.0.0.1", port), timeout=10)
+        for _ in range(MAX_UNAUTHENTICATED_PER_ADDRESS)
+    ]
+    try:
+        for connection in idle:  # each has been accepted once the daemon greets it
+            assert connection.recv(1024)
+        # One more is closed at once.
+        _send_and_wait_for_close(port, b"")
+        assert "have not logged in" in daemon.wait_for_line("refusing a connection from")
+    finally:
+        for connection in idle:
+            connection.close()
+
+    # Once the daemon has seen them go, the address may connect again.
+    async def log_in_again():
+        for _ in range(50):
+            try:
+                factory, _avatar = await login(port, "alice", "secret")
+            except Exception:
+                await in_reactor.sleep(0.1)
+                continue
+            factory.disconnect()
+            return True
+        return False
+
+    assert in_reactor.run(log_in_again)
