@@ -30,7 +30,6 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.spread import pb
 from twisted.spread.pb import IUsernameMD5Password
 from zope.interface import implementer
@@ -40,8 +39,6 @@ from pbd.errors import OptionError
 from pbd.interfaces import ICheckerSource, ILegacyAuthorizer
 from pbd.passwdfile import PasswordFileError, read_password_file
 from pbd.plugins import PluginNotFoundError, find_plugin
-
-log = Logger()
 
 
 class LegacyError(pb.Error):

@@ -70,3 +70,14 @@ class Mailbox(pb.Referenceable):
         d: defer.Deferred = defer.Deferred()
         self._waiting.append((lambda seen: seen == event, d))
         return d.addTimeout(timeout, reactor)
+
+
+async def call_as(
+    port: int, user: str | None, password: str | None, method: str, *args: Any, connect: Any = None
+) -> Any:
+    """Log in with a stock client, make one call, disconnect; return the call's result."""
+    factory, avatar = await login(port, user, password, connect=connect)
+    try:
+        return await avatar.callRemote(method, *args)
+    finally:
+        factory.disconnect()

@@ -15,7 +15,7 @@ from pathlib import Path
 import in_reactor
 import pytest
 from certs import make_server_certificate
-from pb_client import login
+from pb_client import call_as
 from pbd_daemon import Daemon, write_config
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor, ssl
@@ -162,11 +162,7 @@ def test_attached_and_detached_reach_the_perspective_and_two_clients_share_it(da
 
 def test_modern_clients_reach_the_perspective_the_keyring_names(daemon):
     async def whoami(user, password):
-        factory, perspective = await login(daemon.port("old"), user, password)
-        try:
-            return await perspective.callRemote("whoami")
-        finally:
-            factory.disconnect()
+        return await call_as(daemon.port("old"), user, password, "whoami")
 
     # alice has no default: her first key. bob's config names "shared".
     assert in_reactor.run(whoami, "alice", "secret") == ["echoservice", "alice"]
@@ -202,14 +198,8 @@ def test_the_old_conversation_can_be_turned_off_per_listener(start_daemon):
             compat.connect, "127.0.0.1", daemon.port("old"), "alice", "secret", "echoservice"
         )
 
-    async def modern():
-        factory, perspective = await login(daemon.port("old"), "alice", "secret")
-        try:
-            return await perspective.callRemote("whoami")
-        finally:
-            factory.disconnect()
-
-    assert in_reactor.run(modern) == ["echoservice", "alice"]
+    whoami = in_reactor.run(call_as, daemon.port("old"), "alice", "secret", "whoami")
+    assert whoami == ["echoservice", "alice"]
 
 
 def test_the_old_conversation_is_off_where_pb_md5_is_not_offered(start_daemon):

@@ -7,7 +7,7 @@ from hashlib import md5
 import in_reactor
 import pytest
 from configs import echo_config
-from pb_client import login
+from pb_client import call_as, login
 from twisted.spread import pb
 
 UNAUTHORIZED = b"twisted.cred.error.UnauthorizedLogin"
@@ -85,14 +85,7 @@ def test_password_file_users_log_in_and_strong_hashes_are_refused_with_a_reason(
     )
     assert "user 'dave' has a sha512_crypt hash" in daemon.wait_for_line("config warning")
 
-    async def session():
-        factory, avatar = await login(daemon.port("demo"), "carol", "carol-pw")
-        try:
-            return await avatar.callRemote("whoami")
-        finally:
-            factory.disconnect()
-
-    assert in_reactor.run(session) == "carol"
+    assert in_reactor.run(call_as, daemon.port("demo"), "carol", "carol-pw", "whoami") == "carol"
     with pytest.raises(pb.RemoteError):
         in_reactor.run(login, daemon.port("demo"), "dave", "dave-pw")
     assert "sha512_crypt hash" in daemon.wait_for_line("cannot answer PB's MD5 challenge")

@@ -8,6 +8,7 @@ import in_reactor
 import pytest
 from certs import Authority
 from configs import LOOPBACK
+from pb_client import call_as
 from pb_client import login as stock_login
 from pbd_daemon import PBD
 from twisted.cred.error import UnauthorizedLogin
@@ -95,14 +96,7 @@ def test_the_client_falls_back_to_md5_only_where_scram_is_not_offered(start_daem
 def test_a_stock_client_still_logs_in_with_md5(start_daemon, passwd_file):
     daemon = start_daemon(config())
 
-    async def session():
-        factory, avatar = await stock_login(daemon.port("echo"), "max", "max-pw")
-        try:
-            return await avatar.callRemote("whoami")
-        finally:
-            factory.disconnect()
-
-    assert in_reactor.run(session) == "max"
+    assert in_reactor.run(call_as, daemon.port("echo"), "max", "max-pw", "whoami") == "max"
 
 
 def test_a_mechanism_not_offered_is_refused_with_what_is(start_daemon, passwd_file):

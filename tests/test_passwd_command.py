@@ -11,7 +11,7 @@ import threading
 import in_reactor
 import pytest
 from configs import echo_config
-from pb_client import login
+from pb_client import call_as, login
 from pbd_daemon import PBD, run_pbd
 from twisted.spread import pb
 
@@ -129,11 +129,7 @@ def test_the_daemon_reloads_the_file_and_keeps_logged_in_users(start_daemon, tmp
     factory, alice = in_reactor.run(login, port, "alice", "alice-pw")
 
     async def whoami(user, password):
-        f, avatar = await login(port, user, password)
-        try:
-            return await avatar.callRemote("whoami")
-        finally:
-            f.disconnect()
+        return await call_as(port, user, password, "whoami")
 
     async def eventually_whoami(user, password):
         for _ in range(100):

@@ -6,17 +6,13 @@ import in_reactor
 import pytest
 from certs import make_server_certificate
 from configs import LOOPBACK, echo_config
-from pb_client import login
+from pb_client import call_as
 from twisted.internet import reactor, ssl
 from twisted.spread import pb
 
 
 async def whoami(port, user="alice", password="secret", connect=None):
-    factory, avatar = await login(port, user, password, connect=connect)
-    try:
-        return await avatar.callRemote("whoami")
-    finally:
-        factory.disconnect()
+    return await call_as(port, user, password, "whoami", connect=connect)
 
 
 def test_ssl_listener_with_a_verified_certificate(start_daemon, tmp_path):
