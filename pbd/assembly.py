@@ -14,19 +14,20 @@ from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.endpoints import _SystemdParser, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python.systemd import ListenFDs
 from zope.interface import Interface
 
 from pbd import mechanisms, plugins
 from pbd.broker import ServerFactory
 from pbd.config import Config, ListenerConfig, PluginConfig, PortalConfig
 from pbd.errors import ConfigError, OptionError, Problem
-from pbd.interfaces import ICheckerSource, IConfigWarnings, ILegacyAuthorizer
-from pbd.portals import make_portal
-from pbd.root import PortalEntry, PortalRoot
+from pbd.interfaces import ICheckerSource, IConfigWarnings, ILegacyAuthorizer, IUsesHashPool
+from pbd.portals import PortalEntry, make_portal
+from pbd.root import PortalRoot
+from pbd.session import FrontDoor
+from pbd.twisted_private import inherited_sockets
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Assembly:
     mechanisms: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Every realm and checker built, for the services that watch their files.
     plugins: list[Any] = field(default_factory=list)
+    # What every listener's connections share: limits, throttle, hash pool.
+    front_door: FrontDoor = field(default_factory=FrontDoor)
 
 
 def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assembly:
@@ -59,7 +62,8 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
         checked when the sockets are really inherited.
     @raise ConfigError: listing every problem found.
     """
-    assembly = Assembly(config)
+    assembly = Assembly(config, front_door=FrontDoor(config.limits, reactor))
+    assembly.warnings.extend(config.warnings)
     problems: list[Problem] = []
     built: dict[str, _BuiltPortal] = {}
     for name, portal_config in config.portals.items():
@@ -89,7 +93,9 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
         root = PortalRoot(
             [portal.entry for portal in served], legacy if listener_config.legacy_login else None
         )
-        factory: Any = ServerFactory(root, login_timeout=config.login_timeout)
+        factory: Any = ServerFactory(
+            root, front_door=assembly.front_door, listener=listener_config.key_path
+        )
         if tls is not None:
             factory = TLSMemoryBIOFactory(tls, False, factory)
         assembly.listeners.append(Listener(listener_config, factory, endpoint))
@@ -124,6 +130,9 @@ def _portal(
         checkers = [*own, *checkers]
         names = [f"{type(checker).__name__} (from the realm)" for checker in own] + names
     assembly.checker_names[portal_config.name] = names
+    for checker in checkers:
+        if IUsesHashPool.providedBy(checker):
+            checker.useHashPool(assembly.front_door.hash_pool)
     if not checkers:
         problems.append(
             Problem(
@@ -261,7 +270,7 @@ def _endpoint(
     description = listener.endpoint
     path = f"{listener.key_path}.endpoint"
     is_systemd = description.split(":", 1)[0].strip() == "systemd"
-    if is_systemd and check_only and not _inherited_sockets().inheritedDescriptors():
+    if is_systemd and check_only and not inherited_sockets().inheritedDescriptors():
         return None
     try:
         return serverFromString(reactor, description)
@@ -281,19 +290,8 @@ def _endpoint(
     return None
 
 
-def _inherited_sockets() -> ListenFDs:
-    """
-    The sockets systemd handed over, as Twisted recorded them.
-
-    Twisted reads LISTEN_FDS and LISTEN_FDNAMES once, when its endpoints
-    module is imported, and removes them from the environment; its record,
-    not C{os.environ}, is the truth.
-    """
-    return _SystemdParser._sddaemon
-
-
 def _systemd_problem(error: Exception) -> str:
-    inherited = _inherited_sockets()
+    inherited = inherited_sockets()
     if not inherited.inheritedDescriptors():
         # Twisted keeps no record of sockets that came without names, so the
         # two causes cannot be told apart here: name both.

@@ -1,22 +1,26 @@
 """
-PB's broker and server factory as pbd serves them.
+PB's broker and server factory as pbd serves them: the wire, and its limits.
 
-The wire protocol is stock. What changes: a refused login or a peer sending
-garbage is an everyday event for a daemon, worth one log line, not a
-traceback; garbage drops only that peer's connection; and incoming data is
-decoded by L{pbd.banana}, which does the same work with fewer copies.
+The wire protocol is stock. What changes: incoming data is decoded by
+L{pbd.banana} (the same work with fewer copies); a peer sending garbage,
+or more than it may before logging in, is dropped with one log line and
+no traceback, and only that peer; a refused login is an everyday event,
+not a traceback. The login policy itself is the connection's
+L{LoginSession}'s.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
-from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.error import LoginFailed
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 from twisted.spread import pb
 
 from pbd.banana import FastDecoding
+from pbd.credentials import Peer
+from pbd.session import BudgetExceededError, FrontDoor, LoginSession
 
 log = Logger()
 
@@ -24,13 +28,6 @@ log = Logger()
 # bytes each from the peer. Real PB messages nest a few levels per level of
 # user data, and unjelly recurses, so deeper than this is never a real call.
 MAX_NESTING = 256
-# Before a login, a peer has no business sending more than a few logins' worth:
-# this bounds what an unauthenticated peer can make the daemon buffer.
-MAX_BYTES_BEFORE_LOGIN = 64 * 1024
-# Failed logins one connection may make before it is dropped.
-MAX_FAILED_LOGINS = 5
-# Connections from one address that have not logged in (yet) at once.
-MAX_UNAUTHENTICATED_PER_ADDRESS = 32
 
 
 class UnreadableDataError(Exception):
@@ -38,123 +35,108 @@ class UnreadableDataError(Exception):
 
 
 class Broker(FastDecoding, pb.Broker):
-    _login_deadline: Any = None
-    logged_in = False
-    failed_logins = 0
-    logins_under_way = 0
-    _bytes_before_login = 0
+    """A server-side broker whose connection has a L{LoginSession}."""
+
+    session: LoginSession
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        from twisted.internet import reactor
-
-        timeout = getattr(self.factory, "login_timeout", None)
-        if timeout:
-            self._login_deadline = reactor.callLater(timeout, self._too_slow_to_log_in, timeout)
-
-    def markLoggedIn(self) -> None:
-        """A login succeeded on this connection: it may stay as long as it likes."""
-        if not self.logged_in:
-            self.logged_in = True
-            self._release_address()
-        self._cancel_login_deadline()
-
-    def _release_address(self) -> None:
-        release = getattr(self.factory, "release", None)
-        if release is not None:
-            release(self)
-
-    def _cancel_login_deadline(self) -> None:
-        if self._login_deadline is not None and self._login_deadline.active():
-            self._login_deadline.cancel()
-        self._login_deadline = None
-
-    def markLoginFailed(self) -> None:
-        """A login failed; after a few, the connection is dropped (online guessing)."""
-        self.failed_logins += 1
-        if self.failed_logins >= MAX_FAILED_LOGINS and self.transport is not None:
-            log.info(
-                "dropping connection from {peer}: {count} failed logins",
-                peer=self.transport.getPeer(),
-                count=self.failed_logins,
-            )
-            self.transport.loseConnection()
-
-    def _too_slow_to_log_in(self, timeout: float) -> None:
-        self._login_deadline = None
-        log.info(
-            "dropping connection from {peer}: no login in {timeout:g} s",
-            peer=self.transport.getPeer(),
-            timeout=timeout,
-        )
-        self.transport.loseConnection()
+        self.session.connected()
 
     def connectionLost(self, reason: Any) -> None:
-        self._cancel_login_deadline()
-        if not self.logged_in:
-            self._release_address()
+        self.session.disconnected()
         super().connectionLost(reason)
 
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self.session.received(len(data))
+            super().dataReceived(data)
+            if len(self.listStack) > MAX_NESTING:
+                raise UnreadableDataError(f"lists nested more than {MAX_NESTING} deep")
+        except BudgetExceededError as e:
+            self._abort(str(e))
+        except Exception as e:
+            self._abort(f"unreadable PB data: {type(e).__name__}: {str(e)[:200]}")
+
+    def _abort(self, reason: str) -> None:
+        """Drop the connection at once, unread and unanswered, with one log line."""
+        log.warn(
+            "dropping connection from {peer} on {listener}: {reason}",
+            peer=str(self.session.peer),
+            listener=self.session.peer.listener,
+            reason=reason,
+        )
+        self.transport.abortConnection()
+
+    def proto_message(self, requestID: int, objectID: Any, *rest: Any) -> None:
+        self._before_call(objectID)
+        super().proto_message(requestID, objectID, *rest)
+
+    def proto_cachemessage(self, requestID: int, objectID: Any, *rest: Any) -> None:
+        self._before_call(None)
+        super().proto_cachemessage(requestID, objectID, *rest)
+
+    def _before_call(self, objectID: Any) -> None:
+        """
+        Count a call against the session's budget; before login, a call to
+        an object that does not exist counts as a refused call.
+        """
+        self.session.called()
+        if not self.session.logged_in and (
+            objectID is None or self.localObjectForID(objectID) is None
+        ):
+            self.session.refused("a call to no object")
+
     def _sendFailureOrError(self, fail: Any, requestID: int) -> None:
-        # The checker chain has already logged why; the client still receives
-        # twisted.cred.error.UnauthorizedLogin, exactly as from stock PB.
-        if fail.check(UnauthorizedLogin):
+        # The session has audited why; the client still receives
+        # twisted.cred.error.UnauthorizedLogin (or UnhandledCredentials),
+        # exactly as from stock PB, and the log gets no traceback.
+        if fail.check(LoginFailed):
             self._sendError(fail, requestID)
         else:
             super()._sendFailureOrError(fail, requestID)
 
-    def dataReceived(self, data: bytes) -> None:
-        try:
-            if not self.logged_in:
-                self._bytes_before_login += len(data)
-                if self._bytes_before_login > MAX_BYTES_BEFORE_LOGIN:
-                    raise UnreadableDataError(
-                        f"more than {MAX_BYTES_BEFORE_LOGIN} bytes without logging in"
-                    )
-            super().dataReceived(data)
-            if len(self.listStack) > MAX_NESTING:
-                raise UnreadableDataError(f"lists nested more than {MAX_NESTING} deep")
-        except Exception as e:
-            peer = self.transport.getPeer() if self.transport else None
-            log.warn(
-                "dropping connection from {peer}: unreadable PB data: {kind}: {error}",
-                peer=peer,
-                kind=type(e).__name__,
-                error=str(e)[:200],
-            )
-            self.transport.abortConnection()
-
 
 class ServerFactory(pb.PBServerFactory):
-    """C{PBServerFactory} with pbd's L{Broker}; same root, same jelly security."""
+    """
+    C{PBServerFactory} with pbd's L{Broker}; same root, same jelly security.
+
+    @param front_door: what the daemon's connections share (limits, the
+        throttle, the hash pool); one of its own by default.
+    @param listener: the listener's config key path, for the logs.
+    """
 
     protocol = Broker
 
-    def __init__(self, root: Any, login_timeout: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: Any,
+        front_door: FrontDoor | None = None,
+        listener: str = "",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(root, **kwargs)
-        self.login_timeout = login_timeout
-        self._unauthenticated: Counter[str] = Counter()
-        self._counted: dict[int, str] = {}
+        self.front_door = front_door or FrontDoor()
+        self.listener = listener
 
     def buildProtocol(self, addr: Any) -> Broker | None:
-        host = getattr(addr, "host", None)
-        if host is not None and self._unauthenticated[host] >= MAX_UNAUTHENTICATED_PER_ADDRESS:
+        peer = Peer(_host(addr), self.listener)
+        if not self.front_door.admit(peer):
             log.info(
-                "refusing a connection from {host}: {count} of its connections have not logged in",
-                host=host,
-                count=self._unauthenticated[host],
+                "refusing a connection from {peer} on {listener}: {count} of its "
+                "connections have not logged in",
+                peer=str(peer),
+                listener=self.listener,
+                count=self.front_door.waiting(str(peer)),
             )
             return None
-        broker = super().buildProtocol(addr)
-        if host is not None:
-            self._unauthenticated[host] += 1
-            self._counted[id(broker)] = host
+        broker = self.protocol(isClient=False, security=self.security)
+        broker.factory = self
+        broker.session = LoginSession(self.front_door, peer, broker)
+        broker.setNameForLocal("root", self.root.rootObject(broker))
         return broker
 
-    def release(self, broker: Broker) -> None:
-        """A connection logged in or went away: it no longer counts against its address."""
-        host = self._counted.pop(id(broker), None)
-        if host is not None:
-            self._unauthenticated[host] -= 1
-            if not self._unauthenticated[host]:
-                del self._unauthenticated[host]
+
+def _host(address: Any) -> str | None:
+    """The source IP address; L{None} for a Unix socket, which has none."""
+    return address.host if isinstance(address, IPv4Address | IPv6Address) else None

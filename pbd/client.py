@@ -32,8 +32,19 @@ from twisted.spread import pb
 from pbd import mechanisms
 from pbd.banana import FastDecoding
 from pbd.mechanisms import MECHANISMS as MECHANISM_NAMES
-from pbd.mechanisms import PLAIN, SCRAM
-from pbd.scram import ClientExchange, ScramError
+from pbd.mechanisms import PLAIN, SCRAM, NoUsableMechanismError
+from pbd.mechanisms.scram import ServerNotVerifiedError
+
+__all__ = [
+    "NoUsableMechanismError",
+    "ServerNotVerifiedError",
+    "TLSFailedError",
+    "URLError",
+    "choose_mechanism",
+    "disconnect",
+    "login",
+    "parse_url",
+]
 
 DEFAULT_PORT = 8787
 SCHEMES = ("pb", "pbs", "pb+unix")
@@ -41,14 +52,6 @@ SCHEMES = ("pb", "pbs", "pb+unix")
 
 class URLError(ValueError):
     """The URL cannot name a pbd portal."""
-
-
-class NoUsableMechanismError(Exception):
-    """Nothing the server offers fits what the client has; the message says both."""
-
-
-class ServerNotVerifiedError(Exception):
-    """The server did not prove it knows the user's password (SCRAM)."""
 
 
 class TLSFailedError(Exception):
@@ -104,35 +107,19 @@ def choose_mechanism(
     """
     The strongest mechanism among C{offered} this client can use.
 
+    @param tls: the connection is TLS and the client verified the server.
     @raise NoUsableMechanismError: saying what was offered and why nothing fit.
     """
-    reasons = []
-    for mechanism in offered:
-        if mechanism == mechanisms.TLS_CLIENT_CERT:
-            if certificate and tls:
-                return mechanism
-            reasons.append(f"{mechanism} needs a client certificate")
-        elif mechanism in (mechanisms.SCRAM, mechanisms.MD5, mechanisms.PLAIN):
-            if user is None:
-                reasons.append(f"{mechanism} needs a user name in the URL")
-            elif password is None:
-                reasons.append(f"{mechanism} needs a password")
-            elif mechanism == mechanisms.PLAIN and not tls:
-                reasons.append("plain would send the password in the clear")
-            else:
-                return mechanism
-        elif mechanism == mechanisms.ANONYMOUS:
-            if user is None:
-                return mechanism
-            reasons.append("anonymous is for URLs without a user name")
-    if not offered:
-        raise NoUsableMechanismError(
-            "the server offers no login mechanism on this connection "
-            "(plain is offered only over TLS, tls-client-cert only with a client certificate)"
-        )
-    raise NoUsableMechanismError(
-        f"the server offers {', '.join(offered)}; "
-        + ("; ".join(reasons) or "this client knows none of them")
+    return _choose(offered, tls, user, password, certificate).name
+
+
+def _choose(
+    offered: list[str], tls: bool, user: str | None, password: str | None, certificate: bool
+) -> mechanisms.Mechanism:
+    return mechanisms.choose(
+        offered,
+        mechanisms.Connection(tls=tls, client_certificate=certificate),
+        mechanisms.ClientCredentials(user, password, certificate),
     )
 
 
@@ -217,35 +204,29 @@ async def _login(
         ) from None
     try:
         offered = await root.callRemote("mechanisms", target.portal)
-        usable = [
-            name
-            for name in offered
-            if (allowed is None or name in allowed) and (verify or name != PLAIN)
-        ]
+        usable = [name for name in offered if allowed is None or name in allowed]
         if not usable and offered:
             raise NoUsableMechanismError(
                 f"the server offers {', '.join(offered)}; this client allows "
                 f"{', '.join(allowed or MECHANISM_NAMES)}"
-                + ("" if verify else ", and never plain without verifying the server")
             )
-        mechanism = choose_mechanism(
-            usable,
-            tls=target.tls,
-            user=target.user,
-            password=password,
-            certificate=certificate is not None,
-        )
+        # Only a server we verified is as good as TLS: plain is never sent to another.
+        verified_tls = target.tls and verify
+        has = mechanisms.ClientCredentials(target.user, password, certificate is not None)
+        mechanism = _choose(usable, verified_tls, target.user, password, has.certificate)
         try:
-            return await _LOGINS[mechanism](root, target, password, client)
+            return await mechanism.client_login(root, target.portal, has, client)
         except pb.RemoteError as e:
             # A user whose stored hash is not a SCRAM verifier (argon2, bcrypt...)
             # can still log in with plain, over the TLS connection we verified.
             refused = e.remoteType == b"twisted.cred.error.UnauthorizedLogin"
-            if not (refused and mechanism == SCRAM and target.tls and verify):
+            if not (refused and mechanism.name == SCRAM and PLAIN in usable):
                 raise
-            if PLAIN not in usable:
-                raise
-            return await _plain(root, target, password, client)
+            try:
+                plain = _choose([PLAIN], verified_tls, target.user, password, has.certificate)
+            except NoUsableMechanismError:
+                raise e from None
+            return await plain.client_login(root, target.portal, has, client)
     except pb.RemoteError as e:
         factory.disconnect()
         if e.remoteType == b"twisted.cred.error.UnauthorizedLogin":
@@ -290,48 +271,3 @@ def _connect(
             }
         options = ssl.CertificateOptions(verify=False, **extra)
     reactor.connectSSL(target.host, target.port, factory, options, timeout)
-
-
-async def _scram(root: Any, target: Target, password: str, client: Any) -> Any:
-    exchange = ClientExchange(target.user, password)
-    server_first, conversation = await root.callRemote(
-        "scramStart", target.portal, exchange.client_first
-    )
-    try:
-        final = exchange.final(server_first)
-    except ScramError as e:
-        raise ServerNotVerifiedError(f"scram-sha-256: {e}") from None
-    server_final, avatar = await conversation.callRemote("finish", final, client)
-    try:
-        exchange.verify_server(server_final)
-    except ScramError as e:
-        raise ServerNotVerifiedError(str(e)) from None
-    return avatar
-
-
-async def _plain(root: Any, target: Target, password: str, client: Any) -> Any:
-    return await root.callRemote("loginPlain", target.portal, target.user, password, client)
-
-
-async def _md5(root: Any, target: Target, password: str, client: Any) -> Any:
-    challenge, challenger = await root.callRemote("loginMD5", target.portal, target.user)
-    return await challenger.callRemote(
-        "respond", pb.respond(challenge, password.encode("utf-8")), client
-    )
-
-
-async def _certificate(root: Any, target: Target, password: Any, client: Any) -> Any:
-    return await root.callRemote("loginCertificate", target.portal, client)
-
-
-async def _anonymous(root: Any, target: Target, password: Any, client: Any) -> Any:
-    return await root.callRemote("loginAnonymousTo", target.portal, client)
-
-
-_LOGINS = {
-    mechanisms.SCRAM: _scram,
-    mechanisms.PLAIN: _plain,
-    mechanisms.MD5: _md5,
-    mechanisms.TLS_CLIENT_CERT: _certificate,
-    mechanisms.ANONYMOUS: _anonymous,
-}

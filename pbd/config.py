@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pbd.errors import ConfigError, Problem
+from pbd.limits import Limits, limit_names
 from pbd.mechanisms import MECHANISMS
 
 PORTAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 RESERVED_OPTIONS = frozenset({"plugin", "config_dir"})
-DEFAULT_LOGIN_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,13 @@ class Config:
     source: Path
     listeners: tuple[ListenerConfig, ...]
     portals: Mapping[str, PortalConfig] = field(default_factory=dict)
-    # Seconds a connection may stay without logging in before it is dropped.
-    login_timeout: float = DEFAULT_LOGIN_TIMEOUT
+    limits: Limits = field(default_factory=Limits)
+    # Legal but unwise or outdated: logged at start, shown by check-config.
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def login_timeout(self) -> float:
+        return self.limits.login_timeout
 
     @property
     def directory(self) -> Path:
@@ -149,6 +154,7 @@ class _Reader:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.problems: list[Problem] = []
+        self.warnings: list[str] = []
         self.declared_portals: set[str] = set()
 
     def fail(self, path: str, message: str) -> None:
@@ -184,20 +190,53 @@ class _Reader:
         if document is None:
             self.fail("", "the file is empty: it needs 'listeners' and 'portals'")
             return Config(source, ())
-        top = self.mapping(document, "", {"listeners", "portals", "login_timeout"})
+        allowed = {"listeners", "portals", "limits"}
+        if isinstance(document, dict) and "login_timeout" in document:
+            allowed.add("login_timeout")  # the old place of limits.login_timeout
+        top = self.mapping(document, "", allowed)
         if top is None:
             return Config(source, ())
         portals = self.portals(self.required(top, "portals", ""))
         listeners = self.listeners(self.required(top, "listeners", ""), portals)
-        login_timeout = top.get("login_timeout", DEFAULT_LOGIN_TIMEOUT)
-        if (
-            isinstance(login_timeout, bool)
-            or not isinstance(login_timeout, int | float)
-            or (login_timeout <= 0)
-        ):
-            self.fail("login_timeout", "must be a number of seconds greater than 0")
-            login_timeout = DEFAULT_LOGIN_TIMEOUT
-        return Config(source, listeners, portals, float(login_timeout))
+        limits = self.limits(top.get("limits", {}))
+        if "login_timeout" in top:
+            self.warnings.append(
+                "login_timeout: moved to limits.login_timeout; the old key still works"
+            )
+            given = top.get("limits")
+            if isinstance(given, dict) and "login_timeout" in given:
+                self.fail("login_timeout", "give limits.login_timeout only")
+            else:
+                timeout = self.number(top["login_timeout"], "login_timeout", float)
+                if timeout is not None:
+                    limits = replace(limits, login_timeout=timeout)
+        return Config(source, listeners, portals, limits, tuple(self.warnings))
+
+    def limits(self, value: Any) -> Limits:
+        if value is None:
+            return Limits()
+        body = self.mapping(value, "limits", set(limit_names()))
+        if body is None:
+            return Limits()
+        chosen = {}
+        for limit in fields(Limits):
+            if limit.name in body:
+                kind = int if limit.type in ("int", int) else float
+                number = self.number(body[limit.name], f"limits.{limit.name}", kind)
+                if number is not None:
+                    chosen[limit.name] = number
+        return Limits(**chosen)
+
+    def number(self, value: Any, path: str, kind: type) -> float | int | None:
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                self.fail(path, f"must be a whole number of at least 1, not {value!r}")
+                return None
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            self.fail(path, f"must be a number of seconds greater than 0, not {value!r}")
+            return None
+        return float(value)
 
     def portals(self, value: Any) -> dict[str, PortalConfig]:
         if value is None:

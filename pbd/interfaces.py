@@ -62,3 +62,13 @@ class IReloadable(Interface):
 
     def reload() -> None:
         """Reload now."""
+
+
+class IUsesHashPool(Interface):
+    """
+    A checker whose checks are slow enough to need the daemon's hash pool
+    (L{pbd.hashpool.HashPool}); pbd hands it over when it builds the portal.
+    """
+
+    def useHashPool(pool) -> None:
+        """Run slow checks in C{pool} from now on."""

@@ -16,11 +16,9 @@ work as a known one.
 
 from __future__ import annotations
 
-import hmac
-import os
-from hashlib import md5
 from typing import Any
 
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
@@ -28,58 +26,73 @@ from twisted.spread.flavors import IPBRoot
 from twisted.spread.jelly import IJellyable
 from zope.interface import implementer
 
-from pbd import hashing
+from pbd.credentials import ChallengeResponse, Peer
 from pbd.interfaces import ILegacyAuthorizer
+from pbd.mechanisms.md5 import new_challenge
+from pbd.session import FrontDoor, LoginRefused, LoginSession, SessionReferenceable
+from pbd.userstore import check_md5
 
 log = Logger()
 
-
-class _Decoy:
-    """Stands in for an unknown identity so that refusing it costs the same."""
-
-    name = None
-
-    def verifyPassword(self, challenge: bytes, response: bytes) -> bool:
-        hmac.compare_digest(md5(os.urandom(16) + challenge).digest(), response)
-        return False
-
-
-def new_challenge() -> bytes:
-    """Unpredictable, unlike Twisted's own C{pb.challenge()}, which uses C{random}."""
-    return os.urandom(16)
+# How the audit log names this conversation.
+MECHANISM = "pb-md5 (Twisted 1.x login)"
+# The old conversation names no portal.
+PORTAL = "(legacy)"
 
 
 def _text(name: Any) -> str:
-    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "replace")
+    if isinstance(name, str):
+        return name
+    raise TypeError(f"expected a name, got {type(name).__name__}")
 
 
-class AuthChallenger(pb.Referenceable):
-    """Waits for the response to one challenge."""
+class OldLogin:
+    """The old conversation within one connection's login session."""
 
-    def __init__(self, identity: Any, serv: AuthServ, challenge: bytes, name: str) -> None:
-        self.identity = identity
-        self.serv = serv
+    def __init__(self, auth: ILegacyAuthorizer, session: LoginSession) -> None:
+        self.auth = auth
+        self.session = session
+
+    def username(self, username: Any) -> tuple[bytes, AuthChallenger]:
+        name = _text(username)
+        challenge = new_challenge()
+        return challenge, AuthChallenger(self, challenge, name)
+
+
+class AuthChallenger(SessionReferenceable):
+    """Waits for the one response to one challenge."""
+
+    def __init__(self, login: OldLogin, challenge: bytes, name: str) -> None:
+        self.login = login
+        self.session = login.session
         self.challenge = challenge
         self.name = name
         self._answered = False
 
-    def remote_respond(self, response: bytes) -> defer.Deferred:
+    def remote_respond(self, response: Any) -> defer.Deferred:
         if self._answered:
-            raise pb.Error("this challenge was already answered: ask for a new one")
+            raise self.session.misuse(
+                LoginRefused("this challenge was already answered: ask for a new one")
+            )
         self._answered = True
-        identity = self.identity or _Decoy()
-        d = hashing.run(identity.verifyPassword, self.challenge, response)
-        d.addCallback(self._verified)
+        d = self.session.attempt(PORTAL, MECHANISM, self.name, lambda: self._check(response))
+        # The old protocol answers a wrong password with None, not an error.
+        d.addErrback(lambda failure: failure.trap(UnauthorizedLogin) and None)
         return d
 
-    def _verified(self, matched: bool) -> IdentityWrapper | None:
-        if matched and self.identity is not None:
-            return IdentityWrapper(self.serv.broker, self.identity)
-        log.info("old-style login refused for {user!r}", user=self.name)
-        failed = getattr(self.serv.broker, "markLoginFailed", None)
-        if failed is not None:
-            failed()
-        return None
+    def _check(self, response: Any) -> IdentityWrapper:
+        identity = self.login.auth.getIdentity(self.name)
+        digest = identity.hashedPassword if identity is not None else None
+        answer = ChallengeResponse(
+            self.name.encode("utf-8"), self.challenge, response, self.session.peer
+        )
+        if not check_md5(answer, digest):
+            raise UnauthorizedLogin(
+                f"no identity {self.name!r}" if identity is None else "wrong password"
+            )
+        return IdentityWrapper(self.session.broker, identity)
 
 
 class IdentityWrapper(pb.Referenceable):
@@ -109,33 +122,41 @@ class IdentityWrapper(pb.Referenceable):
                 log.failure("detached() of {p!r} failed", p=attached)
 
         self.broker.notifyOnDisconnect(detach)
-        mark = getattr(self.broker, "markLoggedIn", None)
-        if mark is not None:
-            mark()
         if IJellyable.providedBy(attached):
             return attached
         return pb.AsReferenceable(attached, "perspective")
 
 
-class AuthServ(pb.Referenceable):
-    """The old root object: hands out challenges."""
+class AuthServ(SessionReferenceable):
+    """The old root object, alone: hands out challenges."""
 
-    def __init__(self, auth: ILegacyAuthorizer, broker: pb.Broker) -> None:
-        self.auth = auth
-        self.broker = broker
+    def __init__(self, auth: ILegacyAuthorizer, session: LoginSession) -> None:
+        self.session = session
+        self._old = OldLogin(auth, session)
 
-    def remote_username(self, username: str | bytes) -> tuple[bytes, AuthChallenger]:
-        name = _text(username)
-        challenge = new_challenge()
-        return challenge, AuthChallenger(self.auth.getIdentity(name), self, challenge, name)
+    def remote_username(self, username: Any) -> tuple[bytes, AuthChallenger]:
+        return self._old.username(username)
 
 
 @implementer(IPBRoot)
 class AuthRoot:
-    """An C{IPBRoot} that speaks only the old conversation (Twisted 1.x's C{AuthRoot})."""
+    """
+    An C{IPBRoot} that speaks only the old conversation (Twisted 1.x's C{AuthRoot}).
+
+    Served by pbd's broker, it gets the connection's login session; served
+    by a stock broker (old code building its own server), a session of its
+    own with the default limits.
+    """
 
     def __init__(self, auth: ILegacyAuthorizer) -> None:
         self.auth = auth
+        self._door: FrontDoor | None = None
 
     def rootObject(self, broker: pb.Broker) -> AuthServ:
-        return AuthServ(self.auth, broker)
+        from pbd.broker import Broker
+
+        if isinstance(broker, Broker):
+            return AuthServ(self.auth, broker.session)
+        if self._door is None:
+            self._door = FrontDoor()
+        return AuthServ(self.auth, LoginSession(self._door, Peer(None, "AuthRoot"), broker))

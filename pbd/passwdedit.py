@@ -17,34 +17,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from passlib.context import CryptContext
+from pbd import passwdfile
+from pbd.passwdfile import (
+    DEFAULT_SCHEME,
+    WRITABLE_SCHEMES,
+    UnusablePasswordError,
+    identify,
+    parse_password_file,
+)
 
-from pbd.passwdfile import SCRAM_SCHEME, identify, parse_password_file
-from pbd.scram import Verifier
-
-DEFAULT_SCHEME = SCRAM_SCHEME
-# Schemes `pbd passwd --scheme` can write. hex_md5 exists only for stock PB
-# clients' MD5 login, and is as good as the password to an attacker.
-WRITABLE_SCHEMES = (SCRAM_SCHEME, "argon2", "bcrypt", "sha512_crypt", "pbkdf2_sha256", "hex_md5")
-
-_writers = CryptContext(schemes=[scheme for scheme in WRITABLE_SCHEMES if scheme != SCRAM_SCHEME])
-
+__all__ = ["DEFAULT_SCHEME", "WRITABLE_SCHEMES", "PasswordFileEditError", "hash_password"]
 
 class PasswordFileEditError(Exception):
     """Why a change was refused; the file is untouched."""
 
 
 def hash_password(password: str, scheme: str = DEFAULT_SCHEME) -> str:
-    if scheme not in WRITABLE_SCHEMES:
-        raise PasswordFileEditError(
-            f"unknown scheme {scheme!r} (choose from: {', '.join(WRITABLE_SCHEMES)})"
-        )
+    """L{pbd.passwdfile.hash_password}, refusing with the editor's error."""
     try:
-        if scheme == SCRAM_SCHEME:
-            return str(Verifier.from_password(password))
-        return _writers.handler(scheme).hash(password)
-    except ValueError as e:
-        raise PasswordFileEditError(f"{scheme} cannot store this password: {e}") from None
+        return passwdfile.hash_password(password, scheme)
+    except UnusablePasswordError as e:
+        raise PasswordFileEditError(str(e)) from None
 
 
 def check_user_name(user: str) -> None:

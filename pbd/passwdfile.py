@@ -35,7 +35,30 @@ SCHEMES = (
 MD5_CAPABLE_SCHEMES = frozenset({"hex_md5", "ldap_md5"})
 SCRAM_SCHEME = "scram-sha-256"
 
+DEFAULT_SCHEME = SCRAM_SCHEME
+# Schemes `pbd passwd --scheme` can write. hex_md5 exists only for stock PB
+# clients' MD5 login, and is as good as the password to an attacker.
+WRITABLE_SCHEMES = (SCRAM_SCHEME, "argon2", "bcrypt", "sha512_crypt", "pbkdf2_sha256", "hex_md5")
+
 hashes = CryptContext(schemes=list(SCHEMES))
+
+
+class UnusablePasswordError(ValueError):
+    """A scheme that is unknown, or cannot store this password."""
+
+
+def hash_password(password: str, scheme: str = DEFAULT_SCHEME) -> str:
+    """Hash a password for a password file line."""
+    if scheme not in WRITABLE_SCHEMES:
+        raise UnusablePasswordError(
+            f"unknown scheme {scheme!r} (choose from: {', '.join(WRITABLE_SCHEMES)})"
+        )
+    try:
+        if scheme == SCRAM_SCHEME:
+            return str(Verifier.from_password(password))
+        return hashes.handler(scheme).hash(password)
+    except ValueError as e:
+        raise UnusablePasswordError(f"{scheme} cannot store this password: {e}") from None
 
 
 class PasswordFileError(ValueError):

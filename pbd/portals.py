@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.cred import error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
-
-log = Logger()
 
 
 @implementer(ICredentialsChecker)
@@ -54,17 +52,22 @@ class CheckerChain:
                 return await defer.maybeDeferred(checker.requestAvatarId, credentials)
             except error.UnauthorizedLogin as e:
                 reasons.append(str(e) or type(e).__name__)
-        user = getattr(credentials, "username", None)
-        if isinstance(user, bytes):
-            user = user.decode("utf-8", "replace")
-        log.info(
-            "portal {portal!r}: login refused for {user!r}: {reasons}",
-            portal=self.portal_name,
-            user=user,
-            reasons="; ".join(reasons),
-        )
-        raise error.UnauthorizedLogin()
+        # The login session writes the reasons to the audit log; the peer
+        # is told only that the login was refused.
+        raise error.UnauthorizedLogin("; ".join(reasons))
 
 
 def make_portal(name: str, realm: IRealm, checkers: Sequence[ICredentialsChecker]) -> Portal:
     return Portal(realm, [CheckerChain(name, checkers)])
+
+
+@dataclass(frozen=True)
+class PortalEntry:
+    """What a listener's root knows of one portal it serves."""
+
+    name: str
+    portal: Portal
+    checkers: tuple[Any, ...]
+    # The mechanisms the portal offers, strongest first (before the
+    # connection narrows them: plain only over TLS, and so on).
+    mechanisms: tuple[str, ...]

@@ -13,9 +13,9 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pbd import hashing
 from pbd.assembly import Assembly, Listener
 from pbd.errors import ListenError
+from pbd.hashpool import HashPool
 from pbd.interfaces import IReloadable
 
 log = Logger()
@@ -149,16 +149,21 @@ class ReloadService(Service):
 
 
 class HashingService(Service):
-    """Runs the bounded thread pool password checks use (L{pbd.hashing})."""
+    """Runs the threads of the daemon's hash pool (L{pbd.hashpool})."""
+
+    def __init__(self, pool: HashPool) -> None:
+        self.pool = pool
 
     def startService(self) -> None:
         super().startService()
         size = os.environ.get("PBD_HASH_THREADS")
-        hashing.start(int(size) if size else None)
+        if size:
+            self.pool.size = int(size)
+        self.pool.start()
 
     def stopService(self) -> None:
         super().stopService()
-        hashing.stop()
+        self.pool.stop()
 
 
 class DaemonService(MultiService):
@@ -167,7 +172,7 @@ class DaemonService(MultiService):
     def __init__(self, assembly: Assembly) -> None:
         super().__init__()
         self.assembly = assembly
-        HashingService().setServiceParent(self)
+        HashingService(assembly.front_door.hash_pool).setServiceParent(self)
         self.listeners = ListenersService(assembly.listeners)
         self.listeners.setServiceParent(self)
         reloadables = [p for p in assembly.plugins if IReloadable.providedBy(p)]

@@ -18,6 +18,7 @@ in plain text.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.cred.checkers import ANONYMOUS, ICredentialsChecker
-from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
@@ -34,11 +35,11 @@ from twisted.spread import pb
 from twisted.spread.pb import IUsernameMD5Password
 from zope.interface import implementer
 
-from pbd import hashing
 from pbd.errors import OptionError
 from pbd.interfaces import ICheckerSource, ILegacyAuthorizer
 from pbd.passwdfile import PasswordFileError, read_password_file
 from pbd.plugins import PluginNotFoundError, find_plugin
+from pbd.userstore import StoredUser, UserStoreChecker
 
 
 class LegacyError(pb.Error):
@@ -193,39 +194,40 @@ class Identity:
 
 
 @implementer(ICredentialsChecker)
-class IdentityChecker:
+class IdentityChecker(UserStoreChecker):
     """
-    Lets modern clients log in as the realm's identities.
-
-    PB's MD5 challenge and plain passwords are checked against the
-    identity's MD5 hash, in the thread pool.
+    Lets modern clients log in as the realm's identities: a user store
+    whose users are the identities, judged by pbd's one checker core.
     """
 
-    credentialInterfaces = (IUsernameMD5Password, IUsernamePassword, IUsernameHashedPassword)
+    credentialInterfaces = (IUsernameMD5Password, IUsernamePassword)
 
     def __init__(self, realm: LegacyRealm) -> None:
         self.realm = realm
-        self._decoy = os.urandom(16)
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
-        name = credentials.username
-        if isinstance(name, bytes):
-            name = name.decode("utf-8", "replace")
+    def lookup(self, name: str) -> StoredUser | None:
         identity = self.realm.getIdentity(name)
-        return hashing.run(self._check, credentials, identity, name)
+        return _stored(identity) if identity is not None else None
 
-    def _check(self, credentials: Any, identity: Identity | None, name: str) -> bytes:
-        digest = identity.hashedPassword if identity is not None else None
-        if IUsernameMD5Password.providedBy(credentials):
-            matched = credentials.checkMD5Password(digest or self._decoy)
-        else:
-            password = credentials.password
-            if isinstance(password, str):
-                password = password.encode("utf-8")
-            matched = hmac.compare_digest(md5(password).digest(), digest or self._decoy)
-        if identity is None or digest is None or not matched:
-            raise UnauthorizedLogin(f"wrong password or no identity for {name!r}")
-        return name.encode("utf-8")
+    def stored_users(self) -> list[StoredUser]:
+        return [_stored(identity) for identity in self.realm.identities.values()]
+
+    def decoy_password_hash(self, cost: str) -> StoredUser | None:
+        decoy = Identity("")
+        decoy.setPassword(os.urandom(16).hex())
+        return _stored(decoy)
+
+
+def _stored(identity: Identity) -> StoredUser:
+    verify = functools.partial(_matched, identity)
+    return StoredUser(identity.name, identity.hashedPassword, None, verify, "md5")
+
+
+def _matched(identity: Identity, password: str) -> bool:
+    digest = md5(password.encode("utf-8")).digest()
+    return identity.hashedPassword is not None and hmac.compare_digest(
+        digest, identity.hashedPassword
+    )
 
 
 @implementer(IRealm, ILegacyAuthorizer, ICheckerSource)

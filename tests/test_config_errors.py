@@ -44,7 +44,7 @@ BAD_CONFIGS = {
     "not a mapping": ("- just\n- a list\n", "must be a mapping, not a list"),
     "unknown top-level key": (
         _with(lambda c: c.update(listners=[])),
-        "listners: unknown key (expected one of: listeners, login_timeout, portals)",
+        "listners: unknown key (expected one of: limits, listeners, portals)",
     ),
     "unknown listener key": (
         _with(lambda c: c["listeners"][0].update(port=8787)),
@@ -124,6 +124,18 @@ BAD_CONFIGS.update(
         "login timeout not a number": (
             _with(lambda c: c.update(login_timeout="soon")),
             "login_timeout: must be a number of seconds greater than 0",
+        ),
+        "a limit of the wrong kind": (
+            _with(lambda c: c.update(limits={"password_checks": 2.5, "failure_delay": "x"})),
+            "limits.password_checks: must be a whole number of at least 1, not 2.5",
+        ),
+        "a limit that does not exist": (
+            _with(lambda c: c.update(limits={"speed": 1})),
+            "limits.speed: unknown key (expected one of: bytes_before_login,",
+        ),
+        "login_timeout in both places": (
+            _with(lambda c: c.update(login_timeout=5, limits={"login_timeout": 5})),
+            "login_timeout: give limits.login_timeout only",
         ),
         "unknown mechanism": (
             _with(lambda c: c["portals"]["demo"].update(mechanisms=["kerberos"])),

@@ -90,7 +90,8 @@ def test_connect_with_a_wrong_password_or_unknown_user_is_unauthorized(daemon, u
         in_reactor.run(
             compat.connect, "127.0.0.1", daemon.port("old"), user, password, "echoservice"
         )
-    assert "old-style login refused for" in daemon.wait_for_line(repr(user))
+    line = daemon.wait_for_line(f"login refused: user {user!r}")
+    assert "mechanism pb-md5 (Twisted 1.x login)" in line
     assert password not in daemon.log
 
 
@@ -193,10 +194,12 @@ def test_old_login_over_ssl(start_daemon, tmp_path):
 def test_the_old_conversation_can_be_turned_off_per_listener(start_daemon):
     daemon = start_daemon(legacy_config(legacy_login=False), env=ON_PATH)
 
-    with pytest.raises(pb.RemoteError, match="No such method: remote_username"):
+    with pytest.raises(pb.RemoteError) as raised:
         in_reactor.run(
             compat.connect, "127.0.0.1", daemon.port("old"), "alice", "secret", "echoservice"
         )
+    assert raised.value.remoteType == b"pbd.session.CallRefused"
+    daemon.wait_for_line("before login: username: NoSuchMethod")
 
     whoami = in_reactor.run(call_as, daemon.port("old"), "alice", "secret", "whoami")
     assert whoami == ["echoservice", "alice"]
@@ -207,10 +210,11 @@ def test_the_old_conversation_is_off_where_pb_md5_is_not_offered(start_daemon):
     config["portals"]["old"]["mechanisms"] = ["plain"]
     daemon = start_daemon(config, env=ON_PATH)
 
-    with pytest.raises(pb.RemoteError, match="No such method: remote_username"):
+    with pytest.raises(pb.RemoteError) as raised:
         in_reactor.run(
             compat.connect, "127.0.0.1", daemon.port("old"), "alice", "secret", "echoservice"
         )
+    assert raised.value.remoteType == b"pbd.session.CallRefused"
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ import pytest
 from twisted.cred.checkers import AllowAnonymousAccess
 from twisted.cred.credentials import Anonymous, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from pbd.checkers import MemoryChecker
@@ -50,6 +51,18 @@ def test_malformed_lines_are_named(text, message):
         parse_password_file(text)
 
 
+def _at_once(function, *args):
+    return defer.maybeDeferred(function, *args)
+
+
+def _memory_checker(users):
+    from pbd.hashpool import HashPool
+
+    checker = MemoryChecker(users=users)
+    checker.useHashPool(HashPool(submit=_at_once))
+    return checker
+
+
 def _outcome(d):
     results = []
     d.addBoth(results.append)
@@ -61,8 +74,8 @@ def test_chain_asks_checkers_in_order_and_first_yes_wins():
     chain = CheckerChain(
         "demo",
         [
-            MemoryChecker(users={"alice": "first"}),
-            MemoryChecker(users={"alice": "second", "bob": "b"}),
+            _memory_checker({"alice": "first"}),
+            _memory_checker({"alice": "second", "bob": "b"}),
             AllowAnonymousAccess(),
         ],
     )
@@ -85,10 +98,10 @@ def test_passwords_bcrypt_cannot_take_never_match_and_are_refused_when_set():
         hash_password("x" * 100, "bcrypt")
 
 
-def test_password_checks_past_the_bound_are_refused_not_queued(monkeypatch):
-    from pbd import hashing
+def test_password_checks_past_the_bound_are_refused_not_queued():
+    from pbd.hashpool import HashPool
 
-    monkeypatch.setattr(hashing, "MAX_PENDING", 0)
-    refused = _outcome(hashing.run(lambda: "never run"))
+    pool = HashPool(max_pending=0, submit=_at_once)
+    refused = _outcome(pool.run("10.0.0.1", lambda: "never run"))
     assert isinstance(refused, Failure) and refused.check(UnauthorizedLogin)
     assert "password checks under way" in str(refused.value)

@@ -1,0 +1,158 @@
+"""
+The threads password checks run in: bounded, fair, and apart from the reactor.
+
+Slow hashes (argon2, bcrypt, PBKDF2) must never run on the reactor thread,
+and a storm of them must neither take every core from it nor keep other
+peers' logins waiting. So:
+
+  - by default the pool has one thread fewer than the machine has cores
+    (at least one), at a lower priority (nice 10) than the reactor thread;
+  - checks wait in one queue per source address and are served round
+    robin, so a peer with a hundred checks queued delays another peer's
+    check by at most one of its own;
+  - at most C{password_checks} wait or run in all, and at most
+    C{password_checks_per_address} per address: past either, a check is
+    refused at once (L{BusyError}) rather than queued without end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, threads
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+# Linux niceness is per thread, and inherited by the threads argon2 starts
+# for its lanes.
+NICENESS = 10
+
+Submit = Callable[..., defer.Deferred]
+
+
+class BusyError(UnauthorizedLogin):
+    """Too many password checks are under way (in all, or from one address)."""
+
+
+def default_size() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class HashPool:
+    """
+    Runs password checks off the reactor thread, fairly across addresses.
+
+    @param submit: how one check is run: C{submit(function, *args)} returns a
+        Deferred. The daemon's is a thread pool (see L{start}); tests hand in
+        their own to decide when each check finishes.
+    """
+
+    def __init__(
+        self,
+        size: int | None = None,
+        *,
+        max_pending: int = 256,
+        max_pending_per_address: int = 4,
+        submit: Submit | None = None,
+    ) -> None:
+        self.size = size or default_size()
+        self.max_pending = max_pending
+        self.max_pending_per_address = max_pending_per_address
+        self._submit = submit
+        self._threads: ThreadPool | None = None
+        self._queues: dict[Any, deque] = {}
+        self._turns: deque = deque()
+        self._pending: dict[Any, int] = {}
+        self._running = 0
+
+    @property
+    def pending(self) -> int:
+        """Checks waiting or running."""
+        return sum(self._pending.values())
+
+    def start(self) -> None:
+        """Start the pool's own threads (the daemon's service does, at start-up)."""
+        if self._submit is None and self._threads is None:
+            from twisted.internet import reactor
+
+            pool = ThreadPool(1, self.size, name="pbd-hashing")
+            pool.start()
+            self._threads = pool
+            self._submit = lambda f, *a: threads.deferToThreadPool(
+                reactor, pool, _politely, f, *a
+            )
+
+    def stop(self) -> None:
+        if self._threads is not None:
+            self._threads.stop()
+            self._threads = None
+            self._submit = None
+
+    def run(self, address: Any, function: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """
+        Run C{function(*args)} in the pool; fire with its result.
+
+        @param address: whose check this is: checks are shared fairly by it
+            (L{None} for peers without an address, who share one queue).
+        """
+        if self.pending >= self.max_pending:
+            return defer.fail(BusyError(f"{self.pending} password checks under way"))
+        if self._pending.get(address, 0) >= self.max_pending_per_address:
+            return defer.fail(BusyError(f"{address} has too many password checks under way"))
+        self._pending[address] = self._pending.get(address, 0) + 1
+        done: defer.Deferred = defer.Deferred()
+        queue = self._queues.get(address)
+        if queue is None:
+            queue = self._queues[address] = deque()
+            self._turns.append(address)
+        queue.append((function, args, done))
+        self._dispatch()
+        return done
+
+    def _dispatch(self) -> None:
+        while self._running < self.size and self._turns:
+            address = self._turns.popleft()
+            queue = self._queues[address]
+            function, args, done = queue.popleft()
+            if queue:
+                self._turns.append(address)
+            else:
+                del self._queues[address]
+            self._running += 1
+            submit = self._submit or _reactor_threads
+            d = defer.maybeDeferred(submit, function, *args)
+            d.addBoth(self._finished, address, done)
+
+    def _finished(self, result: Any, address: Any, done: defer.Deferred) -> None:
+        self._running -= 1
+        self._pending[address] -= 1
+        if not self._pending[address]:
+            del self._pending[address]
+        self._dispatch()
+        if isinstance(result, Failure):
+            done.errback(result)
+        else:
+            done.callback(result)
+
+
+def _reactor_threads(function: Callable[..., Any], *args: Any) -> defer.Deferred:
+    """Outside the daemon (tools, tests that build a checker alone): the reactor's pool."""
+    return threads.deferToThread(function, *args)
+
+
+_local = threading.local()
+
+
+def _politely(function: Callable[..., Any], *args: Any) -> Any:
+    if not getattr(_local, "lowered", False):
+        _local.lowered = True
+        # Not Linux, or not allowed: the pool's bounds still hold.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
+    return function(*args)

@@ -1,0 +1,43 @@
+"""
+The front door's limits: what a peer may cost before and while logging in.
+
+One dataclass, read from the config's C{limits:} section; every field has
+the default an internet-facing daemon should run with. The README's
+"Limits" section documents each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Limits:
+    # Seconds a connection may stay without logging in.
+    login_timeout: float = 60.0
+    # Failed logins one connection may make before it is dropped.
+    failed_logins_per_connection: int = 5
+    # Refused calls (unknown method, bad arguments) before login, then dropped.
+    errors_before_login: int = 3
+    # Bytes and calls a connection may send before it has logged in.
+    bytes_before_login: int = 64 * 1024
+    calls_before_login: int = 64
+    # Connections from one address that have not logged in (yet) at once.
+    unauthenticated_per_address: int = 32
+    # Password checks waiting or running, in all and per source address.
+    password_checks: int = 256
+    password_checks_per_address: int = 4
+    # Failures a user name or an address may have before its logins slow down.
+    free_failures: int = 5
+    # The first delay between attempts once the free failures are spent; it
+    # doubles with each further failure, up to max_failure_delay.
+    failure_delay: float = 0.1
+    max_failure_delay: float = 2.0
+    # Failures are forgotten by half every this many seconds.
+    failure_half_life: float = 60.0
+    # An attempt that would have to wait longer than this is refused at once.
+    max_attempt_wait: float = 10.0
+
+
+def limit_names() -> list[str]:
+    return [f.name for f in fields(Limits)]

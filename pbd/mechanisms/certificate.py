@@ -1,0 +1,62 @@
+"""C{tls-client-cert}: the client certificate the listener's client CA verified."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+
+from pbd.credentials import CertificateSubject, ICertificateSubject
+from pbd.mechanisms.base import ClientCredentials, Connection, LoginContext, Mechanism
+
+# pyOpenSSL names subject fields by their short names; offer the long ones too.
+_LONG_NAMES = (
+    ("CN", "commonName"),
+    ("emailAddress", "emailAddress"),
+    ("UID", "userId"),
+    ("O", "organizationName"),
+    ("OU", "organizationalUnitName"),
+)
+
+
+class Certificate(Mechanism):
+    name = "tls-client-cert"
+
+    def serves(self, checker: Any) -> bool:
+        return ICertificateSubject in checker.credentialInterfaces
+
+    def refusal(self, connection: Connection) -> str | None:
+        if not (connection.tls and connection.client_certificate):
+            return "tls-client-cert needs a client certificate the listener verified"
+        return None
+
+    def client_refusal(self, credentials: ClientCredentials) -> str | None:
+        if not credentials.certificate:
+            return "tls-client-cert needs a client certificate"
+        return None
+
+    def login(self, context: LoginContext, mind: Any) -> defer.Deferred:
+        fields = subject_fields(context.peer_certificate)
+        session = context.session
+        credentials = CertificateSubject(fields, session.peer)
+        return session.login(context.portal, self.name, fields.get("CN"), credentials, mind)
+
+    async def client_login(
+        self, root: Any, portal: str | None, credentials: ClientCredentials, mind: Any
+    ) -> Any:
+        return await root.callRemote("loginCertificate", portal, mind)
+
+
+def subject_fields(certificate: Any) -> dict[str, str]:
+    """A pyOpenSSL X509's subject as a mapping, by short and long field names."""
+    fields = {
+        name.decode("ascii", "replace"): value.decode("utf-8", "replace")
+        for name, value in certificate.get_subject().get_components()
+    }
+    for short, long in _LONG_NAMES:
+        if short in fields:
+            fields.setdefault(long, fields[short])
+    return fields
+
+
+MECHANISM = Certificate()

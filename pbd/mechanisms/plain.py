@@ -1,0 +1,54 @@
+"""C{plain}: the password itself, so only over TLS, checked against any stored hash."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.cred.credentials import IUsernamePassword
+from twisted.internet import defer
+
+from pbd.credentials import PeerUsernamePassword
+from pbd.mechanisms.base import ClientCredentials, Connection, LoginContext, Mechanism
+
+
+class Plain(Mechanism):
+    name = "plain"
+
+    def serves(self, checker: Any) -> bool:
+        return IUsernamePassword in checker.credentialInterfaces
+
+    def refusal(self, connection: Connection) -> str | None:
+        if not connection.tls:
+            return "plain would send the password in the clear"
+        return None
+
+    def login(
+        self, context: LoginContext, username: Any, password: Any, mind: Any
+    ) -> defer.Deferred:
+        session = context.session
+        name, secret = as_bytes(username), as_bytes(password)
+        credentials = PeerUsernamePassword(name, secret, session.peer)
+        return session.login(context.portal, self.name, as_text(name), credentials, mind)
+
+    async def client_login(
+        self, root: Any, portal: str | None, credentials: ClientCredentials, mind: Any
+    ) -> Any:
+        return await root.callRemote(
+            "loginPlain", portal, credentials.user, credentials.password, mind
+        )
+
+
+def as_bytes(value: Any) -> bytes:
+    """A name or password off the wire, as the checkers take it."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes):
+        return value
+    raise TypeError(f"expected text, got {type(value).__name__}")
+
+
+def as_text(value: bytes) -> str:
+    return value.decode("utf-8", "backslashreplace")
+
+
+MECHANISM = Plain()

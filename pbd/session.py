@@ -1,0 +1,345 @@
+"""
+One connection's way in, and what all of them share.
+
+Modelled on Twisted Conch's C{SSHUserAuthServer}: one L{LoginSession} per
+connection owns its whole login policy (the deadline, one attempt at a
+time, the failures and refused calls it may make, what it may send before
+logging in, the audit lines), with the clock, the hash pool and the
+throttle handed in by the L{FrontDoor} every connection of the daemon
+shares. Tests swap the clock for C{task.Clock}.
+
+Before login a peer learns nothing from a failed call: whatever went
+wrong (an unknown method, wrong arguments, a bug), it gets L{CallRefused}
+with no exception text, the daemon logs one line, and after
+C{errors_before_login} such calls the connection is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from twisted.cred.error import LoginFailed, UnauthorizedLogin, UnhandledCredentials
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.spread import pb
+from twisted.spread.pb import IPerspective
+
+from pbd import audit
+from pbd.credentials import Peer
+from pbd.hashpool import HashPool
+from pbd.limits import Limits
+from pbd.throttle import Throttle
+from pbd.twisted_private import JellyableAvatarMixin
+
+log = Logger()
+
+
+class LoginRefused(pb.Error):
+    """A login call the connection may not make; the message says why and what is offered."""
+
+
+class CallRefused(pb.Error):
+    """A call before login failed; the peer is told nothing more."""
+
+
+class BudgetExceededError(Exception):
+    """A peer sent more than it may before logging in; its connection is dropped."""
+
+
+class FrontDoor:
+    """
+    What every connection's login shares, daemon-wide: the limits, the
+    clock, the hash pool, the throttle, and who is waiting to log in.
+    """
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        clock: Any = None,
+        hash_pool: HashPool | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.limits = limits or Limits()
+        self.clock = clock
+        self.hash_pool = hash_pool or HashPool(
+            max_pending=self.limits.password_checks,
+            max_pending_per_address=self.limits.password_checks_per_address,
+        )
+        self.throttle = Throttle(clock, self.limits)
+        self._waiting: Counter[str] = Counter()
+
+    def admit(self, peer: Peer) -> bool:
+        """
+        May this peer open one more connection that has not logged in?
+        If so, it is counted until L{release}.
+        """
+        if peer.address is None:
+            return True
+        waiting = self._waiting[peer.address]
+        if waiting >= self.limits.unauthenticated_per_address:
+            return False
+        self._waiting[peer.address] = waiting + 1
+        return True
+
+    def release(self, peer: Peer) -> None:
+        """A connection logged in or went away: it no longer counts against its address."""
+        if peer.address is None:
+            return
+        self._waiting[peer.address] -= 1
+        if self._waiting[peer.address] <= 0:
+            del self._waiting[peer.address]
+
+    def waiting(self, address: str) -> int:
+        return self._waiting[address]
+
+
+class LoginSession:
+    """
+    One connection's login policy.
+
+    @param broker: the connection; the session drops it, and makes avatars
+        it can send.
+    """
+
+    def __init__(self, door: FrontDoor, peer: Peer, broker: pb.Broker) -> None:
+        self.door = door
+        self.limits = door.limits
+        self.peer = peer
+        self.broker = broker
+        self.logged_in = False
+        self.failures = 0
+        self.errors = 0
+        self._bytes = 0
+        self._calls = 0
+        self._under_way = False
+        self._deadline: Any = None
+        self._counted = True
+        self._dropping = False
+        self._avatars = _Avatars(broker)
+
+    # -- the connection's life
+
+    def connected(self) -> None:
+        timeout = self.limits.login_timeout
+        self._deadline = self.door.clock.callLater(timeout, self._too_slow, timeout)
+
+    def disconnected(self) -> None:
+        self._cancel_deadline()
+        self._uncount()
+
+    def _too_slow(self, timeout: float) -> None:
+        self._deadline = None
+        self.drop(f"no login in {timeout:g} s")
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.door.release(self.peer)
+
+    def drop(self, reason: str) -> None:
+        """Close the connection (after what is already written), with one log line."""
+        if self._dropping:
+            return
+        self._dropping = True
+        log.info(
+            "dropping connection from {peer} on {listener}: {reason}",
+            peer=str(self.peer),
+            listener=self.peer.listener,
+            reason=reason,
+        )
+        # Later, so that the answer being sent still goes out first.
+        self.door.clock.callLater(0, self._close)
+
+    def _close(self) -> None:
+        if self.broker.transport is not None:
+            self.broker.transport.loseConnection()
+
+    # -- budgets before login
+
+    def received(self, size: int) -> None:
+        """
+        @raise BudgetExceededError: past C{bytes_before_login}.
+        """
+        if self.logged_in:
+            return
+        self._bytes += size
+        if self._bytes > self.limits.bytes_before_login:
+            limit = self.limits.bytes_before_login
+            raise BudgetExceededError(f"more than {limit} bytes before login")
+
+    def called(self) -> None:
+        """
+        A call arrived.
+
+        @raise BudgetExceededError: past C{calls_before_login}.
+        """
+        if self.logged_in:
+            return
+        self._calls += 1
+        if self._calls > self.limits.calls_before_login:
+            limit = self.limits.calls_before_login
+            raise BudgetExceededError(f"more than {limit} calls before login")
+
+    def refused(self, what: str) -> CallRefused:
+        """
+        A call before login failed: count it, log one line, and return
+        the error the peer gets.
+        """
+        if not self.logged_in:
+            self.errors += 1
+            log.info(
+                "refused a call from {peer} on {listener} before login: {what}",
+                peer=str(self.peer),
+                listener=self.peer.listener,
+                what=what,
+            )
+            if self.errors >= self.limits.errors_before_login:
+                self.drop(f"{self.errors} refused calls before login")
+        return CallRefused("refused")
+
+    def misuse(self, error: LoginRefused) -> LoginRefused:
+        """A login call this connection may not make: counts as a refused call."""
+        self.refused(str(error))
+        return error
+
+    # -- logins
+
+    def login(
+        self, portal: Any, mechanism: str, user: Any, credentials: Any, mind: Any
+    ) -> defer.Deferred:
+        """
+        Log in to a portal (a L{pbd.portals.PortalEntry}) with credentials
+        a mechanism made; fire with an avatar PB can send.
+        """
+        return self.login_by(
+            portal, mechanism, user, lambda: portal.portal.login(credentials, mind, IPerspective)
+        )
+
+    def login_by(
+        self, portal: Any, mechanism: str, user: Any, log_in: Callable[[], Any]
+    ) -> defer.Deferred:
+        """
+        Like L{login}, for mechanisms with a step of their own before the
+        portal: C{log_in()} fires with the realm's C{(interface, avatar, logout)}.
+        """
+        d = self.attempt(portal.name, mechanism, user, log_in)
+        d.addCallback(self._avatar, portal.name, mechanism, user)
+        return d
+
+    def attempt(
+        self, portal: str, mechanism: str, user: Any, log_in: Callable[[], Any]
+    ) -> defer.Deferred:
+        """
+        Run one login attempt: one at a time, throttled by the failures of
+        its address and user name, audited, failures counted.
+
+        @param user: the user name the peer gave (L{None} for none): the
+            throttle and the audit line use it.
+        @raise LoginRefused: when another attempt is under way.
+        """
+        if self._under_way:
+            raise self.misuse(LoginRefused("one login at a time on a connection"))
+        self._under_way = True
+        keys = self._throttle_keys(portal, user)
+        d = self.door.throttle.admit(keys)
+        d.addCallback(lambda _: log_in())
+        d.addBoth(self._settled, portal, mechanism, user, keys)
+        return d
+
+    def _throttle_keys(self, portal: str, user: Any) -> list[Hashable]:
+        keys: list[Hashable] = []
+        if self.peer.address is not None:
+            keys.append(("address", self.peer.address))
+        if user is not None:
+            keys.append(("user", portal, user))
+        return keys
+
+    def _settled(
+        self, result: Any, portal: str, mechanism: str, user: Any, keys: list[Hashable]
+    ) -> Any:
+        self._under_way = False
+        if not isinstance(result, Failure):
+            audit.login(self.peer, portal, mechanism, user, True)
+            self._now_logged_in()
+            return result
+        self.door.throttle.failed(keys)
+        self.failures += 1
+        if result.check(LoginFailed):
+            reason = str(result.value) or type(result.value).__name__
+            unhandled = result.check(UnhandledCredentials)
+            answer: Exception = UnhandledCredentials() if unhandled else UnauthorizedLogin()
+        elif result.check(pb.Error):
+            # A realm's own refusal, meant for the peer.
+            reason, answer = str(result.value), result.value
+        else:
+            log.failure("a login to portal {portal!r} failed", result, portal=portal)
+            reason, answer = "internal error (logged above)", CallRefused("refused")
+        audit.login(self.peer, portal, mechanism, user, False, reason)
+        if self.failures >= self.limits.failed_logins_per_connection and not self.logged_in:
+            self.drop(f"{self.failures} failed logins")
+        return Failure(answer)
+
+    def _now_logged_in(self) -> None:
+        if not self.logged_in:
+            self.logged_in = True
+            self._cancel_deadline()
+            self._uncount()
+
+    def _avatar(self, result: tuple, portal: str, mechanism: str, user: Any) -> Any:
+        interface, avatar, logout = result
+        started = self.door.clock.seconds()
+
+        def logged_out() -> None:
+            audit.logout(
+                self.peer, portal, mechanism, user, self.door.clock.seconds() - started
+            )
+            logout()
+
+        return self._avatars._cbLogin((interface, avatar, logged_out))
+
+
+class _Avatars(JellyableAvatarMixin):
+    """Twisted's own way of sending an avatar and calling its logout once."""
+
+    def __init__(self, broker: pb.Broker) -> None:
+        self.broker = broker
+
+
+class SessionReferenceable(pb.Referenceable):
+    """
+    An object a peer can call before it has logged in (the root, a
+    challenge, a SCRAM exchange): any failure becomes L{CallRefused},
+    counted by the session, except refusals meant for the peer.
+    """
+
+    session: LoginSession
+
+    def remoteMessageReceived(self, broker: Any, message: Any, args: Any, kw: Any) -> Any:
+        name = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        try:
+            result = super().remoteMessageReceived(broker, message, args, kw)
+        except (LoginRefused, LoginFailed):
+            raise
+        except Exception as e:
+            raise self.session.refused(f"{_shown(name)}: {type(e).__name__}") from None
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._refused_later, name)
+        return result
+
+    def _refused_later(self, failure: Failure, name: str) -> Failure:
+        if failure.check(LoginRefused, LoginFailed, pb.Error):
+            return failure
+        return Failure(self.session.refused(f"{_shown(name)}: {failure.type.__name__}"))
+
+
+def _shown(name: str) -> str:
+    return audit.escape(name) or "?"

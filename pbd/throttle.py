@@ -1,0 +1,115 @@
+"""
+Failed logins slow down the guesser, not everyone.
+
+Each login attempt is keyed by its source address and by the user name it
+names (per portal). A key's failures are counted, and forgotten by half
+every C{failure_half_life} seconds. Once a key has more than
+C{free_failures}, its attempts are spaced: the next may start only
+C{failure_delay} seconds after the previous one, doubling with each
+further failure up to C{max_failure_delay}. Spacing, not a delay per
+answer, is what bounds a guesser with many connections: whatever the
+number of connections and addresses, one user name is tried at most once
+per spacing. An attempt that would wait longer than C{max_attempt_wait}
+is refused at once.
+
+Spacing uses the failures known when an attempt is admitted. A check of
+PB's MD5 or SCRAM answer ends in the same reactor turn, and password
+checks are bounded per address by the hash pool, so a burst of
+concurrent guesses is cut short after the first few failures. Known and
+unknown user names are treated the same; a success does not erase
+failures (a guesser holding one good account could otherwise reset its
+address), they decay.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+
+from pbd.limits import Limits
+
+
+class ThrottledError(UnauthorizedLogin):
+    """Too many recent failures for this address or user name: try again later."""
+
+
+@dataclass
+class _Record:
+    failures: float
+    updated: float
+    last_start: float
+
+
+class Throttle:
+    """
+    @param max_keys: records kept at most; the least recently used go first,
+        so a peer naming endless user names cannot grow the table.
+    """
+
+    def __init__(self, clock: IReactorTime, limits: Limits, max_keys: int = 100_000) -> None:
+        self.clock = clock
+        self.limits = limits
+        self.max_keys = max_keys
+        self._records: OrderedDict[Hashable, _Record] = OrderedDict()
+
+    def failures(self, key: Hashable) -> float:
+        """The key's failures, as forgotten by now."""
+        record = self._records.get(key)
+        return 0.0 if record is None else self._decayed(record)
+
+    def admit(self, keys: Sequence[Hashable]) -> defer.Deferred:
+        """
+        Fire (with L{None}) when an attempt under C{keys} may start.
+
+        @raise ThrottledError: (as a failed Deferred) when it would wait too long.
+        """
+        now = self.clock.seconds()
+        records = [self._record(key, now) for key in keys]
+        start = max(
+            [now, *(r.last_start + self._spacing(self._decayed(r, now)) for r in records)]
+        )
+        if start - now > self.limits.max_attempt_wait:
+            return defer.fail(ThrottledError("too many failed logins: try again later"))
+        for record in records:
+            record.last_start = start
+        if start <= now:
+            return defer.succeed(None)
+        return task.deferLater(self.clock, start - now)
+
+    def failed(self, keys: Sequence[Hashable]) -> None:
+        """An admitted attempt failed: count it against every key."""
+        now = self.clock.seconds()
+        for key in keys:
+            record = self._record(key, now)
+            self._decayed(record, now)
+            record.failures += 1
+
+    def _spacing(self, failures: float) -> float:
+        over = failures - self.limits.free_failures
+        if over <= 0:
+            return 0.0
+        return min(self.limits.max_failure_delay, self.limits.failure_delay * 2 ** (over - 1))
+
+    def _record(self, key: Hashable, now: float) -> _Record:
+        record = self._records.get(key)
+        if record is None:
+            record = self._records[key] = _Record(0.0, now, -math.inf)
+            while len(self._records) > self.max_keys:
+                self._records.popitem(last=False)
+        else:
+            self._records.move_to_end(key)
+        return record
+
+    def _decayed(self, record: _Record, now: float | None = None) -> float:
+        now = self.clock.seconds() if now is None else now
+        elapsed = now - record.updated
+        if elapsed > 0:
+            record.failures *= 0.5 ** (elapsed / self.limits.failure_half_life)
+            record.updated = now
+        return record.failures
