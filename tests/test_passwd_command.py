@@ -97,10 +97,32 @@ def test_no_terminal_and_no_password_stdin_is_refused(tmp_path):
     assert not (tmp_path / "users.passwd").exists()
 
 
-@pytest.mark.parametrize("user", ["a:b", "with space", "#comment", ""])
-def test_bad_user_names_are_refused(tmp_path, user):
-    result = passwd(str(tmp_path / "users.passwd"), user, password="pw")
+@pytest.mark.parametrize(
+    ("user", "message"),
+    [
+        ("a:b", "bad user name 'a:b'"),
+        ("with space", "bad user name 'with space'"),
+        ("#comment", "bad user name '#comment'"),
+        ("", "give a USER"),
+    ],
+)
+def test_bad_user_names_are_refused(tmp_path, user, message):
+    path = tmp_path / "users.passwd"
+    # Refused before anything is written: no new file...
+    result = passwd(str(path), user, password="pw")
     assert result.returncode != 0
+    assert message in result.stderr
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+    # ...and an existing file untouched.
+    passwd(str(path), "alice", "--scheme", "hex_md5", password="alice-pw")
+    files = sorted(tmp_path.iterdir())
+    before = path.read_bytes(), path.stat().st_mtime_ns, path.stat().st_ino
+    result = passwd(str(path), user, password="pw")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert (path.read_bytes(), path.stat().st_mtime_ns, path.stat().st_ino) == before
+    assert sorted(tmp_path.iterdir()) == files
 
 
 def test_writers_at_the_same_time_lose_no_update(tmp_path):
