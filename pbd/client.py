@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.spread import pb
@@ -167,12 +168,17 @@ class _ClientBroker(FastDecoding, pb.Broker):
         super().connectionLost(reason)
 
 
+# How the TLS layer says why a handshake failed: OpenSSL's verdict, or
+# service_identity's when the certificate names another host.
+_TLS_FAILURES = (SSL.Error, VerificationError)
+
+
 class _ClientFactory(pb.PBClientFactory):
     protocol = _ClientBroker
     lost_reason: Any = None
 
     def clientConnectionLost(self, connector: Any, reason: Any, reconnecting: int = 0) -> None:
-        if self.lost_reason is not None and self.lost_reason.check(SSL.Error):
+        if self.lost_reason is not None and self.lost_reason.check(*_TLS_FAILURES):
             reason = self.lost_reason
         super().clientConnectionLost(connector, reason, reconnecting)
 
@@ -197,7 +203,7 @@ async def _login(
     _connect(target, factory, ca, certificate, key, verify, timeout)
     try:
         root = await factory.getRootObject()
-    except SSL.Error as e:
+    except _TLS_FAILURES as e:
         raise TLSFailedError(
             f"TLS with {target.host}:{target.port} failed ({_ssl_reason(e)}): is the server's "
             "certificate signed by the CA you trust (ca=), and is yours by one it trusts?"
@@ -238,6 +244,8 @@ async def _login(
 
 
 def _ssl_reason(error: Exception) -> str:
+    if isinstance(error, VerificationError):
+        return f"the certificate is not for this host: {error}"
     reasons = [part[2] for part in (error.args[0] if error.args else []) if len(part) == 3]
     return "; ".join(reason for reason in reasons if reason) or str(error)
 
