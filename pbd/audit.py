@@ -34,9 +34,8 @@ def escape(name: Any) -> str | None:
         return None
     if isinstance(name, bytes):
         name = name.decode("utf-8", "backslashreplace")
-    text = str(name)
-    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:MAX_NAME])
-    return shown + ("..." if len(text) > MAX_NAME else "")
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(name))
+    return shown if len(shown) <= MAX_NAME else shown[:MAX_NAME] + "..."
 
 
 def login(

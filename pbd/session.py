@@ -324,16 +324,25 @@ class SessionReferenceable(pb.Referenceable):
     session: LoginSession
 
     def remoteMessageReceived(self, broker: Any, message: Any, args: Any, kw: Any) -> Any:
+        # Stock dispatch, without its log line of the peer's arguments on a TypeError.
         name = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
         try:
-            result = super().remoteMessageReceived(broker, message, args, kw)
+            args = broker.unserialize(args)
+            kw = {
+                (key.decode("utf-8") if isinstance(key, bytes) else key): value
+                for key, value in broker.unserialize(kw).items()
+            }
+            method = getattr(self, f"remote_{name}", None)
+            if method is None:
+                raise pb.NoSuchMethod(name)
+            result = method(*args, **kw)
         except (LoginRefused, LoginFailed):
             raise
         except Exception as e:
             raise self.session.refused(f"{_shown(name)}: {type(e).__name__}") from None
         if isinstance(result, defer.Deferred):
             result.addErrback(self._refused_later, name)
-        return result
+        return broker.serialize(result, self.perspective)
 
     def _refused_later(self, failure: Failure, name: str) -> Failure:
         if failure.check(LoginRefused, LoginFailed, pb.Error):

@@ -94,7 +94,8 @@ class Throttle:
         over = failures - self.limits.free_failures
         if over <= 0:
             return 0.0
-        return min(self.limits.max_failure_delay, self.limits.failure_delay * 2 ** (over - 1))
+        doubling = 2 ** min(over - 1, 64)  # past 64 doublings, any delay is at its cap
+        return min(self.limits.max_failure_delay, self.limits.failure_delay * doubling)
 
     def _record(self, key: Hashable, now: float) -> _Record:
         record = self._records.get(key)

@@ -118,7 +118,9 @@ class UserStoreChecker:
     # -- wiring
 
     _hash_pool: HashPool | None = None
+    # The reactor by default; tests swap in task.Clock and a timer of their own.
     clock: Any = None
+    timer: Callable[[], float] = staticmethod(time.perf_counter)
 
     def useHashPool(self, pool: HashPool) -> None:
         self._hash_pool = pool
@@ -175,7 +177,9 @@ class UserStoreChecker:
     ) -> defer.Deferred:
         decoy, exemplars = self._decoy_and_exemplars()
         unmeasured = [e for cost, e in exemplars.items() if not self._samples(cost)]
-        d = self._pool().run(address, _timed_checks, user or decoy, password, unmeasured)
+        d = self._pool().run(
+            address, _timed_checks, user or decoy, password, unmeasured, self.timer
+        )
         d.addCallback(self._wait_for_the_slowest, exemplars)
         d.addCallback(self._verdict, name, user)
         return d
@@ -259,19 +263,19 @@ class UserStoreChecker:
 
 
 def _timed_checks(
-    user: StoredUser, password: str, unmeasured: list[StoredUser]
+    user: StoredUser, password: str, unmeasured: list[StoredUser], timer: Callable[[], float]
 ) -> tuple[bool, list[tuple[str, float]]]:
     """
     In the pool: check the password, timing it, and time each kind of hash
     not yet measured (once per kind, with a password that cannot match).
     """
-    started = time.perf_counter()
+    started = timer()
     matched = user.verify_plain(password)
-    timings = [(user.cost, time.perf_counter() - started)]
+    timings = [(user.cost, timer() - started)]
     for exemplar in unmeasured:
-        started = time.perf_counter()
+        started = timer()
         exemplar.verify_plain(os.urandom(8).hex())
-        timings.append((exemplar.cost, time.perf_counter() - started))
+        timings.append((exemplar.cost, timer() - started))
     return matched, timings
 
 

@@ -215,7 +215,7 @@ def test_require_client_cert_refuses_a_client_without_one(start_daemon, passwd_f
         "carol"
     )
     # sam's password is right: only the missing certificate keeps him out.
-    with pytest.raises(client.TLSFailedError, match="not for this host"):
+    with pytest.raises(client.TLSFailedError, match="certificate required"):
         in_reactor.run(whoami, f"pbs://sam@localhost:{port}", "sam-pw", ca=authority.path)
 
 

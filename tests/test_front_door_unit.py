@@ -1,0 +1,204 @@
+"""
+The front door in memory: a login session per connection, its limits and
+its audit lines, with a stock PB client over an IOPump and a task.Clock.
+
+The limits are the documented defaults (README, "Limits"), written here.
+"""
+
+from __future__ import annotations
+
+from hashlib import md5
+
+import pytest
+from memory_pb import LogCapture, Server, echo_portal, remote_type
+from twisted.cred.credentials import Anonymous, UsernamePassword
+from twisted.spread import pb
+
+from pbd.checkers import MemoryChecker
+from pbd.limits import Limits
+
+REFUSED = b"pbd.session.CallRefused"
+UNAUTHORIZED = b"twisted.cred.error.UnauthorizedLogin"
+UNHANDLED = b"twisted.cred.error.UnhandledCredentials"
+
+
+def login(connection, user=b"alice", password=b"secret"):
+    credentials = Anonymous() if user is None else UsernamePassword(user, password)
+    return connection.settle(connection.factory.login(credentials))
+
+
+def lines_about(events, text):
+    return [e for e in events if text in str(e.get("log_format", "")) + str(e.get("reason", ""))]
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "refusal"),
+    [
+        ("noSuchMethod", (), REFUSED),
+        ("scramStart", (None, 17), REFUSED),  # an int where the client-first message goes
+        ("loginMD5", (), REFUSED),  # missing arguments
+        ("loginMD5", (None, ["a", {"b": 1}]), REFUSED),  # a list for a name
+        ("login", ("alice", "extra"), REFUSED),
+        ("mechanisms", ("no such portal",), b"pbd.session.LoginRefused"),
+        ("loginPlain", (None, "alice", "pw", None), b"pbd.session.LoginRefused"),  # not TLS
+    ],
+)
+def test_a_failed_call_before_login_tells_nothing_and_three_drop_the_peer(method, args, refusal):
+    server = Server()
+    connection = server.connect()
+    root = connection.root()
+    with LogCapture() as events:
+        answers = [connection.call(root, method, *args) for _ in range(3)]
+    for answer in answers:
+        assert remote_type(answer) == refusal
+        if refusal == REFUSED:
+            assert answer.value == "refused"
+        assert "Error" not in answer.value and "Traceback" not in answer.value
+    assert connection.dropped
+    # One line per refused call and one for the drop; no traceback.
+    assert len(events) <= 4
+    assert not [e for e in events if e.get("log_failure") is not None]
+
+
+def test_a_call_to_an_object_that_does_not_exist_counts_too():
+    server = Server()
+    connection = server.connect()
+    root = connection.root()
+    ghost = pb.RemoteReference(None, connection.client, 424242, None)
+    assert connection.call(root, "portals") == ["demo"]
+    for _ in range(3):
+        assert remote_type(connection.call(ghost, "anything")) == b"twisted.spread.pb.Error"
+    assert connection.dropped
+
+
+def test_a_peer_may_make_only_so_many_calls_before_login():
+    server = Server(Limits(calls_before_login=5))
+    connection = server.connect()
+    root = connection.root()
+    for _ in range(5):
+        assert connection.call(root, "portals") == ["demo"]
+    connection.call(root, "portals")
+    assert connection.dropped
+
+
+def test_logged_in_calls_are_not_counted():
+    server = Server(Limits(calls_before_login=3))
+    connection = server.connect()
+    avatar = login(connection)
+    for number in range(10):
+        assert connection.call(avatar, "echo", number) == number
+    assert not connection.dropped
+
+
+def test_no_login_within_the_timeout_drops_the_connection_and_a_login_keeps_it():
+    # README: login_timeout defaults to 60 s.
+    server = Server()
+    idle, busy = server.connect(), server.connect()
+    login(busy)
+    server.clock.advance(59)
+    assert not idle.dropped
+    server.clock.advance(2)
+    assert idle.dropped
+    assert not busy.dropped
+
+
+def test_five_failed_logins_drop_the_connection():
+    # README: a connection is dropped after 5 failed logins.
+    server = Server()
+    connection = server.connect()
+    for _ in range(4):
+        assert remote_type(login(connection, password=b"wrong")) == UNAUTHORIZED
+        assert not connection.dropped
+    assert remote_type(login(connection, password=b"wrong")) == UNAUTHORIZED
+    assert connection.dropped
+
+
+def test_anonymous_where_no_checker_allows_it_is_unhandled_credentials_as_in_stock_pb():
+    server = Server(entries=[echo_portal([MemoryChecker(users={"alice": "secret"})])])
+    assert remote_type(login(server.connect(), user=None)) == UNHANDLED
+
+
+def test_the_answer_to_a_refused_login_says_nothing_of_the_reason():
+    server = Server()
+    unknown = login(server.connect(), user=b"mallory", password=b"secret")
+    wrong = login(server.connect(), user=b"alice", password=b"wrong")
+    assert remote_type(unknown) == remote_type(wrong) == UNAUTHORIZED
+    assert str(unknown.value) == str(wrong.value)
+
+
+def test_every_login_attempt_and_logout_is_audited_with_fields_and_no_secret():
+    server = Server()
+    with LogCapture() as events:
+        login(server.connect("10.0.0.7"), password=b"Wr0ng-secret")
+        connection = server.connect("10.0.0.8")
+        assert connection.call(login(connection), "whoami") == "alice"
+        connection.factory.disconnect()
+        connection.pump.flush()
+    audit = [e for e in events if e.get("log_namespace") == "pbd.audit"]
+    assert [(e["pbd_event"], e.get("result")) for e in audit] == [
+        ("login", "refused"),
+        ("login", "accepted"),
+        ("logout", None),
+    ]
+    refused, accepted, logout = audit
+    assert refused["peer"] == "10.0.0.7" and accepted["peer"] == "10.0.0.8"
+    for event in audit:
+        assert event["listener"] == "test"
+        assert event["portal"] == "demo"
+        assert event["mechanism"] == "pb-md5"
+        assert event["user"] == "alice"
+    assert "wrong password" in refused["reason"]
+    assert logout["seconds"] >= 0
+    everything = repr(events)
+    for secret in ("Wr0ng-secret", "secret'", md5(b"secret").hexdigest()):
+        assert secret not in everything
+
+
+def test_user_names_are_escaped_in_the_audit_line():
+    server = Server()
+    with LogCapture() as events:
+        login(server.connect(), user=b"evil\nFAKE LINE\x1b[31m" + b"x" * 100, password=b"pw")
+    (event,) = [e for e in events if e.get("pbd_event") == "login"]
+    assert "\n" not in event["user"] and "\x1b" not in event["user"]
+    assert event["user"].startswith("evil\\x0aFAKE LINE\\x1b[31m")
+    assert len(event["user"]) <= 64 + 3
+
+
+def test_one_login_at_a_time_on_a_connection():
+    # An address with failures past the free ones waits before its next
+    # attempt: time to send a second one on the same connection meanwhile.
+    server = Server()
+    for _ in range(Limits().free_failures + 1):
+        server.door.throttle.failed([("address", "10.0.0.1")])
+    assert remote_type(login(server.connect(), password=b"wrong")) == UNAUTHORIZED
+    connection = server.connect()
+    root = connection.root()
+    challenge, challenger = connection.call(root, "login", b"alice")
+    waiting = challenger.callRemote("respond", pb.respond(challenge, b"secret"), None)
+    challenge2, challenger2 = connection.call(root, "login", b"alice")
+    second = connection.call(challenger2, "respond", pb.respond(challenge2, b"secret"), None)
+    assert remote_type(second) == b"pbd.session.LoginRefused"
+    assert "one login at a time" in second.value
+    server.clock.advance(Limits().max_failure_delay)
+    assert isinstance(connection.settle(waiting), pb.RemoteReference)
+
+
+def test_a_challenge_is_answered_once():
+    server = Server()
+    connection = server.connect()
+    root = connection.root()
+    challenge, challenger = connection.call(root, "login", b"alice")
+    answer = pb.respond(challenge, b"secret")
+    assert isinstance(connection.call(challenger, "respond", answer, None), pb.RemoteReference)
+    again = connection.call(challenger, "respond", answer, None)
+    assert remote_type(again) == b"pbd.session.LoginRefused"
+
+
+def test_only_so_many_unauthenticated_connections_per_address_and_logins_free_them():
+    # README: at most 32 connections per address that have not logged in.
+    server = Server()
+    waiting = [server.connect("10.0.0.9") for _ in range(32)]
+    assert server.connect("10.0.0.9") is None
+    assert server.connect("10.0.0.10") is not None
+    login(waiting[0])
+    assert server.connect("10.0.0.9") is not None
