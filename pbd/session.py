@@ -214,42 +214,64 @@ class LoginSession:
     # -- logins
 
     def login(
-        self, portal: Any, mechanism: str, user: Any, credentials: Any, mind: Any
+        self,
+        portal: Any,
+        mechanism: str,
+        user: Any,
+        credentials: Any,
+        mind: Any,
+        guessable: bool = True,
     ) -> defer.Deferred:
         """
         Log in to a portal (a L{pbd.portals.PortalEntry}) with credentials
         a mechanism made; fire with an avatar PB can send.
         """
         return self.login_by(
-            portal, mechanism, user, lambda: portal.portal.login(credentials, mind, IPerspective)
+            portal,
+            mechanism,
+            user,
+            lambda: portal.portal.login(credentials, mind, IPerspective),
+            guessable,
         )
 
     def login_by(
-        self, portal: Any, mechanism: str, user: Any, log_in: Callable[[], Any]
+        self,
+        portal: Any,
+        mechanism: str,
+        user: Any,
+        log_in: Callable[[], Any],
+        guessable: bool = True,
     ) -> defer.Deferred:
         """
         Like L{login}, for mechanisms with a step of their own before the
         portal: C{log_in()} fires with the realm's C{(interface, avatar, logout)}.
         """
-        d = self.attempt(portal.name, mechanism, user, log_in)
+        d = self.attempt(portal.name, mechanism, user, log_in, guessable)
         d.addCallback(self._avatar, portal.name, mechanism, user)
         return d
 
     def attempt(
-        self, portal: str, mechanism: str, user: Any, log_in: Callable[[], Any]
+        self,
+        portal: str,
+        mechanism: str,
+        user: Any,
+        log_in: Callable[[], Any],
+        guessable: bool = True,
     ) -> defer.Deferred:
         """
         Run one login attempt: one at a time, throttled by the failures of
         its address and user name, audited, failures counted.
 
-        @param user: the user name the peer gave (L{None} for none): the
-            throttle and the audit line use it.
+        @param user: the user name the peer gave (L{None} for none), for the
+            audit line and, if C{guessable}, the throttle.
+        @param guessable: whether the user's secret is something a peer
+            could guess (a password: yes; a client certificate: no).
         @raise LoginRefused: when another attempt is under way.
         """
         if self._under_way:
             raise self.misuse(LoginRefused("one login at a time on a connection"))
         self._under_way = True
-        keys = self._throttle_keys(portal, user)
+        keys = self._throttle_keys(portal, user if guessable else None)
         d = self.door.throttle.admit(keys)
         d.addCallback(lambda _: log_in())
         d.addBoth(self._settled, portal, mechanism, user, keys)

@@ -39,7 +39,10 @@ class Certificate(Mechanism):
         fields = subject_fields(context.peer_certificate)
         session = context.session
         credentials = CertificateSubject(fields, session.peer)
-        return session.login(context.portal, self.name, fields.get("CN"), credentials, mind)
+        # A certificate cannot be guessed: its name is not throttled.
+        return session.login(
+            context.portal, self.name, fields.get("CN"), credentials, mind, guessable=False
+        )
 
     async def client_login(
         self, root: Any, portal: str | None, credentials: ClientCredentials, mind: Any
