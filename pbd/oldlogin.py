@@ -92,6 +92,7 @@ class AuthChallenger(SessionReferenceable):
             raise UnauthorizedLogin(
                 f"no identity {self.name!r}" if identity is None else "wrong password"
             )
+        self.session.audit_logout_on_disconnect(PORTAL, MECHANISM, self.name)
         return IdentityWrapper(self.session.broker, identity)
 
 

@@ -316,6 +316,16 @@ class LoginSession:
             self._cancel_deadline()
             self._uncount()
 
+    def audit_logout_on_disconnect(self, portal: str, mechanism: str, user: Any) -> None:
+        """For logins without a realm's logout (the old conversation): audit the disconnect."""
+        started = self.door.clock.seconds()
+
+        def logged_out() -> None:
+            seconds = self.door.clock.seconds() - started
+            audit.logout(self.peer, portal, mechanism, user, seconds)
+
+        self.broker.notifyOnDisconnect(logged_out)
+
     def _avatar(self, result: tuple, portal: str, mechanism: str, user: Any) -> Any:
         interface, avatar, logout = result
         started = self.door.clock.seconds()

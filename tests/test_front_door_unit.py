@@ -202,3 +202,34 @@ def test_only_so_many_unauthenticated_connections_per_address_and_logins_free_th
     assert server.connect("10.0.0.10") is not None
     login(waiting[0])
     assert server.connect("10.0.0.9") is not None
+
+
+def test_the_old_login_is_audited_counted_and_answers_a_wrong_password_with_none():
+    from twisted.cred.portal import Portal
+
+    from pbd.portals import CheckerChain, PortalEntry
+    from pbd.root import PortalRoot
+    from realms.legacy import LegacyRealm
+
+    realm = LegacyRealm(
+        services=[{"name": "svc", "perspectives": ["p"]}],
+        identities=[{"name": "alice", "password": "secret", "keys": [["svc", "p"]]}],
+    )
+    checkers = realm.credentialsCheckers()
+    portal = Portal(realm, [CheckerChain("old", checkers)])
+    entry = PortalEntry("old", portal, tuple(checkers), ("pb-md5",))
+    server = Server(entries=[entry])
+    server.factory.root = PortalRoot([entry], legacy=realm)
+    with LogCapture() as events:
+        connection = server.connect()
+        root = connection.root()
+        challenge, challenger = connection.call(root, "username", "alice")
+        assert connection.call(challenger, "respond", pb.respond(challenge, b"nope")) is None
+        challenge, challenger = connection.call(root, "username", "alice")
+        identity = connection.call(challenger, "respond", pb.respond(challenge, b"secret"))
+        assert isinstance(identity, pb.RemoteReference)
+        connection.factory.disconnect()
+        connection.pump.flush()
+    audit = [(e["pbd_event"], e.get("result")) for e in events if e.get("pbd_event")]
+    assert audit == [("login", "refused"), ("login", "accepted"), ("logout", None)]
+    assert server.door.throttle.failures(("user", "(legacy)", "alice")) >= 1
