@@ -36,6 +36,9 @@ from pbd.twisted_private import JellyableAvatarMixin
 
 log = Logger()
 
+# Seconds a dropped connection has to take its last answer before it is cut.
+CLOSING_GRACE = 5.0
+
 
 class LoginRefused(pb.Error):
     """A login call the connection may not make; the message says why and what is offered."""
@@ -160,8 +163,15 @@ class LoginSession:
         self.door.clock.callLater(0, self._close)
 
     def _close(self) -> None:
-        if self.broker.transport is not None:
-            self.broker.transport.loseConnection()
+        transport = self.broker.transport
+        if transport is not None:
+            transport.loseConnection()
+            # A peer that does not read would hold a closing connection open.
+            self.door.clock.callLater(CLOSING_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        if self.broker.connected and self.broker.transport is not None:
+            self.broker.transport.abortConnection()
 
     # -- budgets before login
 

@@ -233,3 +233,19 @@ def test_the_old_login_is_audited_counted_and_answers_a_wrong_password_with_none
     audit = [(e["pbd_event"], e.get("result")) for e in events if e.get("pbd_event")]
     assert audit == [("login", "refused"), ("login", "accepted"), ("logout", None)]
     assert server.door.throttle.failures(("user", "(legacy)", "alice")) >= 1
+
+
+def test_a_dropped_peer_that_does_not_read_is_cut_after_a_grace():
+    server = Server()
+    connection = server.connect()
+    root = connection.root()
+    aborted = []
+    connection.server.transport.abortConnection = lambda: aborted.append(True)
+    for _ in range(3):
+        root.callRemote("noSuchMethod")
+    # Deliver the calls, but let nothing flow back: the peer does not read.
+    connection.server.dataReceived(connection.pump.clientIO.getOutBuffer())
+    server.clock.advance(0)
+    assert connection.server.transport.disconnecting and not aborted
+    server.clock.advance(5)  # the grace: session.CLOSING_GRACE
+    assert aborted
