@@ -31,6 +31,7 @@ from pbd.interfaces import ILegacyAuthorizer
 from pbd.mechanisms.md5 import new_challenge
 from pbd.session import FrontDoor, LoginRefused, LoginSession, SessionReferenceable
 from pbd.userstore import check_md5
+from pbd.wiretext import as_text
 
 log = Logger()
 
@@ -38,14 +39,6 @@ log = Logger()
 MECHANISM = "pb-md5 (Twisted 1.x login)"
 # The old conversation names no portal.
 PORTAL = "(legacy)"
-
-
-def _text(name: Any) -> str:
-    if isinstance(name, bytes):
-        return name.decode("utf-8", "replace")
-    if isinstance(name, str):
-        return name
-    raise TypeError(f"expected a name, got {type(name).__name__}")
 
 
 class OldLogin:
@@ -56,7 +49,7 @@ class OldLogin:
         self.session = session
 
     def username(self, username: Any) -> tuple[bytes, AuthChallenger]:
-        name = _text(username)
+        name = as_text(username, "replace")
         challenge = new_challenge()
         return challenge, AuthChallenger(self, challenge, name)
 
@@ -106,8 +99,10 @@ class IdentityWrapper(pb.Referenceable):
     def remote_attach(
         self, serviceName: str, perspectiveName: str | None, remoteRef: Any
     ) -> defer.Deferred:
-        service = _text(serviceName)
-        perspective = self.identity.name if perspectiveName is None else _text(perspectiveName)
+        service = as_text(serviceName, "replace")
+        perspective = (
+            self.identity.name if perspectiveName is None else as_text(perspectiveName, "replace")
+        )
         d = self.identity.requestPerspectiveForKey(service, perspective)
         d.addCallback(self._attached, remoteRef)
         return d

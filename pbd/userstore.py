@@ -40,6 +40,7 @@ from pbd.credentials import IPeerCredentials, IScramVerified
 from pbd.hashpool import HashPool
 from pbd.interfaces import IUsesHashPool
 from pbd.scram import DEFAULT_ITERATIONS, Verifier
+from pbd.wiretext import as_text
 
 # Recent timings kept per kind of hash, to know how long the slowest takes.
 TIMING_SAMPLES = 15
@@ -75,18 +76,10 @@ def peer_address(credentials: Any) -> str | None:
 
 
 def _name(credentials: Any) -> str:
-    username = credentials.username
-    if isinstance(username, bytes):
-        try:
-            return username.decode("utf-8")
-        except UnicodeDecodeError:
-            raise error.UnauthorizedLogin("user name is not UTF-8") from None
-    return username
-
-
-def _password(credentials: Any) -> str:
-    password = credentials.password
-    return password.decode("utf-8", "replace") if isinstance(password, bytes) else password
+    try:
+        return as_text(credentials.username)
+    except UnicodeDecodeError:
+        raise error.UnauthorizedLogin("user name is not UTF-8") from None
 
 
 @implementer(IUsesHashPool)
@@ -152,7 +145,8 @@ class UserStoreChecker:
         user = self.lookup(name)
         if IUsernameMD5Password.providedBy(credentials):
             return defer.maybeDeferred(self._judge_md5, credentials, name, user)
-        return self._judge_plain(_password(credentials), name, user, peer_address(credentials))
+        password = as_text(credentials.password, "replace")
+        return self._judge_plain(password, name, user, peer_address(credentials))
 
     def _judge_md5(self, credentials: Any, name: str, user: StoredUser | None) -> bytes:
         digest = user.md5_digest if user is not None else None

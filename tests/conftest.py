@@ -6,6 +6,7 @@ from typing import Any
 
 import in_reactor
 import pytest
+from configs import USERS
 from pbd_daemon import Daemon, write_config
 
 
@@ -27,3 +28,15 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield start
     for daemon in daemons:
         daemon.stop()
+
+
+@pytest.fixture
+def passwd_file(tmp_path: Path) -> Path:
+    """users.passwd beside the config: a user for each kind of hash (configs.USERS)."""
+    from pbd.passwdfile import hash_password
+
+    path = tmp_path / "users.passwd"
+    path.write_text(
+        "".join(f"{user}:{hash_password(pw, scheme)}\n" for user, (pw, scheme) in USERS.items())
+    )
+    return path

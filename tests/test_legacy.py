@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import socket
 import warnings
-from hashlib import md5
 from pathlib import Path
 
 import in_reactor
 import pytest
 from certs import make_server_certificate
+from configs import legacy_config
 from pb_client import call_as
 from pbd_daemon import Daemon, write_config
 from twisted.cred.error import UnauthorizedLogin
@@ -28,39 +28,6 @@ ON_PATH = {"PYTHONPATH": TESTS}
 
 # The old names warn, as they did in 2004; one test checks that.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def legacy_config(endpoint="tcp:0:interface=127.0.0.1", **listener):
-    return {
-        "listeners": [{"endpoint": endpoint, "portal": "old", **listener}],
-        "portals": {
-            "old": {
-                "realm": {
-                    "plugin": "legacy",
-                    "services": [
-                        {
-                            "name": "echoservice",
-                            "class": "legacy_services:EchoService",
-                            "perspectives": ["alice", "bob", "shared"],
-                        }
-                    ],
-                    "identities": [
-                        {
-                            "name": "alice",
-                            "password": "secret",
-                            "keys": [["echoservice", "alice"], ["echoservice", "shared"]],
-                        },
-                        {
-                            "name": "bob",
-                            "password": "md5:" + md5(b"bob-pw").hexdigest(),
-                            "keys": [["echoservice", "bob"], ["echoservice", "shared"]],
-                            "default": ["echoservice", "shared"],
-                        },
-                    ],
-                }
-            }
-        },
-    }
 
 
 @pytest.fixture

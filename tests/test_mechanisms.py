@@ -16,22 +16,6 @@ from twisted.internet import reactor
 from twisted.spread import pb
 
 from pbd import client
-from pbd.passwdedit import hash_password
-
-USERS = {
-    "sam": ("sam-pw", "scram-sha-256"),
-    "ada": ("ada-pw", "argon2"),
-    "max": ("max-pw", "hex_md5"),
-}
-
-
-@pytest.fixture
-def passwd_file(tmp_path):
-    path = tmp_path / "users.passwd"
-    path.write_text(
-        "".join(f"{user}:{hash_password(pw, scheme)}\n" for user, (pw, scheme) in USERS.items())
-    )
-    return path
 
 
 def config(tls=None, mechanisms=None, extra_checkers=(), endpoint=LOOPBACK):

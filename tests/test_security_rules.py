@@ -18,7 +18,7 @@ import hostile_server
 import in_reactor
 import pytest
 from certs import Authority, make_server_certificate
-from configs import LOOPBACK, echo_config
+from configs import LOOPBACK, echo_config, legacy_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,7 +30,6 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.spread import pb
 
 from pbd import client
-from pbd.passwdedit import hash_password
 from pbd.scram import ClientExchange, Verifier
 
 TESTS = str(Path(__file__).resolve().parent)
@@ -42,22 +41,6 @@ MAX_UNAUTHENTICATED_PER_ADDRESS = 32
 # README, "Bundled realms", chat: max_message_length defaults to 4096.
 DEFAULT_MAX_MESSAGE_LENGTH = 4096
 GONE = (pb.PBConnectionLost, pb.DeadReferenceError, ConnectionDone, ConnectionLost)
-
-USERS = {
-    "sam": ("sam-pw", "scram-sha-256"),
-    "ada": ("ada-pw", "argon2"),
-    "max": ("max-pw", "hex_md5"),
-}
-
-
-@pytest.fixture
-def passwd_file(tmp_path):
-    path = tmp_path / "users.passwd"
-    path.write_text(
-        "".join(f"{user}:{hash_password(pw, scheme)}\n" for user, (pw, scheme) in USERS.items())
-    )
-    return path
-
 
 def passwd_config(tls=None, extra_checkers=(), endpoint=LOOPBACK):
     config = echo_config([{"plugin": "passwd", "file": "users.passwd"}, *extra_checkers], endpoint)
@@ -288,30 +271,6 @@ def test_the_client_checks_the_scram_server_signature(hostile):
 
 
 # -- the old (Twisted 1.x) login
-
-
-def legacy_config():
-    return {
-        "listeners": [{"endpoint": LOOPBACK, "portal": "old"}],
-        "portals": {
-            "old": {
-                "realm": {
-                    "plugin": "legacy",
-                    "services": [
-                        {
-                            "name": "echoservice",
-                            "class": "legacy_services:EchoService",
-                            "perspectives": ["alice", "bob"],
-                        }
-                    ],
-                    "identities": [
-                        {"name": "alice", "password": "secret", "keys": [["echoservice", "alice"]]},
-                        {"name": "bob", "password": "bob-pw", "keys": [["echoservice", "bob"]]},
-                    ],
-                }
-            }
-        },
-    }
 
 
 @pytest.fixture

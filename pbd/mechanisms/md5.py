@@ -19,8 +19,8 @@ from twisted.spread.pb import IUsernameMD5Password
 
 from pbd.credentials import ChallengeResponse
 from pbd.mechanisms.base import ClientCredentials, LoginContext, Mechanism
-from pbd.mechanisms.plain import as_bytes, as_text
 from pbd.session import LoginRefused, SessionReferenceable
+from pbd.wiretext import as_bytes, as_text
 
 
 def new_challenge() -> bytes:
@@ -68,7 +68,11 @@ class Challenger(SessionReferenceable):
             self.username, self.challenge, response, self.session.peer
         )
         return self.session.login(
-            self.context.portal, MECHANISM.name, as_text(self.username), credentials, mind
+            self.context.portal,
+            MECHANISM.name,
+            as_text(self.username, "backslashreplace"),
+            credentials,
+            mind,
         )
 
 

@@ -9,6 +9,7 @@ from twisted.internet import defer
 
 from pbd.credentials import PeerUsernamePassword
 from pbd.mechanisms.base import ClientCredentials, Connection, LoginContext, Mechanism
+from pbd.wiretext import as_bytes, as_text
 
 
 class Plain(Mechanism):
@@ -28,7 +29,8 @@ class Plain(Mechanism):
         session = context.session
         name, secret = as_bytes(username), as_bytes(password)
         credentials = PeerUsernamePassword(name, secret, session.peer)
-        return session.login(context.portal, self.name, as_text(name), credentials, mind)
+        user = as_text(name, "backslashreplace")
+        return session.login(context.portal, self.name, user, credentials, mind)
 
     async def client_login(
         self, root: Any, portal: str | None, credentials: ClientCredentials, mind: Any
@@ -36,19 +38,6 @@ class Plain(Mechanism):
         return await root.callRemote(
             "loginPlain", portal, credentials.user, credentials.password, mind
         )
-
-
-def as_bytes(value: Any) -> bytes:
-    """A name or password off the wire, as the checkers take it."""
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bytes):
-        return value
-    raise TypeError(f"expected text, got {type(value).__name__}")
-
-
-def as_text(value: bytes) -> str:
-    return value.decode("utf-8", "backslashreplace")
 
 
 MECHANISM = Plain()

@@ -20,6 +20,7 @@ from pbd.credentials import IScramVerifierSource, ScramVerified
 from pbd.mechanisms.base import ClientCredentials, LoginContext, Mechanism
 from pbd.scram import ClientExchange, ClientFirst, ScramError, ServerExchange, Verifier
 from pbd.session import LoginRefused, SessionReferenceable
+from pbd.wiretext import as_text
 
 
 class ServerNotVerifiedError(Exception):
@@ -34,7 +35,7 @@ class Scram(Mechanism):
 
     def start(self, context: LoginContext, client_first: Any) -> tuple[str, Exchange]:
         try:
-            first = ClientFirst.parse(_text(client_first))
+            first = ClientFirst.parse(as_text(client_first))
         except ScramError as e:
             raise context.session.misuse(LoginRefused(f"scram-sha-256: {e}")) from None
         verifier, source = verifier_for(context.portal.checkers, first.username)
@@ -85,7 +86,7 @@ class Exchange(SessionReferenceable):
             raise self.session.misuse(LoginRefused("this SCRAM exchange is over: start a new one"))
         self._finished = True
         username = self.exchange.client_first.username
-        final_text = _text(client_final)
+        final_text = as_text(client_final)
         proved: list[str] = []
 
         def prove() -> defer.Deferred:
@@ -101,14 +102,6 @@ class Exchange(SessionReferenceable):
         d = self.session.login_by(self.context.portal, MECHANISM.name, username, prove)
         d.addCallback(lambda avatar: (proved[0], avatar))
         return d
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, str):
-        return value
-    raise TypeError(f"expected text, got {type(value).__name__}")
 
 
 MECHANISM = Scram()
