@@ -29,7 +29,7 @@ from zope.interface import implementer
 from pbd.credentials import ChallengeResponse, Peer
 from pbd.interfaces import ILegacyAuthorizer
 from pbd.mechanisms.md5 import new_challenge
-from pbd.session import FrontDoor, LoginRefused, LoginSession, SessionReferenceable
+from pbd.session import AnsweredOnce, FrontDoor, LoginSession, SessionReferenceable
 from pbd.userstore import check_md5
 from pbd.wiretext import as_text
 
@@ -54,7 +54,7 @@ class OldLogin:
         return challenge, AuthChallenger(self, challenge, name)
 
 
-class AuthChallenger(SessionReferenceable):
+class AuthChallenger(AnsweredOnce):
     """Waits for the one response to one challenge."""
 
     def __init__(self, login: OldLogin, challenge: bytes, name: str) -> None:
@@ -62,14 +62,9 @@ class AuthChallenger(SessionReferenceable):
         self.session = login.session
         self.challenge = challenge
         self.name = name
-        self._answered = False
 
     def remote_respond(self, response: Any) -> defer.Deferred:
-        if self._answered:
-            raise self.session.misuse(
-                LoginRefused("this challenge was already answered: ask for a new one")
-            )
-        self._answered = True
+        self.answer_once("challenge")
         d = self.session.attempt(PORTAL, MECHANISM, self.name, lambda: self._check(response))
         # The old protocol answers a wrong password with None, not an error.
         d.addErrback(lambda failure: failure.trap(UnauthorizedLogin) and None)

@@ -392,5 +392,21 @@ class SessionReferenceable(pb.Referenceable):
         return Failure(self.session.refused(f"{_shown(name)}: {failure.type.__name__}"))
 
 
+class AnsweredOnce(SessionReferenceable):
+    """A challenge or an exchange: a peer may answer it once."""
+
+    _answered = False
+
+    def answer_once(self, what: str) -> None:
+        """
+        @raise LoginRefused: (counted as a refused call) on a second answer.
+        """
+        if self._answered:
+            raise self.session.misuse(
+                LoginRefused(f"this {what} was already answered: start a new one")
+            )
+        self._answered = True
+
+
 def _shown(name: str) -> str:
     return audit.escape(name) or "?"

@@ -19,7 +19,7 @@ from twisted.spread.pb import IUsernameMD5Password
 
 from pbd.credentials import ChallengeResponse
 from pbd.mechanisms.base import ClientCredentials, LoginContext, Mechanism
-from pbd.session import LoginRefused, SessionReferenceable
+from pbd.session import AnsweredOnce
 from pbd.wiretext import as_bytes, as_text
 
 
@@ -48,7 +48,7 @@ class MD5(Mechanism):
         return await challenger.callRemote("respond", pb.respond(challenge, password), mind)
 
 
-class Challenger(SessionReferenceable):
+class Challenger(AnsweredOnce):
     """Waits for the one answer to one challenge."""
 
     def __init__(self, context: LoginContext, username: bytes, challenge: bytes) -> None:
@@ -56,14 +56,9 @@ class Challenger(SessionReferenceable):
         self.session = context.session
         self.username = username
         self.challenge = challenge
-        self._answered = False
 
     def remote_respond(self, response: bytes, mind: Any) -> defer.Deferred:
-        if self._answered:
-            raise self.session.misuse(
-                LoginRefused("this challenge was already answered: ask for a new one")
-            )
-        self._answered = True
+        self.answer_once("challenge")
         credentials = ChallengeResponse(
             self.username, self.challenge, response, self.session.peer
         )

@@ -19,7 +19,7 @@ from twisted.spread.pb import IPerspective
 from pbd.credentials import IScramVerifierSource, ScramVerified
 from pbd.mechanisms.base import ClientCredentials, LoginContext, Mechanism
 from pbd.scram import ClientExchange, ClientFirst, ScramError, ServerExchange, Verifier
-from pbd.session import LoginRefused, SessionReferenceable
+from pbd.session import AnsweredOnce, LoginRefused
 from pbd.wiretext import as_text
 
 
@@ -71,7 +71,7 @@ def verifier_for(checkers: Any, username: str) -> tuple[Verifier, Any]:
     return sources[0].decoyScramVerifier(username), None
 
 
-class Exchange(SessionReferenceable):
+class Exchange(AnsweredOnce):
     """The server's side of one SCRAM conversation, waiting for the client's proof."""
 
     def __init__(self, context: LoginContext, exchange: ServerExchange, source: Any) -> None:
@@ -79,12 +79,9 @@ class Exchange(SessionReferenceable):
         self.session = context.session
         self.exchange = exchange
         self.source = source
-        self._finished = False
 
     def remote_finish(self, client_final: Any, mind: Any) -> defer.Deferred:
-        if self._finished:
-            raise self.session.misuse(LoginRefused("this SCRAM exchange is over: start a new one"))
-        self._finished = True
+        self.answer_once("SCRAM exchange")
         username = self.exchange.client_first.username
         final_text = as_text(client_final)
         proved: list[str] = []
