@@ -11,6 +11,11 @@ It accepts and refuses exactly what Twisted's decoder does (the prefix
 limit, the size limit, unknown type bytes, vocabulary outside the C{pb}
 dialect); C{tests/test_banana_unit.py} checks both decoders against each
 other on valid and random input.
+
+A server sets three more bounds, checked as each item arrives, before
+anything recurses over it: how deep lists nest (L{maxNesting}), and how
+many items and string bytes one unfinished message may hold
+(L{maxMessageItems}, L{maxMessageBytes}). Past one, L{MessageTooLargeError}.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ _LIST, _INT, _STRING, _NEG, _FLOAT, _LONGINT, _LONGNEG, _VOCAB = range(0x80, 0x8
 _DOUBLE = struct.Struct("!d")
 
 
+class MessageTooLargeError(banana.BananaError):
+    """A message nests too deep, or holds too much, to be decoded."""
+
+
 class FastDecoding:
     """Mix in before a L{banana.Banana} subclass (such as C{pb.Broker})."""
 
@@ -34,6 +43,13 @@ class FastDecoding:
     _awaiting = 0
     _stash: list[bytes] | None = None
     _stashed = 0
+    # Bounds on one message (None: Twisted's own, which has none of these).
+    maxNesting: int | None = None
+    maxMessageItems: int | None = None
+    maxMessageBytes: int | None = None
+    # What the message being decoded holds so far.
+    _held_items = 0
+    _held_bytes = 0
 
     def dataReceived(self, chunk: bytes) -> None:
         if self._awaiting:
@@ -56,6 +72,7 @@ class FastDecoding:
         prefix_limit = self.prefixLimit
         size_limit = banana.SIZE_LIMIT
         search = _TYPE_BYTE.search
+        bounded = self.maxNesting is not None
         try:
             while position < end:
                 found = search(buffer, position, min(end, position + prefix_limit + 1))
@@ -76,6 +93,8 @@ class FastDecoding:
                         number |= digit << (7 * shift)
                 type_byte = buffer[type_at]
                 rest = type_at + 1
+                if bounded:
+                    self._hold(type_byte, number, len(list_stack))
                 if type_byte == _LIST:
                     if number > size_limit:
                         raise banana.BananaError("Security precaution: List too long.")
@@ -86,6 +105,9 @@ class FastDecoding:
                         raise banana.BananaError("Security precaution: String too long.")
                     if end - rest < number:
                         self._awaiting = rest + number - position
+                        if bounded:  # counted again when the whole string is here
+                            self._held_items -= 1
+                            self._held_bytes -= number
                         return
                     position = rest + number
                     got_item(buffer[rest:position])
@@ -110,5 +132,19 @@ class FastDecoding:
                     raise NotImplementedError(f"Invalid Type Byte {bytes([type_byte])!r}")
                 while list_stack and len(list_stack[-1][1]) == list_stack[-1][0]:
                     got_item(list_stack.pop()[1])
+                if bounded and not list_stack:
+                    self._held_items = self._held_bytes = 0
         finally:
             self.buffer = buffer[position:]
+
+    def _hold(self, type_byte: int, number: int, depth: int) -> None:
+        """Account for one more item of the message under way; refuse past the bounds."""
+        if type_byte == _LIST and self.maxNesting is not None and depth >= self.maxNesting:
+            raise MessageTooLargeError(f"lists nested more than {self.maxNesting} deep")
+        self._held_items += 1
+        if type_byte == _STRING:
+            self._held_bytes += number
+        if self.maxMessageItems is not None and self._held_items > self.maxMessageItems:
+            raise MessageTooLargeError(f"a message of more than {self.maxMessageItems} items")
+        if self.maxMessageBytes is not None and self._held_bytes > self.maxMessageBytes:
+            raise MessageTooLargeError(f"a message of more than {self.maxMessageBytes} bytes")

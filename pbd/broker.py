@@ -18,17 +18,11 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 from twisted.spread import pb
 
-from pbd.banana import FastDecoding
+from pbd.banana import FastDecoding, MessageTooLargeError
 from pbd.credentials import Peer
 from pbd.session import BudgetExceededError, FrontDoor, LoginSession
 
 log = Logger()
-
-# Stock Banana keeps a frame for every list still open, with no bound: two
-# bytes each from the peer. Real PB messages nest a few levels per level of
-# user data, and unjelly recurses, so deeper than this is never a real call.
-MAX_NESTING = 256
-
 
 class UnreadableDataError(Exception):
     """The peer sent something that is not PB."""
@@ -51,12 +45,16 @@ class Broker(FastDecoding, pb.Broker):
         try:
             self.session.received(len(data))
             super().dataReceived(data)
-            if len(self.listStack) > MAX_NESTING:
-                raise UnreadableDataError(f"lists nested more than {MAX_NESTING} deep")
-        except BudgetExceededError as e:
+        except (BudgetExceededError, MessageTooLargeError) as e:
             self._abort(str(e))
         except Exception as e:
             self._abort(f"unreadable PB data: {type(e).__name__}: {str(e)[:200]}")
+
+    def callExpressionReceived(self, obj: Any) -> None:
+        if not self.currentDialect and obj not in self.knownDialects:
+            # Stock Banana would log a line for every further item of the message.
+            raise UnreadableDataError("the peer did not choose the pb dialect")
+        super().callExpressionReceived(obj)
 
     def _abort(self, reason: str) -> None:
         """Drop the connection at once, unread and unanswered, with one log line."""
@@ -132,6 +130,10 @@ class ServerFactory(pb.PBServerFactory):
             return None
         broker = self.protocol(isClient=False, security=self.security)
         broker.factory = self
+        limits = self.front_door.limits
+        broker.maxNesting = limits.message_nesting
+        broker.maxMessageItems = limits.message_items
+        broker.maxMessageBytes = limits.message_bytes
         broker.session = LoginSession(self.front_door, peer, broker)
         broker.setNameForLocal("root", self.root.rootObject(broker))
         return broker

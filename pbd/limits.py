@@ -37,6 +37,12 @@ class Limits:
     failure_half_life: float = 60.0
     # An attempt that would have to wait longer than this is refused at once.
     max_attempt_wait: float = 10.0
+    # One incoming message, before or after login: how deep its lists nest,
+    # how many items and how many bytes of strings it holds. Real PB calls
+    # nest a few levels per level of user data; unjelly recurses over them.
+    message_nesting: int = 256
+    message_items: int = 100_000
+    message_bytes: int = 16 * 1024 * 1024
 
 
 def limit_names() -> list[str]:

@@ -1,0 +1,94 @@
+"""
+Bounds on what one message may hold, before and after login, in memory.
+
+README, "Limits": lists nest at most 256 deep; one message holds at most
+100,000 items and 16 MiB of strings.
+"""
+
+from __future__ import annotations
+
+import pytest
+from memory_pb import LogCapture, Server
+from twisted.cred.credentials import UsernamePassword
+from twisted.spread import banana
+
+from pbd.limits import Limits
+
+
+def _nested(depth):
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def _logged_in(server):
+    connection = server.connect()
+    avatar = connection.settle(connection.factory.login(UsernamePassword(b"alice", b"secret")))
+    return connection, avatar
+
+
+def test_a_logged_in_peer_may_nest_deep_but_not_past_the_limit():
+    server = Server()
+    connection, avatar = _logged_in(server)
+    assert connection.call(avatar, "echo", _nested(250)) == _nested(250)
+    with LogCapture() as events:
+        connection.call(avatar, "echo", _nested(260))
+    assert connection.dropped
+    (line,) = [e for e in events if "dropping" in e.get("log_format", "")]
+    assert "nested more than 256 deep" in line["reason"]
+
+
+def _raw_peer(server):
+    """A server connection that a test feeds raw bytes, past the dialect choice."""
+    connection = server.connect()
+    connection.root()
+    return connection.server
+
+
+def _encoded(value) -> bytes:
+    if value == "1000 lists deep":
+        return b"\x01\x80" * 1000 + b"\x80"  # each a list of one item, the last empty
+    return banana.encode(value)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        [b"message", 1, b"root", b"portals", 1, [b"tuple", *range(100_001)], [b"dictionary"]],
+        [b"message", 1, b"root", b"portals", 1, [b"tuple", *([b"x" * 600_000] * 28)]],
+        "1000 lists deep",
+    ],
+    ids=["too many items", "too many bytes", "too deep"],
+)
+def test_a_message_past_a_bound_drops_the_sender_with_one_line(message):
+    server = Server()
+    broker = _raw_peer(server)
+    with LogCapture() as events:
+        broker.dataReceived(_encoded(message))
+    assert broker.transport.disconnecting
+    assert len(events) == 1 and "dropping connection" in events[0]["log_format"]
+
+
+def test_an_unfinished_message_is_bounded_as_it_arrives():
+    server = Server(Limits(message_items=1000, bytes_before_login=10**9, calls_before_login=10**9))
+    broker = _raw_peer(server)
+    whole = _encoded([b"message", 1, b"root", b"portals", 1, [b"tuple", *range(5000)]])
+    for start in range(0, len(whole) - 10, 100):
+        broker.dataReceived(whole[start : start + 100])
+        if broker.transport.disconnecting:
+            break
+    assert broker.transport.disconnecting
+    assert start < len(whole) // 2  # refused long before the end
+
+
+def test_a_peer_that_lists_many_dialects_costs_one_line():
+    server = Server()
+    broker = server.factory.buildProtocol(None)
+    with LogCapture() as events:
+        from twisted.test import iosim
+
+        broker.makeConnection(iosim.makeFakeServer(broker))
+        broker.dataReceived(b"".join(_encoded(b"dialect%d" % n) for n in range(1000)))
+    assert broker.transport.disconnecting
+    assert len([e for e in events if "dialect" in str(e)]) == 1
