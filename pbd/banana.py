@@ -142,7 +142,7 @@ class FastDecoding:
         if type_byte == _LIST and self.maxNesting is not None and depth >= self.maxNesting:
             raise MessageTooLargeError(f"lists nested more than {self.maxNesting} deep")
         self._held_items += 1
-        if type_byte == _STRING:
+        if type_byte == _STRING and number <= banana.SIZE_LIMIT:  # else Banana refuses it
             self._held_bytes += number
         if self.maxMessageItems is not None and self._held_items > self.maxMessageItems:
             raise MessageTooLargeError(f"a message of more than {self.maxMessageItems} items")
