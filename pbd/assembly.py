@@ -16,11 +16,10 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import Interface
 
 from pbd import mechanisms, plugins
-from pbd.broker import ServerFactory
+from pbd.broker import ServerFactory, TLSServerFactory
 from pbd.config import Config, ListenerConfig, PluginConfig, PortalConfig
 from pbd.errors import ConfigError, OptionError, Problem
 from pbd.interfaces import ICheckerSource, IConfigWarnings, ILegacyAuthorizer, IUsesHashPool
@@ -97,7 +96,7 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
             root, front_door=assembly.front_door, listener=listener_config.key_path
         )
         if tls is not None:
-            factory = TLSMemoryBIOFactory(tls, False, factory)
+            factory = TLSServerFactory(tls, False, factory)
         assembly.listeners.append(Listener(listener_config, factory, endpoint))
     if problems:
         raise ConfigError(config.source, problems)

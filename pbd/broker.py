@@ -14,13 +14,18 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.cred.error import LoginFailed
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from twisted.spread import pb
 
+from pbd import audit
 from pbd.banana import FastDecoding, MessageTooLargeError
 from pbd.credentials import Peer
 from pbd.session import BudgetExceededError, FrontDoor, LoginSession
+from pbd.twisted_private import receive_message
 
 log = Logger()
 
@@ -58,17 +63,36 @@ class Broker(FastDecoding, pb.Broker):
 
     def _abort(self, reason: str) -> None:
         """Drop the connection at once, unread and unanswered, with one log line."""
-        log.warn(
-            "dropping connection from {peer} on {listener}: {reason}",
-            peer=str(self.session.peer),
-            listener=self.session.peer.listener,
-            reason=reason,
+        peer = self.session.peer
+        self.session.door.peer_log.emit(
+            peer,
+            lambda: log.warn(
+                "dropping connection from {peer} on {listener}: {reason}",
+                peer=str(peer),
+                listener=peer.listener,
+                reason=reason,
+            ),
         )
         self.transport.abortConnection()
 
-    def proto_message(self, requestID: int, objectID: Any, *rest: Any) -> None:
+    def proto_message(
+        self,
+        requestID: int,
+        objectID: Any,
+        message: Any,
+        answerRequired: int,
+        netArgs: Any,
+        netKw: Any,
+    ) -> None:
         self._before_call(objectID)
-        super().proto_message(requestID, objectID, *rest)
+
+        def guarded(object_id: Any) -> Any:
+            target = self.localObjectForID(object_id)
+            return None if target is None else _GuardedCall(target, self, answerRequired)
+
+        receive_message(
+            self, guarded, requestID, objectID, message, answerRequired, netArgs, netKw
+        )
 
     def proto_cachemessage(self, requestID: int, objectID: Any, *rest: Any) -> None:
         self._before_call(None)
@@ -93,6 +117,80 @@ class Broker(FastDecoding, pb.Broker):
             self._sendError(fail, requestID)
         else:
             super()._sendFailureOrError(fail, requestID)
+
+    def _sendFailure(self, fail: Any, requestID: int) -> None:
+        # _GuardedCall has logged it, within the peer's log budget.
+        self._sendError(fail, requestID)
+
+    def call_failed(self, method: str, failure: Failure) -> None:
+        """
+        A call failed in the realm's code (or pbd's): one line, within the
+        peer's log budget, and the traceback once per place per interval.
+        """
+        session = self.session
+        peer_log = session.door.peer_log
+        message = failure.getErrorMessage()
+        shown = message if len(message) <= 200 else message[:200] + "..."
+
+        def write() -> None:
+            log.warn(
+                "a call to {method} by {user!r} from {peer}, portal {portal!r}, failed: "
+                "{kind}: {message}",
+                method=audit.escape(method),
+                user=audit.escape(session.user),
+                peer=str(session.peer),
+                portal=session.portal,
+                kind=failure.type.__name__,
+                message=shown,
+            )
+            if peer_log.traceback_due(failure):
+                log.failure("the first such failure here in a while", failure)
+
+        peer_log.emit(session.peer, write)
+
+
+class _GuardedCall:
+    """
+    The object a call reaches, as the broker's dispatch sees it: failures
+    other than PB errors meant for the peer are logged the broker's way.
+    """
+
+    def __init__(self, target: Any, broker: Broker, answer_required: int) -> None:
+        self.target = target
+        self.broker = broker
+        self.answer_required = answer_required
+
+    def remoteMessageReceived(self, broker: Any, message: Any, args: Any, kw: Any) -> Any:
+        name = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        try:
+            result = self.target.remoteMessageReceived(broker, message, args, kw)
+        except (pb.Error, LoginFailed):
+            raise
+        except Exception:
+            failure = Failure()
+            self.broker.call_failed(name, failure)
+            return defer.fail(failure) if self.answer_required else None
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._failed, name)
+        return result
+
+    def _failed(self, failure: Failure, name: str) -> Failure | None:
+        if not failure.check(pb.Error, LoginFailed):
+            self.broker.call_failed(name, failure)
+        # A call that wants no answer: nobody else will look at this failure.
+        return failure if self.answer_required else None
+
+
+class TLSServerFactory(TLSMemoryBIOFactory):
+    """
+    TLS around pbd's L{ServerFactory}: a connection the server refuses is
+    closed before the handshake. (Twisted's wraps a refusal in a TLS
+    protocol with nothing inside, which stays open and fails when closed.)
+    """
+
+    def buildProtocol(self, addr: Any) -> Any:
+        inner = self.wrappedFactory.buildProtocol(addr)
+        return None if inner is None else self.protocol(self, inner)
 
 
 class ServerFactory(pb.PBServerFactory):
@@ -120,12 +218,16 @@ class ServerFactory(pb.PBServerFactory):
     def buildProtocol(self, addr: Any) -> Broker | None:
         peer = Peer(_host(addr), self.listener)
         if not self.front_door.admit(peer):
-            log.info(
-                "refusing a connection from {peer} on {listener}: {count} of its "
-                "connections have not logged in",
-                peer=str(peer),
-                listener=self.listener,
-                count=self.front_door.waiting(str(peer)),
+            count = self.front_door.waiting(str(peer))
+            self.front_door.peer_log.emit(
+                peer,
+                lambda: log.info(
+                    "refusing a connection from {peer} on {listener}: {count} of its "
+                    "connections have not logged in",
+                    peer=str(peer),
+                    listener=self.listener,
+                    count=count,
+                ),
             )
             return None
         broker = self.protocol(isClient=False, security=self.security)

@@ -31,6 +31,7 @@ from pbd import audit
 from pbd.credentials import Peer
 from pbd.hashpool import HashPool
 from pbd.limits import Limits
+from pbd.peerlog import PeerLog
 from pbd.throttle import Throttle
 from pbd.twisted_private import JellyableAvatarMixin
 
@@ -73,6 +74,7 @@ class FrontDoor:
             max_pending_per_address=self.limits.password_checks_per_address,
         )
         self.throttle = Throttle(clock, self.limits)
+        self.peer_log = PeerLog(clock)
         self._waiting: Counter[str] = Counter()
 
     def admit(self, peer: Peer) -> bool:
@@ -114,6 +116,9 @@ class LoginSession:
         self.peer = peer
         self.broker = broker
         self.logged_in = False
+        # Who logged in last on this connection, and where (for the logs).
+        self.user: Any = None
+        self.portal: str | None = None
         self.failures = 0
         self.errors = 0
         self._bytes = 0
@@ -153,11 +158,13 @@ class LoginSession:
         if self._dropping:
             return
         self._dropping = True
-        log.info(
-            "dropping connection from {peer} on {listener}: {reason}",
-            peer=str(self.peer),
-            listener=self.peer.listener,
-            reason=reason,
+        self._log(
+            lambda: log.info(
+                "dropping connection from {peer} on {listener}: {reason}",
+                peer=str(self.peer),
+                listener=self.peer.listener,
+                reason=reason,
+            )
         )
         # Later, so that the answer being sent still goes out first.
         self.door.clock.callLater(0, self._close)
@@ -206,11 +213,13 @@ class LoginSession:
         """
         if not self.logged_in:
             self.errors += 1
-            log.info(
-                "refused a call from {peer} on {listener} before login: {what}",
-                peer=str(self.peer),
-                listener=self.peer.listener,
-                what=what,
+            self._log(
+                lambda: log.info(
+                    "refused a call from {peer} on {listener} before login: {what}",
+                    peer=str(self.peer),
+                    listener=self.peer.listener,
+                    what=what,
+                )
             )
             if self.errors >= self.limits.errors_before_login:
                 self.drop(f"{self.errors} refused calls before login")
@@ -300,7 +309,8 @@ class LoginSession:
     ) -> Any:
         self._under_way = False
         if not isinstance(result, Failure):
-            audit.login(self.peer, portal, mechanism, user, True)
+            self._log(lambda: audit.login(self.peer, portal, mechanism, user, True))
+            self.user, self.portal = user, portal
             self._now_logged_in()
             return result
         self.door.throttle.failed(keys)
@@ -315,10 +325,14 @@ class LoginSession:
         else:
             log.failure("a login to portal {portal!r} failed", result, portal=portal)
             reason, answer = "internal error (logged above)", CallRefused("refused")
-        audit.login(self.peer, portal, mechanism, user, False, reason)
+        self._log(lambda: audit.login(self.peer, portal, mechanism, user, False, reason))
         if self.failures >= self.limits.failed_logins_per_connection and not self.logged_in:
             self.drop(f"{self.failures} failed logins")
         return Failure(answer)
+
+    def _log(self, write: Callable[[], None]) -> None:
+        """Every line a peer can cause goes through its address's log budget."""
+        self.door.peer_log.emit(self.peer, write)
 
     def _now_logged_in(self) -> None:
         if not self.logged_in:
@@ -328,22 +342,23 @@ class LoginSession:
 
     def audit_logout_on_disconnect(self, portal: str, mechanism: str, user: Any) -> None:
         """For logins without a realm's logout (the old conversation): audit the disconnect."""
+        self.broker.notifyOnDisconnect(self._logout_auditor(portal, mechanism, user))
+
+    def _logout_auditor(self, portal: str, mechanism: str, user: Any) -> Callable[[], None]:
         started = self.door.clock.seconds()
 
         def logged_out() -> None:
             seconds = self.door.clock.seconds() - started
-            audit.logout(self.peer, portal, mechanism, user, seconds)
+            self._log(lambda: audit.logout(self.peer, portal, mechanism, user, seconds))
 
-        self.broker.notifyOnDisconnect(logged_out)
+        return logged_out
 
     def _avatar(self, result: tuple, portal: str, mechanism: str, user: Any) -> Any:
         interface, avatar, logout = result
-        started = self.door.clock.seconds()
+        audit_logout = self._logout_auditor(portal, mechanism, user)
 
         def logged_out() -> None:
-            audit.logout(
-                self.peer, portal, mechanism, user, self.door.clock.seconds() - started
-            )
+            audit_logout()
             logout()
 
         return self._avatars._cbLogin((interface, avatar, logged_out))

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from twisted.internet.endpoints import _SystemdParser
 from twisted.python.systemd import ListenFDs
-from twisted.spread.pb import _JellyableAvatarMixin
+from twisted.spread.pb import Broker, _JellyableAvatarMixin
 
 # Turns a realm's (interface, avatar, logout) into an avatar PB can send,
 # and calls logout when the connection goes or the client lets go of it.
 JellyableAvatarMixin = _JellyableAvatarMixin
+
+
+# Broker's message dispatch and its error replies. pbd's broker dispatches
+# through receive_message with a finder of its own (to guard the object a
+# call reaches) and overrides the two error methods (to log its own way).
+receive_message = Broker._recvMessage
+BROKER_ERROR_METHODS = ("_sendFailureOrError", "_sendFailure", "_sendError")
 
 
 def inherited_sockets() -> ListenFDs:

@@ -92,3 +92,40 @@ def test_a_peer_that_lists_many_dialects_costs_one_line():
         broker.dataReceived(b"".join(_encoded(b"dialect%d" % n) for n in range(1000)))
     assert broker.transport.disconnecting
     assert len([e for e in events if "dialect" in str(e)]) == 1
+
+
+def test_errors_in_logged_in_calls_cost_a_bounded_log_and_one_traceback():
+    server = Server()
+    connection, avatar = _logged_in(server)
+    with LogCapture() as events:
+        answers = [avatar.callRemote("noSuchMethod", n) for n in range(1000)]
+        connection.pump.flush()
+        server.clock.advance(10)
+    for answer in answers:  # the peer still gets every error, as from stock PB
+        failures = []
+        answer.addErrback(failures.append)
+        assert failures and failures[0].type == b"builtins.AttributeError"
+    lines = [
+        e for e in events if e.get("log_namespace") == "pbd.broker" and not e.get("log_failure")
+    ]
+    tracebacks = [e for e in events if e.get("log_failure") is not None]
+    # README: at most 20 lines per address per 10 s, then one summary.
+    assert len(lines) <= 20
+    assert len(tracebacks) == 1
+    (summary,) = [e for e in events if e.get("pbd_event") == "suppressed"]
+    assert summary["count"] + len(lines) == 1000
+    assert "noSuchMethod" in lines[0]["method"] and lines[0]["user"] == "alice"
+
+
+def test_the_log_budget_is_per_address():
+    server = Server()
+    with LogCapture() as events:
+        for address in ("10.0.0.1", "10.0.0.2"):
+            for _ in range(30):
+                connection = server.connect(address)
+                connection.call(connection.root(), "noSuchMethod")
+    per_address = {}
+    for event in events:
+        if "refused a call" in event.get("log_format", ""):
+            per_address[event["peer"]] = per_address.get(event["peer"], 0) + 1
+    assert per_address == {"10.0.0.1": 20, "10.0.0.2": 20}

@@ -249,3 +249,17 @@ def test_a_dropped_peer_that_does_not_read_is_cut_after_a_grace():
     assert connection.server.transport.disconnecting and not aborted
     server.clock.advance(5)  # the grace: session.CLOSING_GRACE
     assert aborted
+
+
+def test_a_tls_listener_refuses_past_the_per_address_cap_before_the_handshake():
+    from twisted.internet import ssl
+    from twisted.internet.address import IPv4Address
+
+    from pbd.broker import TLSServerFactory
+
+    server = Server()
+    tls = TLSServerFactory(ssl.CertificateOptions(), False, server.factory)
+    address = IPv4Address("TCP", "10.0.0.9", 40000)
+    built = [tls.buildProtocol(address) for _ in range(33)]
+    assert all(protocol is not None for protocol in built[:32])
+    assert built[32] is None  # the listening port closes it at once

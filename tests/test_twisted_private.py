@@ -38,3 +38,25 @@ def test_the_record_of_inherited_systemd_sockets():
     inherited = twisted_private.inherited_sockets()
     assert isinstance(inherited, ListenFDs)
     assert isinstance(inherited.inheritedDescriptors(), list)
+
+
+def test_the_broker_dispatch_and_error_methods_pbd_uses():
+    import inspect
+
+    parameters = list(inspect.signature(twisted_private.receive_message).parameters)
+    assert parameters == [
+        "self",
+        "findObjMethod",
+        "requestID",
+        "objectID",
+        "message",
+        "answerRequired",
+        "netArgs",
+        "netKw",
+    ]
+    for name in twisted_private.BROKER_ERROR_METHODS:
+        assert list(inspect.signature(getattr(pb.Broker, name)).parameters) == [
+            "self",
+            "fail",
+            "requestID",
+        ]

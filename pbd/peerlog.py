@@ -1,0 +1,103 @@
+"""
+Log lines a peer can cause, bounded per source address.
+
+Every line a peer can make the daemon write (a refused call, a dropped
+connection, an audit event, an error in a call) goes through L{PeerLog}:
+at most C{lines} per C{interval} seconds per source address, then one
+summary line ("... 1,204 more lines from 127.0.0.2 in the last 10 s").
+Tracebacks of errors in calls are written once per place in the code per
+interval (L{PeerLog.traceback_due}), however many peers hit it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pbd.credentials import Peer
+
+log = Logger()
+
+
+@dataclass
+class _Window:
+    started: float
+    lines: int = 0
+    suppressed: int = 0
+
+
+class PeerLog:
+    """
+    @param clock: the reactor, or a C{task.Clock} in tests.
+    @param max_addresses: windows kept at most (the least recently used go).
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        lines: int = 20,
+        interval: float = 10.0,
+        max_addresses: int = 10_000,
+    ) -> None:
+        self.clock = clock
+        self.lines = lines
+        self.interval = interval
+        self.max_addresses = max_addresses
+        self._windows: OrderedDict[Hashable, _Window] = OrderedDict()
+        self._tracebacks: OrderedDict[Hashable, float] = OrderedDict()
+
+    def emit(self, peer: Peer, write: Callable[[], None]) -> None:
+        """Call C{write()}, which logs one line about C{peer}, if its budget allows."""
+        key = peer.address
+        now = self.clock.seconds()
+        window = self._windows.get(key)
+        if window is None or now - window.started >= self.interval:
+            if window is not None and window.suppressed:
+                self._summarise(peer, window)
+            window = _Window(now)
+            self._windows[key] = window
+            while len(self._windows) > self.max_addresses:
+                self._windows.popitem(last=False)
+        self._windows.move_to_end(key)
+        if window.lines < self.lines:
+            window.lines += 1
+            write()
+            return
+        window.suppressed += 1
+        if window.suppressed == 1:
+            remaining = window.started + self.interval - now
+            self.clock.callLater(max(0.0, remaining), self._end_of_window, peer, window)
+
+    def _end_of_window(self, peer: Peer, window: _Window) -> None:
+        if self._windows.get(peer.address) is window and window.suppressed:
+            self._summarise(peer, window)
+            del self._windows[peer.address]
+
+    def _summarise(self, peer: Peer, window: _Window) -> None:
+        log.info(
+            "... {count:,} more lines from {peer} in the last {interval:g} s",
+            count=window.suppressed,
+            peer=str(peer),
+            interval=self.interval,
+            pbd_event="suppressed",
+        )
+        window.suppressed = 0
+
+    def traceback_due(self, failure: Failure) -> bool:
+        """Whether this failure's place in the code has not had a traceback this interval."""
+        frames = failure.frames
+        site = (failure.type, *(frames[-1][1:3] if frames else ()))
+        now = self.clock.seconds()
+        last = self._tracebacks.get(site)
+        if last is not None and now - last < self.interval:
+            return False
+        self._tracebacks[site] = now
+        self._tracebacks.move_to_end(site)
+        while len(self._tracebacks) > self.max_addresses:
+            self._tracebacks.popitem(last=False)
+        return True
