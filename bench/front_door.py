@@ -119,13 +119,29 @@ PASSWORDS = {user: password for user, password, _ in USERS}
 @dataclass(frozen=True)
 class Sizes:
     prelogin_phase: float  # seconds of the 100-connection flood, and of its idle baseline
-    storm_phase: float
-    guess_phase: float
+    storm_phase: float  # seconds of the login storm, and of its idle baseline
+    guess_phase: float  # seconds of each guessing run
     enumeration_tries: int  # per user and (mechanism, scheme)
+    real_login_timeout: float  # a real user's login, during the storm
+    settle_limit: float  # the longest wait for the daemon to finish what an attack queued
 
 
-FULL = Sizes(prelogin_phase=12, storm_phase=15, guess_phase=6, enumeration_tries=200)
-QUICK = Sizes(prelogin_phase=3, storm_phase=4, guess_phase=2, enumeration_tries=25)
+FULL = Sizes(
+    prelogin_phase=10,
+    storm_phase=12,
+    guess_phase=5,
+    enumeration_tries=200,
+    real_login_timeout=30,
+    settle_limit=30,
+)
+QUICK = Sizes(
+    prelogin_phase=2,
+    storm_phase=3,
+    guess_phase=1.0,
+    enumeration_tries=15,
+    real_login_timeout=5,
+    settle_limit=3,
+)
 
 
 # ---------------------------------------------------------------------------
@@ -141,7 +157,8 @@ class Daemon:
     daemon write hundreds of MB of tracebacks.
     """
 
-    def __init__(self, folder: Path, name: str) -> None:
+    def __init__(self, folder: Path, name: str, settle_limit: float) -> None:
+        self.settle_limit = settle_limit
         self.log_path = folder / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
@@ -180,15 +197,15 @@ class Daemon:
         self.settle()
         return self.log_path.stat().st_size, self.cpu_seconds()
 
-    def settle(self, quiet: float = 0.3, longest: float = 60) -> float:
+    def settle(self, quiet: float = 0.2) -> float:
         """
         Wait until the daemon is idle: its log stops growing and it stops using
         CPU (it may still be working through what an attack queued). Returns
         the seconds waited.
         """
         started = time.monotonic()
-        size, cpu = -1, self.cpu_seconds()
-        while time.monotonic() - started < longest:
+        size, cpu = self.log_path.stat().st_size, self.cpu_seconds()
+        while time.monotonic() - started < self.settle_limit:
             time.sleep(quiet)
             now, cpu_now = self.log_path.stat().st_size, self.cpu_seconds()
             busy = cpu is not None and cpu_now is not None and cpu_now - cpu > quiet / 10
@@ -221,7 +238,9 @@ class Daemon:
         cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
         return LogSlice(lines, size, tracebacks, cpu, kept, settled)
 
-    def stop(self, timeout: float = 10) -> None:
+    def stop(self, timeout: float = 2) -> None:
+        # A daemon deep in an attack's backlog may not see SIGTERM for a while:
+        # its figures are taken by now, so it is killed.
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -323,7 +342,7 @@ class Bench:
 
     def start_daemon(self) -> tuple[Daemon, dict[int, int]]:
         self._daemons += 1
-        daemon = Daemon(self.folder, f"pbd-{self._daemons}")
+        daemon = Daemon(self.folder, f"pbd-{self._daemons}", self.sizes.settle_limit)
         try:
             return daemon, daemon.ports()
         except BaseException:
@@ -371,6 +390,11 @@ def _percentile(values: list[float], share: float) -> float | None:
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def _busy(log: LogSlice, sizes: Sizes) -> str:
+    capped = log.settle_seconds >= sizes.settle_limit
+    return f"{'at least ' if capped else ''}{log.settle_seconds:.1f} s"
 
 
 def _cpu(value: float | None) -> str:
@@ -527,7 +551,7 @@ def _flood(bench: Bench, daemon: Daemon, ports: dict[int, int]) -> None:
     bench.figure(
         name,
         "flood: daemon still busy after the attackers stopped",
-        f"{flood_log.settle_seconds:.1f} s",
+        _busy(flood_log, bench.sizes),
     )
     for error in errors:
         print(f"  (attacker: {error})")
@@ -598,6 +622,7 @@ def login_storm(bench: Bench) -> None:
                 },
             ],
             "seconds": seconds,
+            "timeout": bench.sizes.real_login_timeout,
         }
         phases = {}
         for phase in ("idle", "storm"):
@@ -622,7 +647,7 @@ def login_storm(bench: Bench) -> None:
                 time.sleep(2.0)  # the TLS connections are made and logging in
             real = bench.worker("logins", real_spec)
             echo = _measure(steady, seconds)
-            real_result = real.result(seconds + 120)
+            real_result = real.result(seconds + bench.sizes.real_login_timeout + 60)
             storm = [worker.result(seconds + 120) for worker in attackers]
             phases[phase] = (echo, real_result, storm, daemon.since(mark))
         steady.stop()
@@ -663,7 +688,13 @@ def login_storm(bench: Bench) -> None:
             for result in storm:
                 if "error" in result:
                     print(f"  (attacker: {result['error']})")
-        bench.figure(name, f"{phase}: daemon CPU / log lines", f"{_cpu(log.cpu)} / {log.lines:,}")
+        bench.figure(
+            name,
+            f"{phase}: daemon CPU / log lines / tracebacks",
+            f"{_cpu(log.cpu)} / {log.lines:,} / {log.tracebacks:,}",
+        )
+        if phase == "storm":
+            bench.figure(name, "storm: daemon still busy after it", _busy(log, bench.sizes))
     _latency_figures(bench, name, "logged-in user's echo", phases["idle"][0], phases["storm"][0])
 
 
@@ -861,50 +892,56 @@ def audit(bench: Bench) -> None:
         flush=True,
     )
     daemon, ports = bench.start_daemon()
+    steps = [
+        (label, good, mechanism, listener, user)
+        for label, mechanism, listener, user in AUDIT
+        for good in (True, False)
+    ]
     try:
-        for label, mechanism, listener, user in AUDIT:
-            for good in (True, False):
-                bind = "127.0.0.1" if good else ATTACKERS[1]
-                mark = daemon.mark()
-                worker = bench.worker(
-                    "logins",
+        worker = bench.worker(
+            "logins",
+            {
+                "attempts": [
                     {
-                        "attempts": [
-                            {
-                                "mechanism": mechanism,
-                                "target": bench.target(ports, listener),
-                                "user": user,
-                                "password": PASSWORDS[user] if good else "wrong",
-                                "bind": bind,
-                            }
-                        ],
-                        "count": 1,
-                    },
+                        "mechanism": mechanism,
+                        "target": bench.target(ports, listener),
+                        "user": user,
+                        "password": PASSWORDS[user] if good else "wrong",
+                        "bind": "127.0.0.1" if good else ATTACKERS[1],
+                    }
+                    for _, good, mechanism, listener, user in steps
+                ],
+                "count": len(steps),
+                "step": True,
+            },
+        )
+        for label, good, *_ in steps:
+            bind = "127.0.0.1" if good else ATTACKERS[1]
+            mark = daemon.mark()
+            worker.send({"go": True})
+            answer = worker.receive(60)
+            time.sleep(0.3)  # a logout is logged after the client hangs up
+            log = daemon.since(mark, keep=20)
+            outcome = answer["try"]["outcome"] if "try" in answer else answer.get("error")
+            what = "good" if good else "bad"
+            print(f"  {label}, {what} login from {bind} ({outcome}):")
+            for line in log.head:
+                print(f"    | {line[:200]}")
+            if not log.head:
+                print("    (nothing logged)")
+            named = any(bind in line for line in log.head)
+            lines = f"{log.lines} line{'s' if log.lines != 1 else ''}"
+            bench.summary.append(
+                (
+                    name,
+                    f"{label}, {what} login",
+                    f"logged ({lines}), peer address {'named' if named else 'not named'}"
+                    if log.lines
+                    else "not logged",
                 )
-                result = worker.result(60)
-                time.sleep(0.3)  # a logout is logged after the worker hangs up
-                log = daemon.since(mark, keep=20)
-                tries = result.get("tries") or [{"outcome": result.get("error", "?")}]
-                what = "good" if good else "bad"
-                print(f"  {label}, {what} login from {bind} ({tries[0]['outcome']}):")
-                for line in log.head:
-                    print(f"    | {line[:200]}")
-                if not log.head:
-                    print("    (nothing logged)")
-                logged = "logged" if log.lines else "not logged"
-                named = any(bind in line for line in log.head)
-                bench.summary.append(
-                    (
-                        name,
-                        f"{label}, {what} login",
-                        f"{logged} ({log.lines} lines)"
-                        + (
-                            ""
-                            if not log.lines
-                            else f", peer address {'named' if named else 'not named'}"
-                        ),
-                    )
-                )
+            )
+            if "try" not in answer:
+                break
     finally:
         bench.stop_workers()
         daemon.stop()
@@ -951,11 +988,13 @@ def conduct(arguments: argparse.Namespace) -> int:
         failed = []
         try:
             for scenario in names:
+                began = time.monotonic()
                 try:
                     SCENARIOS[scenario](bench)
                 except Exception as e:
                     failed.append(scenario)
                     print(f"  {scenario} failed: {type(e).__name__}: {e}", flush=True)
+                print(f"  ({scenario}: {time.monotonic() - began:.0f} s)", flush=True)
         finally:
             bench.stop_workers()
         report(bench)
@@ -1058,6 +1097,9 @@ async def connect(target: dict, bind: str | None, timeout: float = OPERATION_TIM
     except BaseException:
         connector.disconnect()
         raise
+    transport = root.broker.transport
+    if hasattr(transport, "setTcpNoDelay"):
+        transport.setTcpNoDelay(True)
     return Connection(connector, root)
 
 
@@ -1372,8 +1414,10 @@ async def role_logins(spec: dict) -> dict:
     count = spec.get("count")
     deadline = _deadline(spec.get("seconds", 1e9))
     timeout = spec.get("timeout", 30.0)
-    tries = []
+    tries: list[dict] = []
     while (count is None or len(tries) < count) and _before(deadline):
+        if spec.get("step") and not receive():  # the conductor marks its log first
+            break
         attempt_spec = attempts[len(tries) % len(attempts)]
         started = time.perf_counter()
         outcome = await login_once(attempt_spec, timeout)
@@ -1384,6 +1428,8 @@ async def role_logins(spec: dict) -> dict:
                 "seconds": time.perf_counter() - started,
             }
         )
+        if spec.get("step"):
+            emit({"try": tries[-1]})
     return {"tries": tries}
 
 
