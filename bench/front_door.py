@@ -122,6 +122,7 @@ class Sizes:
     storm_phase: float  # seconds of the login storm, and of its idle baseline
     guess_phase: float  # seconds of each guessing run
     enumeration_tries: int  # per user and (mechanism, scheme)
+    enumeration_limit: float  # seconds, at most, per (mechanism, scheme)
     real_login_timeout: float  # a real user's login, during the storm
     settle_limit: float  # the longest wait for the daemon to finish what an attack queued
 
@@ -131,6 +132,7 @@ FULL = Sizes(
     storm_phase=12,
     guess_phase=5,
     enumeration_tries=200,
+    enumeration_limit=60,
     real_login_timeout=30,
     settle_limit=30,
 )
@@ -139,6 +141,7 @@ QUICK = Sizes(
     storm_phase=3,
     guess_phase=1.0,
     enumeration_tries=15,
+    enumeration_limit=10,
     real_login_timeout=5,
     settle_limit=3,
 )
@@ -839,21 +842,25 @@ def enumeration(bench: Bench) -> None:
                         "known": KNOWN[scheme],
                         "unknown": f"nobody_{KNOWN[scheme]}",
                         "tries": tries,
+                        "seconds": bench.sizes.enumeration_limit,
                     },
                 )
-                result = worker.result(tries * 2 * OPERATION_TIMEOUT)
-                _enumeration_figures(bench, name, f"{label}, {scheme}", result)
+                result = worker.result(bench.sizes.enumeration_limit + 2 * OPERATION_TIMEOUT)
+                _enumeration_figures(bench, name, f"{label}, {scheme}", result, tries)
     finally:
         bench.stop_workers()
         daemon.stop()
 
 
-def _enumeration_figures(bench: Bench, name: str, where: str, result: dict) -> None:
+def _enumeration_figures(bench: Bench, name: str, where: str, result: dict, tries: int) -> None:
     if "error" in result:
         bench.figure(name, where, f"failed: {result['error']}")
         return
     known, unknown = result["known"], result["unknown"]
     k, u = _median(known["refused"]), _median(unknown["refused"])
+    made = sum(known["outcomes"].values())
+    if made < tries:
+        where = f"{where} ({made} tries: time limit)"
     ratio = f"{k / u:.2f}" if k and u else "-"
     same = known["replies"].keys() == unknown["replies"].keys()
     replies = "identical" if same else "DIFFER"
@@ -1118,8 +1125,10 @@ def classify(e: BaseException) -> tuple[str, str]:
         return ("busy" if short == "BusyError" else f"error {short}"), reply
     if isinstance(e, UnauthorizedLogin):  # pbd.client's own
         return "refused", f"UnauthorizedLogin: {e}"
-    if isinstance(e, defer.TimeoutError | defer.CancelledError):
+    if isinstance(e, defer.TimeoutError):
         return "timeout", "timeout"
+    if isinstance(e, defer.CancelledError):  # still waiting when the phase ended
+        return "unfinished", "unfinished"
     lost = (pb.PBConnectionLost, pb.DeadReferenceError, error.ConnectionClosed, error.ConnectError)
     if isinstance(e, lost):
         return "lost", "lost"
@@ -1191,6 +1200,17 @@ def _deadline(seconds: float) -> float:
 
 def _before(deadline: float) -> bool:
     return time.perf_counter() < deadline
+
+
+async def _all_until(work: Callable[[], Any], copies: int, seconds: float) -> None:
+    """Run C{copies} of C{work} at once; what is still under way after C{seconds} is cancelled."""
+    from twisted.internet import defer
+
+    everything = defer.DeferredList(
+        [defer.ensureDeferred(work()) for _ in range(copies)], consumeErrors=True
+    )
+    with contextlib.suppress(defer.TimeoutError):
+        await within(everything, seconds)
 
 
 # -- roles
@@ -1311,9 +1331,7 @@ async def role_flood(spec: dict) -> dict:
                 counts["dropped"] += 1
             connection.close()
 
-    await defer.DeferredList(
-        [defer.ensureDeferred(one()) for _ in range(spec["connections"])], consumeErrors=True
-    )
+    await _all_until(one, spec["connections"], spec["seconds"] + 1)
     return {"counts": dict(counts)}
 
 
@@ -1435,8 +1453,6 @@ async def role_logins(spec: dict) -> dict:
 
 async def role_guess(spec: dict) -> dict:
     """Connections guessing one user's password, each reconnecting whenever it is dropped."""
-    from twisted.internet import defer
-
     outcomes: Counter = Counter()
     counts: Counter = Counter()
     started = time.perf_counter()
@@ -1470,9 +1486,7 @@ async def role_guess(spec: dict) -> dict:
             if backoff:
                 await pause(backoff)
 
-    await defer.DeferredList(
-        [defer.ensureDeferred(one()) for _ in range(spec["connections"])], consumeErrors=True
-    )
+    await _all_until(one, spec["connections"], spec["seconds"] + 1)
     return {
         "outcomes": dict(outcomes),
         "counts": dict(counts),
@@ -1494,7 +1508,11 @@ async def role_enumerate(spec: dict) -> dict:
     users = {"known": spec["known"], "unknown": spec["unknown"]}
     connections: dict[str, Connection | None] = {"known": None, "unknown": None}
     used = {"known": 0, "unknown": 0}
+    # A daemon that slows failed logins down must not stretch the run without end.
+    deadline = _deadline(spec["seconds"])
     for number in range(spec["tries"]):
+        if not _before(deadline):
+            break
         order = ("known", "unknown") if number % 2 == 0 else ("unknown", "known")
         for who in order:
             mine = figures[who]
