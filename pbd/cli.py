@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,6 +103,9 @@ def check_config(arguments: argparse.Namespace) -> int:
 
 def edit_passwords(arguments: argparse.Namespace) -> int:
     path: Path = arguments.file
+    # SIGTERM ends the command as Ctrl-C does: unwinding, so that a change
+    # under way removes its temporary file and leaves the old file in place.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if arguments.list:
             if arguments.user or arguments.delete:
@@ -129,6 +133,10 @@ def edit_passwords(arguments: argparse.Namespace) -> int:
     except OSError as e:
         print(f"pbd passwd: {e.filename or path}: {e.strerror}", file=sys.stderr)
         return 1
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _usage(message: str) -> int:

@@ -11,6 +11,7 @@ and owner (0600 for a new file). Comments and the order of lines are kept.
 from __future__ import annotations
 
 import fcntl
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -129,14 +130,35 @@ def list_users(path: Path) -> list[tuple[str, str]]:
     return [(entry.user, entry.scheme) for entry in entries.values()]
 
 
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.pbd-"
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """
+    Remove temporary files an interrupted change left beside C{path} (a
+    SIGKILL, a power cut). Call it holding the lock: no other change is
+    under way, so every one of them is stale.
+
+    @return: what was removed.
+    """
+    removed = []
+    for candidate in path.parent.glob(glob.escape(_temporary_prefix(path)) + "*"):
+        if candidate.is_file() and not candidate.is_symlink():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
 def _replace(path: Path, lines: list[str]) -> None:
     """Write C{lines} to a temporary file beside C{path}, then rename it over C{path}."""
+    remove_stale_temporaries(path)
     try:
         status = path.stat()
         mode, owner = status.st_mode & 0o7777, (status.st_uid, status.st_gid)
     except FileNotFoundError:
         mode, owner = 0o600, None
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write("".join(f"{line}\n" for line in lines))

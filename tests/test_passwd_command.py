@@ -230,3 +230,57 @@ def test_on_a_terminal_the_password_is_asked_twice(tmp_path):
     assert code == 1
     assert "the passwords differ; nothing changed" in output
     assert read_password_file(path)["alice"].verify_plain("typed-pw")
+
+
+def test_temporary_files_left_by_a_killed_change_are_removed_by_the_next(tmp_path):
+    path = tmp_path / "users.passwd"
+    assert passwd(str(path), "alice", password="pw").returncode == 0
+    # What a change killed by SIGKILL between writing and renaming leaves.
+    stale = tmp_path / ".users.passwd.pbd-k1ll3d"
+    stale.write_text("alice:half-written\n")
+    unrelated = tmp_path / ".users.passwd.mine"
+    unrelated.write_text("not pbd's\n")
+    assert passwd(str(path), "bob", password="pw").returncode == 0
+    assert not stale.exists()
+    assert unrelated.exists()
+    assert sorted(read_password_file(path)) == ["alice", "bob"]
+
+
+def test_sigterm_while_waiting_leaves_the_file_and_no_litter(tmp_path):
+    import fcntl
+
+    path = tmp_path / "users.passwd"
+    assert passwd(str(path), "alice", password="pw").returncode == 0
+    before = path.read_bytes()
+    with open(tmp_path / "users.passwd.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another change under way
+        waiting = subprocess.Popen(
+            [PBD, "passwd", str(path), "bob", "--password-stdin"],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        waiting.stdin.write("pw\n")
+        waiting.stdin.close()
+        _wait_until_blocked_on_the_lock(waiting.pid)
+        waiting.send_signal(signal.SIGTERM)
+        assert waiting.wait(30) == 128 + signal.SIGTERM
+    assert "Traceback" not in waiting.stderr.read()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["users.passwd", "users.passwd.lock"]
+
+
+def _wait_until_blocked_on_the_lock(pid: int) -> None:
+    """Until the process sleeps in flock (its kernel wait channel says so), at most 20 s."""
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/wchan") as wchan:
+                if "lock" in wchan.read():  # locks_lock_inode_wait, flock_...
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("pbd passwd never waited for the lock")
