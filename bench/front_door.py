@@ -71,6 +71,8 @@ BAD_CALLS = {
 }
 LISTENER = re.compile(r"listeners\[(\d+)\] \(.*\) serves portal '[^']+' on 127\.0\.0\.1:(\d+)")
 TCP, TLS, LEGACY = 0, 1, 2
+# In guess-rate, one try in this many carries the right password.
+RIGHT_EVERY = 10
 CONFIG = """\
 listeners:
   - endpoint: "tcp:0:interface=127.0.0.1"
@@ -95,6 +97,13 @@ portals:
         - name: e_legacy
           password: legacy-pw
           keys: [[echoservice, lobby]]
+"""
+# The enumeration measures how long checks take: a daemon that spaces
+# repeated failures (pbd's throttle) would measure its own delays instead.
+UNTHROTTLED = """\
+limits:
+  free_failures: 1000000000
+  failed_logins_per_connection: 1000000
 """
 # (user, password, scheme). SCRAM-SHA-256, what `pbd passwd` writes by
 # default, is the most common scheme, as in a real file: the daemon's decoy
@@ -160,12 +169,14 @@ class Daemon:
     daemon write hundreds of MB of tracebacks.
     """
 
-    def __init__(self, folder: Path, name: str, settle_limit: float) -> None:
+    def __init__(
+        self, folder: Path, name: str, settle_limit: float, config: str = "pbd.yaml"
+    ) -> None:
         self.settle_limit = settle_limit
         self.log_path = folder / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [str(TWISTD), "-n", "--pidfile=", "pbd", "-c", str(folder / "pbd.yaml")],
+            [str(TWISTD), "-n", "--pidfile=", "pbd", "-c", str(folder / config)],
             cwd=folder,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -339,13 +350,14 @@ class Bench:
         self.workers: list[Worker] = []
         write_certificate(folder)
         (folder / "pbd.yaml").write_text(CONFIG)
+        (folder / "unthrottled.yaml").write_text(CONFIG + UNTHROTTLED)
         write_password_file(folder / "users.passwd")
         self.ca = str(folder / "server.pem")
         self._daemons = 0
 
-    def start_daemon(self) -> tuple[Daemon, dict[int, int]]:
+    def start_daemon(self, config: str = "pbd.yaml") -> tuple[Daemon, dict[int, int]]:
         self._daemons += 1
-        daemon = Daemon(self.folder, f"pbd-{self._daemons}", self.sizes.settle_limit)
+        daemon = Daemon(self.folder, f"pbd-{self._daemons}", self.sizes.settle_limit, config)
         try:
             return daemon, daemon.ports()
         except BaseException:
@@ -736,6 +748,11 @@ def guess_rate(bench: Bench) -> None:
                             "user": user,
                             "seconds": seconds,
                             "backoff": 0.0,
+                            # One try in RIGHT_EVERY is the right password: each
+                            # success stands for RIGHT_EVERY guesses the daemon
+                            # really judged (a throttled refusal judges nothing).
+                            "right_every": RIGHT_EVERY,
+                            "right_password": PASSWORDS[user],
                         },
                     )
                     for address in addresses
@@ -784,6 +801,11 @@ def _guess_figures(
         f"{where}: guesses answered/s",
         f"{outcomes.get('refused', 0) / elapsed:,.1f}",
     )
+    bench.figure(
+        name,
+        f"{where}: guesses judged/s (right password found x {RIGHT_EVERY})",
+        f"{outcomes.get('ok', 0) * RIGHT_EVERY / elapsed:,.1f}",
+    )
     print(
         f"  ({where}: outcomes {_counts(outcomes) or 'none'}; connections "
         f"{counts.get('connections', 0):,}, refused or failed "
@@ -827,7 +849,7 @@ def enumeration(bench: Bench) -> None:
         "one, interleaved, 4 per connection (medians of the server's round trips)",
         flush=True,
     )
-    daemon, ports = bench.start_daemon()
+    daemon, ports = bench.start_daemon("unthrottled.yaml")
     try:
         print(
             f"  {'mechanism, known user hash':<42}{'known':>10}{'unknown':>10}{'ratio':>7}  replies"
@@ -1471,7 +1493,10 @@ async def role_guess(spec: dict) -> dict:
             counts["connections"] += 1
             last = None
             while _before(deadline) and not connection.lost:
-                guess = f"wrong-{os.getpid()}-{next(guesses)}"
+                number = next(guesses)
+                guess = f"wrong-{os.getpid()}-{number}"
+                if spec.get("right_every") and number % spec["right_every"] == 0:
+                    guess = spec["right_password"]
                 result = await attempt(spec["mechanism"], connection.root, spec["user"], guess)
                 last = result.outcome
                 outcomes[last] += 1

@@ -127,6 +127,8 @@ class LoginSession:
         self._deadline: Any = None
         self._counted = True
         self._dropping = False
+        self._gone = False
+        self._grace: Any = None
         self._avatars = _Avatars(broker)
 
     # -- the connection's life
@@ -136,7 +138,10 @@ class LoginSession:
         self._deadline = self.door.clock.callLater(timeout, self._too_slow, timeout)
 
     def disconnected(self) -> None:
+        self._gone = True
         self._cancel_deadline()
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
         self._uncount()
 
     def _too_slow(self, timeout: float) -> None:
@@ -170,15 +175,15 @@ class LoginSession:
         self.door.clock.callLater(0, self._close)
 
     def _close(self) -> None:
-        transport = self.broker.transport
-        if transport is not None:
-            transport.loseConnection()
-            # A peer that does not read would hold a closing connection open.
-            self.door.clock.callLater(CLOSING_GRACE, self._abort)
+        if self._gone:
+            return
+        self.broker.transport.loseConnection()
+        # A peer that does not read would hold a closing connection open.
+        self._grace = self.door.clock.callLater(CLOSING_GRACE, self._abort)
 
     def _abort(self) -> None:
-        if self.broker.connected and self.broker.transport is not None:
-            self.broker.transport.abortConnection()
+        self._grace = None
+        self.broker.transport.abortConnection()
 
     # -- budgets before login
 

@@ -263,3 +263,17 @@ def test_a_tls_listener_refuses_past_the_per_address_cap_before_the_handshake():
     built = [tls.buildProtocol(address) for _ in range(33)]
     assert all(protocol is not None for protocol in built[:32])
     assert built[32] is None  # the listening port closes it at once
+
+
+def test_a_dropped_peer_that_leaves_is_not_cut_again():
+    server = Server()
+    connection = server.connect()
+    root = connection.root()
+    aborted = []
+    connection.server.transport.abortConnection = lambda: aborted.append(True)
+    for _ in range(3):
+        connection.call(root, "noSuchMethod")
+    assert connection.dropped  # gone, both sides told
+    server.clock.advance(5)
+    assert not aborted
+    assert not server.clock.getDelayedCalls()
