@@ -217,16 +217,15 @@ class ServerFactory(pb.PBServerFactory):
 
     def buildProtocol(self, addr: Any) -> Broker | None:
         peer = Peer(_host(addr), self.listener)
-        if not self.front_door.admit(peer):
-            count = self.front_door.waiting(str(peer))
+        refusal = self.front_door.admit(peer)
+        if refusal is not None:
             self.front_door.peer_log.emit(
                 peer,
                 lambda: log.info(
-                    "refusing a connection from {peer} on {listener}: {count} of its "
-                    "connections have not logged in",
+                    "refusing a connection from {peer} on {listener}: {reason}",
                     peer=str(peer),
                     listener=self.listener,
-                    count=count,
+                    reason=refusal,
                 ),
             )
             return None

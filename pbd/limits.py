@@ -24,6 +24,10 @@ class Limits:
     calls_before_login: int = 64
     # Connections from one address that have not logged in (yet) at once.
     unauthenticated_per_address: int = 32
+    # New connections one address may open a second, after a first burst:
+    # each may cost a TLS handshake on the event loop.
+    connections_per_second_per_address: float = 10.0
+    connection_burst_per_address: int = 64
     # Password checks waiting or running, in all and per source address.
     password_checks: int = 256
     password_checks_per_address: int = 4

@@ -28,6 +28,7 @@ from twisted.spread import pb
 from twisted.spread.pb import IPerspective
 
 from pbd import audit
+from pbd.buckets import TokenBuckets
 from pbd.credentials import Peer
 from pbd.hashpool import HashPool
 from pbd.limits import Limits
@@ -76,19 +77,25 @@ class FrontDoor:
         self.throttle = Throttle(clock, self.limits)
         self.peer_log = PeerLog(clock)
         self._waiting: Counter[str] = Counter()
+        rate = self.limits.connections_per_second_per_address
+        burst = self.limits.connection_burst_per_address
+        self._connection_rate = TokenBuckets(clock, rate, burst)
 
-    def admit(self, peer: Peer) -> bool:
+    def admit(self, peer: Peer) -> str | None:
         """
-        May this peer open one more connection that has not logged in?
-        If so, it is counted until L{release}.
+        May this peer open one more connection? If so (L{None}), it counts
+        as not logged in until L{release}; if not, why.
         """
         if peer.address is None:
-            return True
+            return None
+        if not self._connection_rate.take(peer.address):
+            rate = self.limits.connections_per_second_per_address
+            return f"more than {rate:g} new connections a second from {peer}"
         waiting = self._waiting[peer.address]
         if waiting >= self.limits.unauthenticated_per_address:
-            return False
+            return f"{waiting} connections from {peer} have not logged in"
         self._waiting[peer.address] = waiting + 1
-        return True
+        return None
 
     def release(self, peer: Peer) -> None:
         """A connection logged in or went away: it no longer counts against its address."""
@@ -97,10 +104,6 @@ class FrontDoor:
         self._waiting[peer.address] -= 1
         if self._waiting[peer.address] <= 0:
             del self._waiting[peer.address]
-
-    def waiting(self, address: str) -> int:
-        return self._waiting[address]
-
 
 class LoginSession:
     """
@@ -128,6 +131,7 @@ class LoginSession:
         self._counted = True
         self._dropping = False
         self._gone = False
+        self._failed_keys: list[tuple[Any, list[Hashable]]] = []
         self._grace: Any = None
         self._avatars = _Avatars(broker)
 
@@ -315,10 +319,12 @@ class LoginSession:
         self._under_way = False
         if not isinstance(result, Failure):
             self._log(lambda: audit.login(self.peer, portal, mechanism, user, True))
+            self._forgive(user)
             self.user, self.portal = user, portal
             self._now_logged_in()
             return result
         self.door.throttle.failed(keys)
+        self._failed_keys.append((user, keys))
         self.failures += 1
         if result.check(LoginFailed):
             reason = str(result.value) or type(result.value).__name__
@@ -334,6 +340,17 @@ class LoginSession:
         if self.failures >= self.limits.failed_logins_per_connection and not self.logged_in:
             self.drop(f"{self.failures} failed logins")
         return Failure(answer)
+
+    def _forgive(self, user: Any) -> None:
+        """
+        A login as C{user} succeeded: this connection's failures as the same
+        user were a client trying mechanisms in turn (SCRAM, then plain for
+        a user without a SCRAM verifier), not guesses. Failures as others stay.
+        """
+        for failed_user, keys in self._failed_keys:
+            if failed_user == user:
+                self.door.throttle.forgive(keys)
+        self._failed_keys = [(u, keys) for u, keys in self._failed_keys if u != user]
 
     def _log(self, write: Callable[[], None]) -> None:
         """Every line a peer can cause goes through its address's log budget."""

@@ -82,6 +82,15 @@ class Throttle:
             return defer.succeed(None)
         return task.deferLater(self.clock, start - now)
 
+    def forgive(self, keys: Sequence[Hashable]) -> None:
+        """Take back one failure counted against every key."""
+        now = self.clock.seconds()
+        for key in keys:
+            record = self._records.get(key)
+            if record is not None:
+                self._decayed(record, now)
+                record.failures = max(0.0, record.failures - 1)
+
     def failed(self, keys: Sequence[Hashable]) -> None:
         """An admitted attempt failed: count it against every key."""
         now = self.clock.seconds()

@@ -221,10 +221,12 @@ def test_the_old_login_is_audited_counted_and_answers_a_wrong_password_with_none
     server = Server(entries=[entry])
     server.factory.root = PortalRoot([entry], legacy=realm)
     with LogCapture() as events:
+        guesser = server.connect("10.0.0.66")
+        root = guesser.root()
+        challenge, challenger = guesser.call(root, "username", "alice")
+        assert guesser.call(challenger, "respond", pb.respond(challenge, b"nope")) is None
         connection = server.connect()
         root = connection.root()
-        challenge, challenger = connection.call(root, "username", "alice")
-        assert connection.call(challenger, "respond", pb.respond(challenge, b"nope")) is None
         challenge, challenger = connection.call(root, "username", "alice")
         identity = connection.call(challenger, "respond", pb.respond(challenge, b"secret"))
         assert isinstance(identity, pb.RemoteReference)
@@ -277,3 +279,35 @@ def test_a_dropped_peer_that_leaves_is_not_cut_again():
     server.clock.advance(5)
     assert not aborted
     assert not server.clock.getDelayedCalls()
+
+
+def test_a_client_trying_mechanisms_in_turn_is_not_counted_as_guessing():
+    """pbd.client tries SCRAM, then plain for a user without a SCRAM verifier."""
+    server = Server()
+    connection = server.connect()
+    for _ in range(3):
+        assert remote_type(login(connection, password=b"wrong")) == UNAUTHORIZED
+    assert server.door.throttle.failures(("user", "demo", "alice")) == pytest.approx(3)
+    login(connection)
+    assert server.door.throttle.failures(("user", "demo", "alice")) == pytest.approx(0)
+    assert server.door.throttle.failures(("address", "10.0.0.1")) == pytest.approx(0)
+
+
+def test_failures_as_another_user_are_not_forgiven_by_a_login():
+    server = Server()
+    connection = server.connect()
+    assert remote_type(login(connection, user=b"victim", password=b"guess")) == UNAUTHORIZED
+    login(connection)
+    assert server.door.throttle.failures(("user", "demo", "victim")) == pytest.approx(1)
+    assert server.door.throttle.failures(("address", "10.0.0.1")) == pytest.approx(1)
+
+
+def test_one_address_may_open_only_so_many_connections_a_second():
+    # README: 10 new connections a second per address, after a burst of 64.
+    server = Server()
+    for _ in range(64):
+        login(server.connect("10.0.0.5"))  # logged in: not the cap of waiting connections
+    assert server.connect("10.0.0.5") is None
+    assert server.connect("10.0.0.6") is not None
+    server.clock.advance(1)
+    assert [server.connect("10.0.0.5") is not None for _ in range(11)] == [True] * 10 + [False]
