@@ -9,7 +9,8 @@ peers' logins waiting. So:
     (at least one), at a lower priority (nice 10) than the reactor thread;
   - checks wait in one queue per source address and are served round
     robin, so a peer with a hundred checks queued delays another peer's
-    check by at most one of its own;
+    check by at most one of its own; addresses that have failed too often
+    lately are served only when no other address waits;
   - at most C{password_checks} wait or run in all, and at most
     C{password_checks_per_address} per address: past either, a check is
     refused at once (L{BusyError}) rather than queued without end.
@@ -51,6 +52,8 @@ class HashPool:
     @param submit: how one check is run: C{submit(function, *args)} returns a
         Deferred. The daemon's is a thread pool (see L{start}); tests hand in
         their own to decide when each check finishes.
+    @param suspect: tells whether an address has failed too often lately;
+        its checks wait until those of the others have had their turn.
     """
 
     def __init__(
@@ -60,14 +63,17 @@ class HashPool:
         max_pending: int = 256,
         max_pending_per_address: int = 4,
         submit: Submit | None = None,
+        suspect: Callable[[Any], bool] | None = None,
     ) -> None:
         self.size = size or default_size()
         self.max_pending = max_pending
         self.max_pending_per_address = max_pending_per_address
         self._submit = submit
+        self.suspect = suspect
         self._threads: ThreadPool | None = None
         self._queues: dict[Any, deque] = {}
         self._turns: deque = deque()
+        self._suspect_turns: deque = deque()
         self._pending: dict[Any, int] = {}
         self._running = 0
 
@@ -110,18 +116,22 @@ class HashPool:
         queue = self._queues.get(address)
         if queue is None:
             queue = self._queues[address] = deque()
-            self._turns.append(address)
+            self._take_turn(address)
         queue.append((function, args, done))
         self._dispatch()
         return done
 
+    def _take_turn(self, address: Any) -> None:
+        suspect = self.suspect is not None and self.suspect(address)
+        (self._suspect_turns if suspect else self._turns).append(address)
+
     def _dispatch(self) -> None:
-        while self._running < self.size and self._turns:
-            address = self._turns.popleft()
+        while self._running < self.size and (self._turns or self._suspect_turns):
+            address = (self._turns or self._suspect_turns).popleft()
             queue = self._queues[address]
             function, args, done = queue.popleft()
             if queue:
-                self._turns.append(address)
+                self._take_turn(address)
             else:
                 del self._queues[address]
             self._running += 1

@@ -75,11 +75,18 @@ class FrontDoor:
             max_pending_per_address=self.limits.password_checks_per_address,
         )
         self.throttle = Throttle(clock, self.limits)
+        if self.hash_pool.suspect is None:
+            self.hash_pool.suspect = self.suspect
         self.peer_log = PeerLog(clock)
         self._waiting: Counter[str] = Counter()
         rate = self.limits.connections_per_second_per_address
         burst = self.limits.connection_burst_per_address
         self._connection_rate = TokenBuckets(clock, rate, burst)
+
+    def suspect(self, address: Any) -> bool:
+        """Has this address failed more than its free failures lately?"""
+        failures = self.throttle.failures(("address", address))
+        return failures > self.limits.free_failures
 
     def admit(self, peer: Peer) -> str | None:
         """

@@ -169,3 +169,22 @@ def test_a_key_with_thousands_of_failures_is_still_answered():
     assert not refused
     clock.advance(Limits().max_failure_delay)
     assert refused == [None]
+
+
+def test_addresses_that_fail_often_wait_until_the_others_have_had_their_turn():
+    ran = []
+    finish: list[defer.Deferred] = []
+
+    def submit(function, *args):
+        ran.append(args[0])
+        finish.append(defer.Deferred())
+        return finish[-1]
+
+    pool = HashPool(1, submit=submit, suspect=lambda address: address.startswith("guesser"))
+    pool.run("guesser-1", None, "g1-0")
+    pool.run("guesser-1", None, "g1-1")
+    pool.run("guesser-2", None, "g2-0")
+    pool.run("user", None, "u-0")
+    while finish:
+        finish.pop(0).callback(None)
+    assert ran == ["g1-0", "u-0", "g1-1", "g2-0"]
