@@ -38,9 +38,65 @@ class Broker(FastDecoding, pb.Broker):
 
     session: LoginSession
 
+    # Why reading is paused: "writes" (the peer does not read its answers),
+    # "calls" (too many of its calls await their answers).
+    _paused: frozenset[str] = frozenset()
+    _calls_in_flight = 0
+    _flowing = False
+
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._flow = _ReadFlow(self)
         self.session.connected()
+
+    def _start_flow(self) -> None:
+        """
+        Let the transport pause our reading when answers pile up. Not before
+        the peer's first bytes: during a TLS handshake, the transport holds
+        back what we write and would pause the reading the handshake needs.
+        """
+        if not self._flowing and not self.pageProducers:
+            self._flowing = True
+            self.transport.registerProducer(self._flow, True)
+
+    # -- backpressure
+
+    def pause_reading(self, reason: str) -> None:
+        if not self._paused:
+            self.transport.pauseProducing()
+        self._paused = self._paused | {reason}
+
+    def resume_reading(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused = self._paused - {reason}
+            if not self._paused and self.transport is not None:
+                self.transport.resumeProducing()
+
+    def call_started(self) -> None:
+        self._calls_in_flight += 1
+        if self._calls_in_flight >= self.session.limits.calls_in_flight:
+            self.pause_reading("calls")
+
+    def call_answered(self, result: Any) -> Any:
+        self._calls_in_flight -= 1
+        if self._calls_in_flight < self.session.limits.calls_in_flight:
+            self.resume_reading("calls")
+        return result
+
+    # Pagers (pb.util.Pager) make the broker a pull producer of pages while
+    # they run: the read flow steps aside meanwhile.
+
+    def registerPageProducer(self, pager: Any) -> None:
+        if self._flowing:
+            self._flowing = False
+            self.transport.unregisterProducer()
+            self.resume_reading("writes")
+        super().registerPageProducer(pager)
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if not self.pageProducers and self.transport is not None:
+            self._start_flow()
 
     def connectionLost(self, reason: Any) -> None:
         self.session.disconnected()
@@ -48,6 +104,8 @@ class Broker(FastDecoding, pb.Broker):
 
     def dataReceived(self, data: bytes) -> None:
         try:
+            if not self._flowing:
+                self._start_flow()
             self.session.received(len(data))
             super().dataReceived(data)
         except (BudgetExceededError, MessageTooLargeError) as e:
@@ -149,6 +207,26 @@ class Broker(FastDecoding, pb.Broker):
         peer_log.emit(session.peer, write)
 
 
+class _ReadFlow:
+    """
+    The broker's reading, as a streaming producer the transport can pause:
+    when answers pile up unsent, the transport pauses it and the broker
+    stops reading the peer's calls until they have gone out.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def pauseProducing(self) -> None:
+        self.broker.pause_reading("writes")
+
+    def resumeProducing(self) -> None:
+        self.broker.resume_reading("writes")
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class _GuardedCall:
     """
     The object a call reaches, as the broker's dispatch sees it: failures
@@ -172,6 +250,9 @@ class _GuardedCall:
             return defer.fail(failure) if self.answer_required else None
         if isinstance(result, defer.Deferred):
             result.addErrback(self._failed, name)
+            if self.answer_required:
+                self.broker.call_started()
+                result.addBoth(self.broker.call_answered)
         return result
 
     def _failed(self, failure: Failure, name: str) -> Failure | None:

@@ -41,6 +41,9 @@ class Limits:
     failure_half_life: float = 60.0
     # An attempt that would have to wait longer than this is refused at once.
     max_attempt_wait: float = 10.0
+    # Calls of one connection awaiting their answers; past it, its further
+    # calls wait unread until some are answered.
+    calls_in_flight: int = 1000
     # One incoming message, before or after login: how deep its lists nest,
     # how many items and how many bytes of strings it holds. Real PB calls
     # nest a few levels per level of user data; unjelly recurses over them.

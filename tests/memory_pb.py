@@ -34,10 +34,12 @@ def at_once(function: Any, *args: Any) -> defer.Deferred:
     return defer.maybeDeferred(function, *args)
 
 
-def echo_portal(checkers: list | None = None, name: str = "demo") -> PortalEntry:
+def echo_portal(
+    checkers: list | None = None, name: str = "demo", realm: Any = None
+) -> PortalEntry:
     if checkers is None:
         checkers = [MemoryChecker(users={"alice": "secret"}), AnonymousChecker()]
-    portal = Portal(EchoRealm(), [CheckerChain(name, checkers)])
+    portal = Portal(realm or EchoRealm(), [CheckerChain(name, checkers)])
     return PortalEntry(name, portal, tuple(checkers), tuple(servable(checkers)))
 
 

@@ -8,9 +8,10 @@ README, "Limits": lists nest at most 256 deep; one message holds at most
 from __future__ import annotations
 
 import pytest
-from memory_pb import LogCapture, Server
+from memory_pb import LogCapture, Server, echo_portal
 from twisted.cred.credentials import UsernamePassword
-from twisted.spread import banana
+from twisted.internet import defer
+from twisted.spread import banana, pb
 
 from pbd.limits import Limits
 
@@ -129,3 +130,61 @@ def test_the_log_budget_is_per_address():
         if "refused a call" in event.get("log_format", ""):
             per_address[event["peer"]] = per_address.get(event["peer"], 0) + 1
     assert per_address == {"10.0.0.1": 20, "10.0.0.2": 20}
+
+
+class _Waiter(pb.Avatar):
+    def __init__(self, pending):
+        self.pending = pending
+
+    def perspective_wait(self):
+        self.pending.append(defer.Deferred())
+        return self.pending[-1]
+
+    def perspective_echo(self, value):
+        return value
+
+
+class _WaitingRealm:
+    def __init__(self):
+        self.pending = []
+
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        return pb.IPerspective, _Waiter(self.pending), lambda: None
+
+
+def _observed(transport):
+    calls = []
+    transport.pauseProducing = lambda: calls.append("pause")
+    transport.resumeProducing = lambda: calls.append("resume")
+    return calls
+
+
+def test_a_peer_that_does_not_read_its_answers_is_not_read_either():
+    server = Server()
+    connection, _ = _logged_in(server)
+    reading = _observed(connection.server.transport)
+    flow = connection.server.transport.producer
+    assert flow is not None  # the transport may pause the broker's reading
+    flow.pauseProducing()  # what TCP does when answers pile up unsent
+    assert reading == ["pause"]
+    flow.resumeProducing()  # and when they have gone out
+    assert reading == ["pause", "resume"]
+
+
+def test_calls_awaiting_answers_are_capped_per_connection():
+    from twisted.cred.portal import IRealm
+    from zope.interface import implementer
+
+    realm = implementer(IRealm)(_WaitingRealm)()
+    server = Server(Limits(calls_in_flight=10), entries=[echo_portal(realm=realm)])
+    connection, avatar = _logged_in(server)
+    reading = _observed(connection.server.transport)
+    for _ in range(9):
+        avatar.callRemote("wait")
+    connection.pump.flush()
+    assert reading == []
+    avatar.callRemote("wait")
+    connection.pump.flush()
+    assert reading == ["pause"] and len(realm.pending) == 10
+    realm.pending[0].callback("done")
+    assert reading == ["pause", "resume"]
