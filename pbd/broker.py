@@ -298,7 +298,7 @@ class ServerFactory(pb.PBServerFactory):
 
     def buildProtocol(self, addr: Any) -> Broker | None:
         peer = Peer(_host(addr), self.listener)
-        refusal = self.front_door.admit(peer)
+        refusal = self.front_door.connections.admit(peer)
         if refusal is not None:
             self.front_door.peer_log.emit(
                 peer,

@@ -222,15 +222,18 @@ class _Reader:
         for limit in fields(Limits):
             if limit.name in body:
                 kind = int if limit.type in ("int", int) else float
-                number = self.number(body[limit.name], f"limits.{limit.name}", kind)
+                minimum = limit.metadata.get("minimum", 1)
+                number = self.number(body[limit.name], f"limits.{limit.name}", kind, minimum)
                 if number is not None:
                     chosen[limit.name] = number
         return Limits(**chosen)
 
-    def number(self, value: Any, path: str, kind: type) -> float | int | None:
+    def number(
+        self, value: Any, path: str, kind: type, minimum: int = 1
+    ) -> float | int | None:
         if kind is int:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                self.fail(path, f"must be a whole number of at least 1, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                self.fail(path, f"must be a whole number of at least {minimum}, not {value!r}")
                 return None
             return value
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:

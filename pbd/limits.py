@@ -8,7 +8,7 @@ the default an internet-facing daemon should run with. The README's
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,13 @@ class Limits:
     # Bytes and calls a connection may send before it has logged in.
     bytes_before_login: int = 64 * 1024
     calls_before_login: int = 64
+    # Connections open in all (0: the descriptor limit, less 64 kept in hand).
+    connections: int = field(default=0, metadata={"minimum": 0})
     # Connections from one address that have not logged in (yet) at once.
     unauthenticated_per_address: int = 32
+    # Logged-in connections from one address, and as one user of a portal.
+    logged_in_per_address: int = 1000
+    logged_in_per_user: int = 100
     # New connections one address may open a second, after a first burst:
     # each may cost a TLS handshake on the event loop.
     connections_per_second_per_address: float = 10.0

@@ -16,7 +16,6 @@ C{errors_before_login} such calls the connection is dropped.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -28,7 +27,7 @@ from twisted.spread import pb
 from twisted.spread.pb import IPerspective
 
 from pbd import audit
-from pbd.buckets import TokenBuckets
+from pbd.connections import ConnectionTable
 from pbd.credentials import Peer
 from pbd.hashpool import HashPool
 from pbd.limits import Limits
@@ -57,7 +56,8 @@ class BudgetExceededError(Exception):
 class FrontDoor:
     """
     What every connection's login shares, daemon-wide: the limits, the
-    clock, the hash pool, the throttle, and who is waiting to log in.
+    clock, the hash pool, the throttle, the log budget and the table of
+    connections.
     """
 
     def __init__(
@@ -78,39 +78,13 @@ class FrontDoor:
         if self.hash_pool.suspect is None:
             self.hash_pool.suspect = self.suspect
         self.peer_log = PeerLog(clock)
-        self._waiting: Counter[str] = Counter()
-        rate = self.limits.connections_per_second_per_address
-        burst = self.limits.connection_burst_per_address
-        self._connection_rate = TokenBuckets(clock, rate, burst)
+        self.connections = ConnectionTable(clock, self.limits)
 
     def suspect(self, address: Any) -> bool:
         """Has this address failed more than its free failures lately?"""
         failures = self.throttle.failures(("address", address))
         return failures > self.limits.free_failures
 
-    def admit(self, peer: Peer) -> str | None:
-        """
-        May this peer open one more connection? If so (L{None}), it counts
-        as not logged in until L{release}; if not, why.
-        """
-        if peer.address is None:
-            return None
-        if not self._connection_rate.take(peer.address):
-            rate = self.limits.connections_per_second_per_address
-            return f"more than {rate:g} new connections a second from {peer}"
-        waiting = self._waiting[peer.address]
-        if waiting >= self.limits.unauthenticated_per_address:
-            return f"{waiting} connections from {peer} have not logged in"
-        self._waiting[peer.address] = waiting + 1
-        return None
-
-    def release(self, peer: Peer) -> None:
-        """A connection logged in or went away: it no longer counts against its address."""
-        if peer.address is None:
-            return
-        self._waiting[peer.address] -= 1
-        if self._waiting[peer.address] <= 0:
-            del self._waiting[peer.address]
 
 class LoginSession:
     """
@@ -135,12 +109,12 @@ class LoginSession:
         self._calls = 0
         self._under_way = False
         self._deadline: Any = None
-        self._counted = True
         self._dropping = False
         self._gone = False
         self._failed_keys: list[tuple[Any, list[Hashable]]] = []
         self._grace: Any = None
         self._avatars = _Avatars(broker)
+        door.connections.opened(self)
 
     # -- the connection's life
 
@@ -153,7 +127,7 @@ class LoginSession:
         self._cancel_deadline()
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
-        self._uncount()
+        self.door.connections.closed(self)
 
     def _too_slow(self, timeout: float) -> None:
         self._deadline = None
@@ -163,11 +137,6 @@ class LoginSession:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
-
-    def _uncount(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.door.release(self.peer)
 
     def drop(self, reason: str) -> None:
         """Close the connection (after what is already written), with one log line."""
@@ -305,6 +274,9 @@ class LoginSession:
         """
         if self._under_way:
             raise self.misuse(LoginRefused("one login at a time on a connection"))
+        refusal = self.door.connections.login_refusal(self.peer, _user_key(portal, user))
+        if refusal is not None:
+            raise LoginRefused(refusal)
         self._under_way = True
         keys = self._throttle_keys(portal, user if guessable else None)
         d = self.door.throttle.admit(keys)
@@ -328,6 +300,7 @@ class LoginSession:
             self._log(lambda: audit.login(self.peer, portal, mechanism, user, True))
             self._forgive(user)
             self.user, self.portal = user, portal
+            self.door.connections.logged_in(self, _user_key(portal, user))
             self._now_logged_in()
             return result
         self.door.throttle.failed(keys)
@@ -367,7 +340,6 @@ class LoginSession:
         if not self.logged_in:
             self.logged_in = True
             self._cancel_deadline()
-            self._uncount()
 
     def audit_logout_on_disconnect(self, portal: str, mechanism: str, user: Any) -> None:
         """For logins without a realm's logout (the old conversation): audit the disconnect."""
@@ -450,6 +422,10 @@ class AnsweredOnce(SessionReferenceable):
                 LoginRefused(f"this {what} was already answered: start a new one")
             )
         self._answered = True
+
+
+def _user_key(portal: str, user: Any) -> Hashable | None:
+    return None if user is None else (portal, user)
 
 
 def _shown(name: str) -> str:

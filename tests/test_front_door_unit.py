@@ -311,3 +311,40 @@ def test_one_address_may_open_only_so_many_connections_a_second():
     assert server.connect("10.0.0.6") is not None
     server.clock.advance(1)
     assert [server.connect("10.0.0.5") is not None for _ in range(11)] == [True] * 10 + [False]
+
+
+def test_at_the_total_an_idle_connection_of_the_most_crowded_address_makes_room():
+    server = Server(Limits(connections=10))
+    crowd = [server.connect("10.0.0.1") for _ in range(4)]
+    others = [server.connect("10.0.0.2") for _ in range(3)]
+    others += [server.connect("10.0.0.3") for _ in range(3)]
+    newcomer = server.connect("192.0.2.7")
+    assert newcomer is not None
+    assert crowd[0].dropped  # the oldest of the address holding the most
+    assert not any(c.dropped for c in crowd[1:] + others)
+    assert newcomer.call(login(newcomer), "whoami") == "alice"
+
+
+def test_when_everyone_at_the_total_has_logged_in_a_new_connection_is_refused():
+    server = Server(Limits(connections=3))
+    for address in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        login(server.connect(address))
+    assert server.connect("192.0.2.7") is None
+
+
+def test_logged_in_connections_are_capped_per_user_and_per_address():
+    users = MemoryChecker(users={"alice": "secret", "bob": "pw"})
+    server = Server(
+        Limits(logged_in_per_user=2, logged_in_per_address=3), entries=[echo_portal([users])]
+    )
+    for _ in range(2):
+        assert not isinstance(login(server.connect()), pb.CopiedFailure)
+    third = login(server.connect())
+    assert remote_type(third) == b"pbd.session.LoginRefused"
+    assert "this user has 2 connections logged in" in third.value
+    assert not isinstance(login(server.connect(), user=b"bob", password=b"pw"), pb.CopiedFailure)
+    fourth = login(server.connect(), user=b"bob", password=b"pw")
+    assert "10.0.0.1 has 3 connections logged in" in fourth.value
+    assert not isinstance(
+        login(server.connect("10.0.0.2"), user=b"bob", password=b"pw"), pb.CopiedFailure
+    )

@@ -1,0 +1,145 @@
+"""
+Who is connected, and who may connect or log in next.
+
+The daemon-wide table of connections behind the limits on them: new
+connections per second and connections not logged in per address, logged-in
+connections per address and per user, and a total that keeps descriptors
+in hand so the daemon can always accept, answer and close. At the total,
+a connection that has not logged in makes room for a new one, as sshd's
+MaxStartups does: the oldest of the address holding the most, so that an
+attacker holding idle connections from many addresses cannot keep a real
+user out.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections import Counter
+from collections.abc import Hashable
+from typing import Any, Protocol
+
+from pbd.buckets import TokenBuckets
+from pbd.credentials import Peer
+from pbd.limits import Limits
+
+# Descriptors kept for listeners, log files, password files and threads.
+DESCRIPTOR_HEADROOM = 64
+
+
+class Connection(Protocol):
+    """What the table needs of a connection: its peer, and a way to drop it."""
+
+    peer: Peer
+
+    def drop(self, reason: str) -> None: ...
+
+
+def descriptor_capacity() -> int:
+    """Connections the process's descriptor limit allows, with headroom kept."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1_000_000
+    return max(16, soft - DESCRIPTOR_HEADROOM)
+
+
+class ConnectionTable:
+    def __init__(self, clock: Any, limits: Limits) -> None:
+        self.limits = limits
+        self.capacity = limits.connections or descriptor_capacity()
+        self._rate = TokenBuckets(
+            clock, limits.connections_per_second_per_address, limits.connection_burst_per_address
+        )
+        self._open: set[Connection] = set()
+        self._leaving: set[Connection] = set()
+        # Not logged in (yet), by address, oldest first.
+        self._waiting: dict[str | None, dict[Connection, None]] = {}
+        self._logged_in: dict[Connection, tuple[str | None, Hashable | None]] = {}
+        self._by_address: Counter[str | None] = Counter()
+        self._by_user: Counter[Hashable] = Counter()
+
+    @property
+    def count(self) -> int:
+        """Connections open and not on their way out."""
+        return len(self._open) - len(self._leaving)
+
+    def waiting(self, address: str | None) -> int:
+        return len(self._waiting.get(address, ()))
+
+    def admit(self, peer: Peer) -> str | None:
+        """
+        May this peer open one more connection? L{None} if so, else why.
+        At the total, another connection that has not logged in is dropped
+        to make room.
+        """
+        if peer.address is not None:
+            if not self._rate.take(peer.address):
+                rate = self.limits.connections_per_second_per_address
+                return f"more than {rate:g} new connections a second from {peer}"
+            waiting = self.waiting(peer.address)
+            if waiting >= self.limits.unauthenticated_per_address:
+                return f"{waiting} connections from {peer} have not logged in"
+        if self.count >= self.capacity:
+            victim = self._eviction_candidate()
+            if victim is None:
+                return f"{self.count} connections open, every one logged in: the daemon is full"
+            self._forget_waiting(victim)
+            self._leaving.add(victim)
+            victim.drop(f"making room: {self.count + 1} connections open, the limit")
+        return None
+
+    def _eviction_candidate(self) -> Connection | None:
+        crowded = max(self._waiting.items(), key=lambda item: len(item[1]), default=None)
+        if crowded is None or not crowded[1]:
+            return None
+        return next(iter(crowded[1]))
+
+    def opened(self, connection: Connection) -> None:
+        self._open.add(connection)
+        self._waiting.setdefault(connection.peer.address, {})[connection] = None
+
+    def login_refusal(self, peer: Peer, user: Hashable | None) -> str | None:
+        """Why a login as C{user} (a hashable key, or None) may not be added, or L{None}."""
+        if (
+            peer.address is not None
+            and self._by_address[peer.address] >= self.limits.logged_in_per_address
+        ):
+            return f"{peer} has {self.limits.logged_in_per_address} connections logged in"
+        if user is not None and self._by_user[user] >= self.limits.logged_in_per_user:
+            return f"this user has {self.limits.logged_in_per_user} connections logged in"
+        return None
+
+    def logged_in(self, connection: Connection, user: Hashable | None) -> None:
+        """A connection logged in (again: the last login's user is the one counted)."""
+        self._forget_waiting(connection)
+        self._forget_logged_in(connection)
+        address = connection.peer.address
+        self._logged_in[connection] = (address, user)
+        self._by_address[address] += 1
+        if user is not None:
+            self._by_user[user] += 1
+
+    def closed(self, connection: Connection) -> None:
+        self._forget_waiting(connection)
+        self._forget_logged_in(connection)
+        self._open.discard(connection)
+        self._leaving.discard(connection)
+
+    def _forget_waiting(self, connection: Connection) -> None:
+        waiting = self._waiting.get(connection.peer.address)
+        if waiting is not None and connection in waiting:
+            del waiting[connection]
+            if not waiting:
+                del self._waiting[connection.peer.address]
+
+    def _forget_logged_in(self, connection: Connection) -> None:
+        counted = self._logged_in.pop(connection, None)
+        if counted is None:
+            return
+        address, user = counted
+        self._by_address[address] -= 1
+        if not self._by_address[address]:
+            del self._by_address[address]
+        if user is not None:
+            self._by_user[user] -= 1
+            if not self._by_user[user]:
+                del self._by_user[user]
