@@ -11,14 +11,16 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from hashlib import md5
 from pathlib import Path
 from typing import Any
 
 from twisted.cred import error
 from twisted.cred.checkers import AllowAnonymousAccess, ICredentialsChecker
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pbd.credentials import ICertificateSubject, IScramVerifierSource
@@ -37,6 +39,9 @@ from pbd.scram import Verifier
 from pbd.userstore import StoredUser, UserStoreChecker, scram_cost
 
 log = Logger()
+
+# Seconds a password file may take to read before a reload gives up on it.
+RELOAD_TIMEOUT = 30.0
 
 AnonymousChecker = AllowAnonymousAccess
 
@@ -104,13 +109,9 @@ class PasswordFileChecker(UserStoreChecker):
             raise OptionError(f"{file}: not UTF-8 text", "file") from None
         except PasswordFileError as e:
             raise OptionError(f"{file}: {e}", "file") from None
-        self._use(entries)
-        self._seen = self._signature()
-
-    def _use(self, entries: Mapping[str, PasswordEntry]) -> None:
         self._entries = dict(entries)
         self._users = {name: _stored(entry) for name, entry in entries.items()}
-        self.generation += 1
+        self._seen = self._signature()
 
     def configWarnings(self) -> list[str]:
         return [
@@ -146,24 +147,82 @@ class PasswordFileChecker(UserStoreChecker):
             return None
         return (status.st_ino, status.st_size, status.st_mtime_ns)
 
-    def reloadIfChanged(self) -> None:
-        if self._signature() != self._seen:
-            self.reload()
+    _reloading: defer.Deferred | None = None
+    # A read that timed out may still hang in its thread: no polling then,
+    # until a SIGHUP asks again.
+    _stuck = False
 
-    def reload(self) -> None:
+    def reloadIfChanged(self) -> defer.Deferred | None:
+        if self._stuck:
+            return None
+        return self._reload(only_if_changed=True)
+
+    def reload(self) -> defer.Deferred:
         """Re-read the file; a file that fails to parse leaves the previous users in force."""
-        self._seen = self._signature()
+        return self._reload(only_if_changed=False)
+
+    def _reload(self, only_if_changed: bool) -> defer.Deferred:
+        # The file is read in a thread, never on the event loop: it may sit
+        # on a slow disk, or have been replaced by something that blocks.
+        if self._reloading is not None:
+            return self._reloading
+        from twisted.internet import reactor
+
+        d = threads.deferToThread(self._read, only_if_changed)
+        d.addTimeout(RELOAD_TIMEOUT, reactor)
+        d.addCallbacks(self._reloaded, self._timed_out)
+        d.addBoth(self._done_reloading)
+        self._reloading = d
+        return d
+
+    def _read(self, only_if_changed: bool) -> _Reading:
+        """In a thread: the file's signature, and its users if it is to be reloaded."""
+        signature = self._signature()
+        if only_if_changed and signature == self._seen:
+            return _Reading(signature)
         try:
             entries = read_password_file(self.path)
         except (OSError, UnicodeDecodeError, PasswordFileError) as e:
-            log.error(
-                "{path}: not reloaded, the previous users stay in force: {error}",
-                path=str(self.path),
-                error=getattr(e, "strerror", None) or e,
+            return _Reading(signature, error=getattr(e, "strerror", None) or str(e))
+        users = {name: _stored(entry) for name, entry in entries.items()}
+        return _Reading(signature, entries, users)
+
+    def _reloaded(self, reading: _Reading) -> None:
+        self._seen = reading.signature
+        self._stuck = False
+        if reading.error is not None:
+            self._refused(reading.error)
+        elif reading.users is not None:
+            self._entries, self._users = reading.entries, reading.users
+            self.generation += 1
+            log.info(
+                "{path}: reloaded, {count} user(s)", path=str(self.path), count=len(self._users)
             )
-            return
-        self._use(entries)
-        log.info("{path}: reloaded, {count} user(s)", path=str(self.path), count=len(entries))
+
+    def _timed_out(self, failure: Failure) -> None:
+        failure.trap(defer.TimeoutError, defer.CancelledError)
+        self._stuck = True
+        self._refused(f"not read within {RELOAD_TIMEOUT:g} s; send SIGHUP to try again")
+
+    def _refused(self, error: str) -> None:
+        log.error(
+            "{path}: not reloaded, the previous users stay in force: {error}",
+            path=str(self.path),
+            error=error,
+        )
+
+    def _done_reloading(self, result: Any) -> None:
+        self._reloading = None
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """What a reload's thread found."""
+
+    signature: tuple | None
+    entries: dict[str, PasswordEntry] | None = None
+    users: dict[str, StoredUser] | None = None
+    error: str | None = None
 
 
 def _stored(entry: PasswordEntry) -> StoredUser:

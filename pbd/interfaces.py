@@ -53,8 +53,10 @@ class IReloadable(Interface):
     """
     A plugin whose data lives in a file the operator edits while pbd runs.
 
-    pbd calls L{reloadIfChanged} every few seconds and L{reload} on SIGHUP.
-    A reload that fails must keep the previous data in force and log why.
+    pbd calls L{reloadIfChanged} every few seconds and L{reload} on SIGHUP,
+    on the event loop: either may return a Deferred, and must not block
+    (read files in a thread). A reload that fails must keep the previous
+    data in force and log why.
     """
 
     def reloadIfChanged() -> None:

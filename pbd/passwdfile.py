@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,11 +142,24 @@ def identify(hashed: str) -> str | None:
     return hashes.identify(hashed)
 
 
+# Far more than any real password file; a bigger one is refused unread.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
 def read_password_file(path: Path) -> dict[str, PasswordEntry]:
     """
-    Read and parse a password file.
+    Read and parse a password file: a regular file, never a FIFO or a
+    device that could block the reader forever.
 
-    @raise OSError: when it cannot be read.
+    @raise OSError: when it cannot be read, or is not a regular file.
     @raise PasswordFileError: when a line is malformed.
     """
-    return parse_password_file(path.read_text(encoding="utf-8"))
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if status.st_size > MAX_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes", str(path))
+        data = handle.read(MAX_FILE_BYTES + 1)
+    return parse_password_file(data.decode("utf-8"))

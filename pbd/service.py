@@ -142,10 +142,13 @@ class ReloadService(Service):
 
     def _each(self, method: str) -> None:
         for reloadable in self.reloadables:
-            try:
-                getattr(reloadable, method)()
-            except Exception:
-                log.failure("reloading {plugin!r} failed", plugin=reloadable)
+            reload = reloadable.reload if method == "reload" else reloadable.reloadIfChanged
+            d = defer.maybeDeferred(reload)
+            d.addErrback(
+                lambda failure, plugin=reloadable: log.failure(
+                    "reloading {plugin!r} failed", failure, plugin=plugin
+                )
+            )
 
 
 class HashingService(Service):

@@ -284,3 +284,37 @@ def _wait_until_blocked_on_the_lock(pid: int) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError("pbd passwd never waited for the lock")
+
+
+def test_a_password_file_replaced_by_a_fifo_is_refused_without_blocking_anyone(
+    start_daemon, tmp_path
+):
+    path = tmp_path / "users.passwd"
+    passwd(str(path), "alice", "--scheme", "hex_md5", password="alice-pw")
+    daemon = start_daemon(echo_config([{"plugin": "passwd", "file": "users.passwd"}]))
+    port = daemon.port("demo")
+    factory, alice = in_reactor.run(login, port, "alice", "alice-pw")
+    try:
+        path.unlink()
+        os.mkfifo(path)  # opened for reading, a FIFO blocks until a writer comes
+        daemon.wait_for_line("not reloaded, the previous users stay in force: not a regular file")
+
+        async def still_served():
+            return await alice.callRemote("whoami")
+
+        assert in_reactor.run(still_served, timeout=5) == "alice"
+        assert in_reactor.run(call_as, port, "alice", "alice-pw", "whoami", timeout=5) == "alice"
+    finally:
+        factory.disconnect()
+
+
+def test_a_daemon_does_not_start_on_a_password_file_that_is_a_fifo(tmp_path):
+    from pbd_daemon import run_twistd, write_config
+
+    os.mkfifo(tmp_path / "users.passwd")
+    config = write_config(tmp_path, echo_config([{"plugin": "passwd", "file": "users.passwd"}]))
+    result = run_twistd(config)
+    assert result.returncode == 1
+    assert "portals.demo.checkers[0].file: cannot read users.passwd: not a regular file" in (
+        result.stderr
+    )
