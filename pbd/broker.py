@@ -11,6 +11,8 @@ L{LoginSession}'s.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from typing import Any
 
 from twisted.cred.error import LoginFailed
@@ -28,6 +30,12 @@ from pbd.session import BudgetExceededError, FrontDoor, LoginSession
 from pbd.twisted_private import receive_message
 
 log = Logger()
+
+def _keepalive_timing(idle: int) -> list[tuple[int, int]]:
+    """Linux's socket options: first probe after C{idle} s, then every 10 s, 6 in all."""
+    names = (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6))
+    return [(getattr(socket, name), value) for name, value in names if hasattr(socket, name)]
+
 
 class UnreadableDataError(Exception):
     """The peer sent something that is not PB."""
@@ -47,7 +55,23 @@ class Broker(FastDecoding, pb.Broker):
     def connectionMade(self) -> None:
         super().connectionMade()
         self._flow = _ReadFlow(self)
+        self._keep_alive(self.session.limits.keepalive_idle)
         self.session.connected()
+
+    def _keep_alive(self, idle: int) -> None:
+        """TCP keepalive, so that a peer whose link died silently is found."""
+        try:
+            self.transport.setTcpKeepAlive(True)  # through TLS too: it passes them on
+            handle = self.transport.getHandle()
+        except AttributeError:  # a Unix socket: the kernel knows when its peer dies
+            return
+        for option, value in _keepalive_timing(idle):
+            with contextlib.suppress(OSError, AttributeError):
+                handle.setsockopt(socket.IPPROTO_TCP, option, value)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.session.active()
+        self._read(data)
 
     def _start_flow(self) -> None:
         """
@@ -102,7 +126,7 @@ class Broker(FastDecoding, pb.Broker):
         self.session.disconnected()
         super().connectionLost(reason)
 
-    def dataReceived(self, data: bytes) -> None:
+    def _read(self, data: bytes) -> None:
         try:
             if not self._flowing:
                 self._start_flow()

@@ -236,8 +236,10 @@ class _Reader:
                 self.fail(path, f"must be a whole number of at least {minimum}, not {value!r}")
                 return None
             return value
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            self.fail(path, f"must be a number of seconds greater than 0, not {value!r}")
+        number = not isinstance(value, bool) and isinstance(value, int | float)
+        if not number or value < 0 or (value == 0 and minimum > 0):
+            least = "0 or more" if minimum == 0 else "greater than 0"
+            self.fail(path, f"must be a number of seconds {least}, not {value!r}")
             return None
         return float(value)
 

@@ -46,6 +46,12 @@ class Limits:
     failure_half_life: float = 60.0
     # An attempt that would have to wait longer than this is refused at once.
     max_attempt_wait: float = 10.0
+    # A peer whose link died silently is found by TCP keepalive: probes
+    # after this many idle seconds, every 10 s, 6 of them unanswered.
+    keepalive_idle: int = 60
+    # Seconds a logged-in connection may send nothing before it is closed
+    # (0: never; keepalive still finds dead peers).
+    idle_timeout: float = field(default=0.0, metadata={"minimum": 0})
     # Calls of one connection awaiting their answers; past it, its further
     # calls wait unread until some are answered.
     calls_in_flight: int = 1000

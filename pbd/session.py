@@ -113,6 +113,7 @@ class LoginSession:
         self._gone = False
         self._failed_keys: list[tuple[Any, list[Hashable]]] = []
         self._grace: Any = None
+        self._idle_check: Any = None
         self._avatars = _Avatars(broker)
         door.connections.opened(self)
 
@@ -121,12 +122,27 @@ class LoginSession:
     def connected(self) -> None:
         timeout = self.limits.login_timeout
         self._deadline = self.door.clock.callLater(timeout, self._too_slow, timeout)
+        self._last_active = self.door.clock.seconds()
+
+    def active(self) -> None:
+        """The peer sent something (for the idle timeout)."""
+        self._last_active = self.door.clock.seconds()
+
+    def _check_idle(self) -> None:
+        idle = self.limits.idle_timeout
+        quiet = self.door.clock.seconds() - self._last_active
+        if quiet >= idle:
+            self._idle_check = None
+            self.drop(f"nothing received in {idle:g} s")
+        else:
+            self._idle_check = self.door.clock.callLater(idle - quiet, self._check_idle)
 
     def disconnected(self) -> None:
         self._gone = True
         self._cancel_deadline()
-        if self._grace is not None and self._grace.active():
-            self._grace.cancel()
+        for timer in (self._grace, self._idle_check):
+            if timer is not None and timer.active():
+                timer.cancel()
         self.door.connections.closed(self)
 
     def _too_slow(self, timeout: float) -> None:
@@ -340,6 +356,10 @@ class LoginSession:
         if not self.logged_in:
             self.logged_in = True
             self._cancel_deadline()
+            if self.limits.idle_timeout:
+                self._idle_check = self.door.clock.callLater(
+                    self.limits.idle_timeout, self._check_idle
+                )
 
     def audit_logout_on_disconnect(self, portal: str, mechanism: str, user: Any) -> None:
         """For logins without a realm's logout (the old conversation): audit the disconnect."""

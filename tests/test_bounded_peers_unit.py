@@ -188,3 +188,23 @@ def test_calls_awaiting_answers_are_capped_per_connection():
     assert reading == ["pause"] and len(realm.pending) == 10
     realm.pending[0].callback("done")
     assert reading == ["pause", "resume"]
+
+
+def test_a_logged_in_connection_that_sends_nothing_for_the_idle_timeout_is_closed():
+    server = Server(Limits(idle_timeout=30))
+    connection, avatar = _logged_in(server)
+    server.clock.advance(29)
+    assert connection.call(avatar, "echo", 1) == 1
+    server.clock.advance(29)
+    assert not connection.dropped
+    with LogCapture() as events:
+        server.clock.advance(2)
+        assert connection.dropped
+    assert [e["pbd_event"] for e in events if e.get("pbd_event")] == ["logout"]
+
+
+def test_by_default_a_quiet_logged_in_connection_stays():
+    server = Server()
+    connection, _ = _logged_in(server)
+    server.clock.advance(24 * 3600)
+    assert not connection.dropped
