@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import struct
+from typing import TYPE_CHECKING, Any
 
 from twisted.spread import banana
 
@@ -36,6 +37,15 @@ class MessageTooLargeError(banana.BananaError):
 
 class FastDecoding:
     """Mix in before a L{banana.Banana} subclass (such as C{pb.Broker})."""
+
+    if TYPE_CHECKING:  # what the Banana it is mixed into provides
+        buffer: bytes
+        listStack: list
+        prefixLimit: Any
+        incomingVocabulary: dict
+        currentDialect: bytes | None
+
+        def gotItem(self, item: Any) -> None: ...
 
     # While a long string arrives in pieces, the pieces wait here, unjoined,
     # until there are enough of them: joining on every read would copy the

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.cred.error import LoginFailed
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -45,6 +46,9 @@ class Broker(FastDecoding, pb.Broker):
     """A server-side broker whose connection has a L{LoginSession}."""
 
     session: LoginSession
+    # TCP, TLS or Unix: what each offers beyond ITransport is asked for at use.
+    transport: Any
+    factory: Any
 
     # Why reading is paused: "writes" (the peer does not read its answers),
     # "calls" (too many of its calls await their answers).
@@ -122,7 +126,7 @@ class Broker(FastDecoding, pb.Broker):
         if not self.pageProducers and self.transport is not None:
             self._start_flow()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.session.disconnected()
         super().connectionLost(reason)
 

@@ -35,6 +35,7 @@ from pbd.passwdfile import (
     identify,
     read_password_file,
 )
+from pbd.reactor import the_reactor
 from pbd.scram import Verifier
 from pbd.userstore import StoredUser, UserStoreChecker, scram_cost
 
@@ -166,7 +167,7 @@ class PasswordFileChecker(UserStoreChecker):
         # on a slow disk, or have been replaced by something that blocks.
         if self._reloading is not None:
             return self._reloading
-        from twisted.internet import reactor
+        reactor = the_reactor()
 
         d = threads.deferToThread(self._read, only_if_changed)
         d.addTimeout(RELOAD_TIMEOUT, reactor)
@@ -192,7 +193,7 @@ class PasswordFileChecker(UserStoreChecker):
         self._stuck = False
         if reading.error is not None:
             self._refused(reading.error)
-        elif reading.users is not None:
+        elif reading.users is not None and reading.entries is not None:
             self._entries, self._users = reading.entries, reading.users
             self.generation += 1
             log.info(

@@ -26,6 +26,7 @@ from pbd.passwdedit import (
     list_users,
     set_password,
 )
+from pbd.reactor import the_reactor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def check_config(arguments: argparse.Namespace) -> int:
-    from twisted.internet import reactor
+    reactor = the_reactor()
 
     try:
         assembly = assemble(load_config(arguments.file), reactor, check_only=True)
@@ -275,9 +276,9 @@ def summary(assembly: Assembly) -> str:
         lines.append(
             f"  {name}: realm {portal.realm.plugin}; checkers {checkers}; mechanisms {offered}"
         )
-    served = {name for listener in assembly.listeners for name in listener.config.portals}
+    served_portals = {name for listener in assembly.listeners for name in listener.config.portals}
     for name in config.portals:
-        if name not in served:
+        if name not in served_portals:
             assembly.warnings.append(f"portal {name!r} is not served by any listener")
     for warning in assembly.warnings:
         lines.append(f"warning: {warning}")

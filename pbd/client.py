@@ -28,6 +28,8 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from pbd import mechanisms
@@ -35,6 +37,7 @@ from pbd.banana import FastDecoding
 from pbd.mechanisms import MECHANISMS as MECHANISM_NAMES
 from pbd.mechanisms import PLAIN, SCRAM, NoUsableMechanismError
 from pbd.mechanisms.scram import ServerNotVerifiedError
+from pbd.reactor import the_reactor
 
 __all__ = [
     "NoUsableMechanismError",
@@ -160,7 +163,7 @@ def login(
 class _ClientBroker(FastDecoding, pb.Broker):
     """A stock client broker that decodes incoming data without copies (L{pbd.banana})."""
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         # The TLS layer tells the protocol why it failed; the connector only
         # tells the factory that the connection closed. Keep the why.
         if self.factory is not None:
@@ -253,8 +256,9 @@ def _ssl_reason(error: Exception) -> str:
 def _connect(
     target: Target, factory: Any, ca: Any, certificate: Any, key: Any, verify: bool, timeout: float
 ) -> None:
-    from twisted.internet import reactor, ssl
+    from twisted.internet import ssl
 
+    reactor = the_reactor()
     if target.socket_path is not None:
         reactor.connectUNIX(target.socket_path, factory, timeout)
         return
@@ -268,7 +272,7 @@ def _connect(
     if verify:
         trust = ssl.Certificate.loadPEM(Path(ca).read_bytes()) if ca else ssl.platformTrust()
         options = ssl.optionsForClientTLS(
-            target.host, trustRoot=trust, clientCertificate=client_certificate
+            target.host or "", trustRoot=trust, clientCertificate=client_certificate
         )
     else:
         extra = {}

@@ -38,6 +38,7 @@ from twisted.spread.pb import MAX_BROKER_REFS, challenge  # noqa: F401 - re-expo
 
 from pbd import oldlogin
 from pbd.broker import ServerFactory
+from pbd.reactor import the_reactor
 
 portno = 8787
 log = Logger()
@@ -74,8 +75,8 @@ def respond(challenge_bytes: bytes, password: str | bytes) -> bytes:
     return pb.respond(challenge_bytes, password)
 
 
-def _connect(host: str, port: Any, factory: protocol.ClientFactory, timeout: Any) -> None:
-    from twisted.internet import reactor
+def _connect(host: str, port: Any, factory: Any, timeout: Any) -> None:
+    reactor = the_reactor()
 
     timeout = 30 if timeout is None else timeout
     if host == "unix":
@@ -114,8 +115,9 @@ def _get_object_at_ssl(
     host: str, port: int, timeout: Any = None, contextFactory: Any = None
 ) -> defer.Deferred:
     """DEPRECATED. L{getObjectAt} over TLS; the certificate is verified by default."""
-    from twisted.internet import reactor, ssl
+    from twisted.internet import ssl
 
+    reactor = the_reactor()
     context = ssl.optionsForClientTLS(host) if contextFactory is None else contextFactory
     factory = pb.PBClientFactory()
     reactor.connectSSL(host, port, factory, context, 30 if timeout is None else timeout)
@@ -255,13 +257,13 @@ class BrokerClientFactory(protocol.ClientFactory):
     def __init__(self, protocol: pb.Broker) -> None:
         if not isinstance(protocol, pb.Broker):
             raise TypeError("protocol is not an instance of Broker")
-        self.protocol = protocol
+        self.broker = protocol
 
-    def buildProtocol(self, addr: Any) -> pb.Broker:
-        return self.protocol
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.broker
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        self.protocol.connectionFailed()
+        self.broker.connectionFailed()
 
 
 _DEPRECATED: dict[str, Any] = {

@@ -218,7 +218,7 @@ class _Reader:
         body = self.mapping(value, "limits", set(limit_names()))
         if body is None:
             return Limits()
-        chosen = {}
+        chosen: dict[str, Any] = {}
         for limit in fields(Limits):
             if limit.name in body:
                 kind = int if limit.type in ("int", int) else float
@@ -405,11 +405,12 @@ class _Reader:
             self.fail(f"{path}.require_client_cert", "must be true or false")
         elif require and files.get("client_ca") is None:
             self.fail(f"{path}.require_client_cert", "needs client_ca to verify certificates")
-        if files.get("certificate") is None or files.get("key") is None:
+        certificate, private_key = files.get("certificate"), files.get("key")
+        if certificate is None or private_key is None:
             return None
         return TLSConfig(
-            files["certificate"],
-            files["key"],
+            certificate,
+            private_key,
             files.get("chain"),
             files.get("client_ca"),
             require is True,

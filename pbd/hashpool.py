@@ -30,6 +30,8 @@ from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from pbd.reactor import the_reactor
+
 # Linux niceness is per thread, and inherited by the threads argon2 starts
 # for its lanes.
 NICENESS = 10
@@ -85,7 +87,7 @@ class HashPool:
     def start(self) -> None:
         """Start the pool's own threads (the daemon's service does, at start-up)."""
         if self._submit is None and self._threads is None:
-            from twisted.internet import reactor
+            reactor = the_reactor()
 
             pool = ThreadPool(1, self.size, name="pbd-hashing")
             pool.start()

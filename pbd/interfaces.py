@@ -1,5 +1,7 @@
 """Optional interfaces pbd looks for on the plugins it loads."""
 
+from typing import Any
+
 from zope.interface import Interface
 
 
@@ -59,10 +61,10 @@ class IReloadable(Interface):
     data in force and log why.
     """
 
-    def reloadIfChanged() -> None:
+    def reloadIfChanged() -> Any:
         """Reload if the underlying file changed since the last load."""
 
-    def reload() -> None:
+    def reload() -> Any:
         """Reload now."""
 
 

@@ -21,6 +21,7 @@ from twisted.spread.flavors import IPBRoot
 from zope.interface import implementer
 
 from pbd import mechanisms
+from pbd.broker import Broker
 from pbd.interfaces import ILegacyAuthorizer
 from pbd.mechanisms.anonymous import MECHANISM as ANONYMOUS
 from pbd.mechanisms.certificate import MECHANISM as CERTIFICATE
@@ -151,5 +152,5 @@ class PortalRoot:
         self.entries = tuple(entries)
         self.legacy = legacy
 
-    def rootObject(self, broker: pb.Broker) -> RootObject:
+    def rootObject(self, broker: Broker) -> RootObject:
         return RootObject(self.entries, broker.session, self.legacy)

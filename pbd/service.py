@@ -17,6 +17,7 @@ from pbd.assembly import Assembly, Listener
 from pbd.errors import ListenError
 from pbd.hashpool import HashPool
 from pbd.interfaces import IReloadable
+from pbd.reactor import the_reactor
 
 log = Logger()
 
@@ -81,6 +82,8 @@ class ListenersService(Service):
 
 def _listen_now(listener: Listener) -> IListeningPort:
     config = listener.config
+    if listener.endpoint is None:
+        raise ListenError(f"{config.key_path} ({config.endpoint}): no endpoint to listen on")
     outcome: list[Any] = []
     listener.endpoint.listen(listener.factory).addBoth(outcome.append)
     if not outcome:
@@ -136,19 +139,18 @@ class ReloadService(Service):
             self._previous_handler = None
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
-        from twisted.internet import reactor
+        reactor = the_reactor()
 
         reactor.callFromThread(self._each, "reload")
 
     def _each(self, method: str) -> None:
         for reloadable in self.reloadables:
             reload = reloadable.reload if method == "reload" else reloadable.reloadIfChanged
-            d = defer.maybeDeferred(reload)
-            d.addErrback(
-                lambda failure, plugin=reloadable: log.failure(
-                    "reloading {plugin!r} failed", failure, plugin=plugin
-                )
-            )
+            defer.maybeDeferred(reload).addErrback(_reload_failed, reloadable)
+
+
+def _reload_failed(failure: Failure, plugin: Any) -> None:
+    log.failure("reloading {plugin!r} failed", failure, plugin=plugin)
 
 
 class HashingService(Service):

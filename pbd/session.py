@@ -32,6 +32,7 @@ from pbd.credentials import Peer
 from pbd.hashpool import HashPool
 from pbd.limits import Limits
 from pbd.peerlog import PeerLog
+from pbd.reactor import the_reactor
 from pbd.throttle import Throttle
 from pbd.twisted_private import JellyableAvatarMixin
 
@@ -67,7 +68,7 @@ class FrontDoor:
         hash_pool: HashPool | None = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock
+            clock = the_reactor()
         self.limits = limits or Limits()
         self.clock = clock
         self.hash_pool = hash_pool or HashPool(
@@ -173,13 +174,15 @@ class LoginSession:
     def _close(self) -> None:
         if self._gone:
             return
-        self.broker.transport.loseConnection()
+        transport: Any = self.broker.transport
+        transport.loseConnection()
         # A peer that does not read would hold a closing connection open.
         self._grace = self.door.clock.callLater(CLOSING_GRACE, self._abort)
 
     def _abort(self) -> None:
         self._grace = None
-        self.broker.transport.abortConnection()
+        transport: Any = self.broker.transport
+        transport.abortConnection()
 
     # -- budgets before login
 

@@ -11,6 +11,7 @@ from twisted.python import usage
 from pbd.assembly import assemble
 from pbd.config import load_config
 from pbd.errors import ConfigError, ListenError
+from pbd.reactor import the_reactor
 from pbd.service import DaemonService
 
 log = Logger()
@@ -27,7 +28,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
+    reactor = the_reactor()
 
     try:
         assembly = assemble(load_config(options["config"]), reactor)

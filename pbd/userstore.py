@@ -39,6 +39,7 @@ from zope.interface import implementer
 from pbd.credentials import IPeerCredentials, IScramVerified
 from pbd.hashpool import HashPool
 from pbd.interfaces import IUsesHashPool
+from pbd.reactor import the_reactor
 from pbd.scram import DEFAULT_ITERATIONS, Verifier
 from pbd.wiretext import as_text
 
@@ -92,7 +93,11 @@ class UserStoreChecker:
     L{useHashPool} (outside the daemon: the reactor's thread pool).
     """
 
-    credentialInterfaces = (IUsernameMD5Password, IUsernamePassword, IScramVerified)
+    credentialInterfaces: tuple[Any, ...] = (
+        IUsernameMD5Password,
+        IUsernamePassword,
+        IScramVerified,
+    )
     generation = 0
 
     def lookup(self, name: str) -> StoredUser | None:
@@ -125,9 +130,7 @@ class UserStoreChecker:
 
     def _clock(self) -> Any:
         if self.clock is None:
-            from twisted.internet import reactor
-
-            return reactor
+            return the_reactor()
         return self.clock
 
     # -- ICredentialsChecker

@@ -157,7 +157,7 @@ class ChatRealm:
     def requestAvatar(self, avatarId: bytes | tuple, mind: Any, *interfaces: Any) -> tuple:
         if pb.IPerspective not in interfaces:
             raise NotImplementedError("the chat realm only serves Perspective Broker")
-        if avatarId == ANONYMOUS:
+        if avatarId == ANONYMOUS or not isinstance(avatarId, bytes):
             raise UnauthorizedLogin("the chat realm needs a named user")
         user = ChatUser(self, avatarId.decode("utf-8"), mind)
         return pb.IPerspective, user, user.logout

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.cred.checkers import ANONYMOUS
 from twisted.cred.portal import IRealm
 from twisted.spread import pb
 from zope.interface import implementer
@@ -23,9 +22,9 @@ class EchoAvatar(pb.Avatar):
         return value
 
     def perspective_whoami(self) -> str | None:
-        if self.avatar_id == ANONYMOUS:
-            return None
-        return self.avatar_id.decode("utf-8")
+        if isinstance(self.avatar_id, bytes):
+            return self.avatar_id.decode("utf-8")
+        return None  # ANONYMOUS
 
 
 @implementer(IRealm)

@@ -407,7 +407,7 @@ def _set_configured_password(identity: Identity, value: Any, where: str) -> None
 def _list_of_mappings(value: Any, where: str) -> list[Mapping[str, Any]]:
     if not isinstance(value, list | tuple) or not all(isinstance(item, Mapping) for item in value):
         raise OptionError("must be a list of mappings", where)
-    return value
+    return list(value)
 
 
 def _list_of_texts(value: Any, where: str) -> list[str]:

@@ -25,7 +25,8 @@ class EchoPerspective(Perspective):
 
     def perspective_whoami(self) -> list[str]:
         """The service and perspective this client is attached to."""
-        return [self.getService().getServiceName(), self.getPerspectiveName()]
+        service = self.getService()
+        return [service.getServiceName() if service else "", self.getPerspectiveName()]
 
     def perspective_attachments(self) -> int:
         """How many clients are attached to this perspective now."""

@@ -1,4 +1,4 @@
-"""The source stays ruff-clean (the configuration is in pyproject.toml)."""
+"""The source stays ruff-clean and type-checks (the configuration is in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -13,5 +13,17 @@ def test_ruff_check_is_clean():
     ruff = Path(sys.executable).parent / "ruff"
     result = subprocess.run(
         [str(ruff), "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_type_checker_finds_nothing():
+    """mypy with mypy-zope, as Twisted itself runs it (configuration in pyproject.toml)."""
+    mypy = Path(sys.executable).parent / "mypy"
+    result = subprocess.run(
+        [str(mypy), "--no-incremental", "--cache-dir=/dev/null"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
