@@ -38,6 +38,10 @@ def _keepalive_timing(idle: int) -> list[tuple[int, int]]:
     return [(getattr(socket, name), value) for name, value in names if hasattr(socket, name)]
 
 
+class _DroppingError(Exception):
+    """The connection is being closed: what the peer sends now is not read."""
+
+
 class UnreadableDataError(Exception):
     """The peer sent something that is not PB."""
 
@@ -132,10 +136,14 @@ class Broker(FastDecoding, pb.Broker):
 
     def _read(self, data: bytes) -> None:
         try:
+            if self.session.dropping:
+                return
             if not self._flowing:
                 self._start_flow()
             self.session.received(len(data))
             super().dataReceived(data)
+        except _DroppingError:
+            pass  # the rest of what the peer sent goes unread
         except (BudgetExceededError, MessageTooLargeError) as e:
             self._abort(str(e))
         except Exception as e:
@@ -189,6 +197,8 @@ class Broker(FastDecoding, pb.Broker):
         Count a call against the session's budget; before login, a call to
         an object that does not exist counts as a refused call.
         """
+        if self.session.dropping:
+            raise _DroppingError()
         self.session.called()
         if not self.session.logged_in and (
             objectID is None or self.localObjectForID(objectID) is None

@@ -110,7 +110,8 @@ class LoginSession:
         self._calls = 0
         self._under_way = False
         self._deadline: Any = None
-        self._dropping = False
+        # Decided to close: nothing more the peer sends is read.
+        self.dropping = False
         self._gone = False
         self._failed_keys: list[tuple[Any, list[Hashable]]] = []
         self._grace: Any = None
@@ -157,9 +158,9 @@ class LoginSession:
 
     def drop(self, reason: str) -> None:
         """Close the connection (after what is already written), with one log line."""
-        if self._dropping:
+        if self.dropping:
             return
-        self._dropping = True
+        self.dropping = True
         self._log(
             lambda: log.info(
                 "dropping connection from {peer} on {listener}: {reason}",

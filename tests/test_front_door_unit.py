@@ -348,3 +348,20 @@ def test_logged_in_connections_are_capped_per_user_and_per_address():
     assert not isinstance(
         login(server.connect("10.0.0.2"), user=b"bob", password=b"pw"), pb.CopiedFailure
     )
+
+
+def test_once_a_peer_is_to_be_dropped_nothing_more_it_sends_is_read():
+    server = Server()
+    connection = server.connect()
+    root = connection.root()
+    with LogCapture() as events:
+        answers = [root.callRemote("noSuchMethod") for _ in range(50)]
+        connection.pump.flush()
+    assert connection.dropped
+    outcomes = []
+    for answer in answers:
+        answer.addBoth(outcomes.append)
+    refused = [o for o in outcomes if isinstance(o, pb.CopiedFailure) and o.type == REFUSED]
+    assert len(refused) == 3  # the other 47 were never read: the connection closed
+    assert all(o.check(pb.PBConnectionLost) for o in outcomes if o not in refused)
+    assert len([e for e in events if "refused a call" in e.get("log_format", "")]) == 3
