@@ -71,6 +71,17 @@ BAD_CALLS = {
 }
 LISTENER = re.compile(r"listeners\[(\d+)\] \(.*\) serves portal '[^']+' on 127\.0\.0\.1:(\d+)")
 TCP, TLS, LEGACY = 0, 1, 2
+# With --pin, the daemon and the clients each get cores of their own, as if
+# the attackers ran on another machine; without it, they share every core.
+PINS: dict[str, set[int] | None] = {"daemon": None, "clients": None}
+
+
+def _pinned(cores: set[int] | None) -> Any:
+    if cores is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cores)
+
+
 # In guess-rate, one try in this many carries the right password.
 RIGHT_EVERY = 10
 CONFIG = """\
@@ -181,6 +192,7 @@ class Daemon:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_pinned(PINS["daemon"]),
         )
 
     def ports(self, count: int = 3, timeout: float = 30) -> dict[int, int]:
@@ -288,6 +300,7 @@ class Worker:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
+            preexec_fn=_pinned(PINS["clients"]),
         )
         self._messages: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -1602,12 +1615,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run, under a minute")
     parser.add_argument("--only", choices=list(SCENARIOS), help="run one scenario")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the daemon on the first core, every client on the others "
+        "(as if the attackers ran elsewhere)",
+    )
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.role:
         client_role(arguments.role, json.loads(arguments.spec))
         return 0
+    if arguments.pin:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            parser.error("--pin needs at least two cores")
+        PINS["daemon"], PINS["clients"] = {cores[0]}, set(cores[1:])
     return conduct(arguments)
 
 
