@@ -24,7 +24,7 @@ at most during the attack and after it, what it logged, and whether a
 bystander (a user logged in from 127.0.0.1, making sequential echo calls)
 kept getting right answers, and its longest wait.
 
-    python bench/bounded_peers.py                     # about 2 minutes
+    python bench/bounded_peers.py                     # about a minute
     python bench/bounded_peers.py --quick             # under a minute
     python bench/bounded_peers.py --only unfinished   # one scenario
     python bench/bounded_peers.py --twistd ../other/.venv/bin/twistd  # another pbd
