@@ -17,13 +17,10 @@ from typing import Any
 from twisted.cred.checkers import ANONYMOUS
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
-from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
 from pbd.errors import OptionError
-
-log = Logger()
 
 
 class ChatError(pb.Error):
@@ -104,7 +101,11 @@ def room_members(room: Room) -> list[str]:
 
 
 def _ignore_lost_client(failure: Any, user: str, method: str) -> None:
-    log.debug("could not tell {user!r} {method}: {f}", user=user, method=method, f=failure)
+    """
+    A member that went away, or whose client refused the news, misses it.
+    Nothing is logged: a room emptying at once would otherwise log once per
+    member per member gone, and a client could make every message cost a line.
+    """
 
 
 @implementer(IRealm)

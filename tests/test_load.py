@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Any
 
 import in_reactor
-import pytest
 from pb_client import Mailbox
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, reactor
@@ -186,12 +185,6 @@ def _sender(number: int) -> str:
     return f"user{number % len(USERS)}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="realms/chat.py logs 'could not tell ... left' (a multi-line Failure, ~330 bytes) for "
-    "every member already gone, outside the peer's log budget: N members of a room hanging up "
-    "at once write about N²/2 of them (100 members: 5,048 lines, 1.7 MB)",
-)
 def test_members_hanging_up_together_cannot_flood_the_log(start_daemon):
     daemon = start_daemon(_config({"plugin": "chat"}))
     port = daemon.port("load")
