@@ -31,7 +31,7 @@ def test_dotted_paths_reach_any_importable_class():
         ("no.such.module:X", "cannot import 'no.such.module'"),
         ("realms.chat:Nothing", "'realms.chat' has no attribute 'Nothing'"),
         ("realms.chat:", "is not a dotted path of the form 'package.module:Class'"),
-        ("realms.chat:log", "is not a class or function"),
+        ("realms.chat:__doc__", "is not a class or function"),
     ],
 )
 def test_unknown_plugins_are_explained(name, message):
