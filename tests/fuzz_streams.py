@@ -242,7 +242,8 @@ def pb_message(c: Chooser, logged_in: bool) -> Stream:
         whole = all(w for _, w in args + kwargs)
         args_value: Any = [b"tuple", *(v for v, _ in args)]
         if not c.integer(0, 9):
-            args_value, _ = jelly_value(c)
+            args_value, args_whole = jelly_value(c)
+            whole = whole and args_whole
         kwargs_value = [b"dictionary", *([[_text(c), v] for v, _ in kwargs])]
         envelope = [
             c.choice([b"message"] * 6 + [b"cachemessage", Vocab(26), Vocab(25)]),
