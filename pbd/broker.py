@@ -188,9 +188,36 @@ class Broker(FastDecoding, pb.Broker):
             self, guarded, requestID, objectID, message, answerRequired, netArgs, netKw
         )
 
-    def proto_cachemessage(self, requestID: int, objectID: Any, *rest: Any) -> None:
+    def proto_cachemessage(
+        self,
+        requestID: int,
+        objectID: Any,
+        message: Any,
+        answerRequired: int,
+        netArgs: Any,
+        netKw: Any,
+    ) -> None:
         self._before_call(None)
-        super().proto_cachemessage(requestID, objectID, *rest)
+
+        def guarded(cache_id: Any) -> Any:
+            target = self.locallyCachedObjects.get(cache_id)
+            return None if target is None else _GuardedCall(target, self, answerRequired)
+
+        receive_message(
+            self, guarded, requestID, objectID, message, answerRequired, netArgs, netKw
+        )
+
+    def proto_didNotUnderstand(self, command: Any) -> None:
+        # Stock PB logs each one: a peer could send them without end.
+        peer = self.session.peer
+        self.session.door.peer_log.emit(
+            peer,
+            lambda: log.info(
+                "{peer} did not understand a message of ours: {command}",
+                peer=str(peer),
+                command=audit.escape(command),
+            ),
+        )
 
     def _before_call(self, objectID: Any) -> None:
         """
@@ -279,7 +306,7 @@ class _GuardedCall:
     def remoteMessageReceived(self, broker: Any, message: Any, args: Any, kw: Any) -> Any:
         name = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
         try:
-            result = self.target.remoteMessageReceived(broker, message, args, kw)
+            result = _dispatch(self.target, broker, name, args, kw)
         except (pb.Error, LoginFailed):
             raise
         except Exception:
@@ -310,6 +337,50 @@ class TLSServerFactory(TLSMemoryBIOFactory):
     def buildProtocol(self, addr: Any) -> Any:
         inner = self.wrappedFactory.buildProtocol(addr)
         return None if inner is None else self.protocol(self, inner)
+
+
+def _dispatch(target: Any, broker: Any, name: str, args: Any, kw: Any) -> Any:
+    """
+    Deliver a call as Twisted's C{Referenceable} and C{Avatar} do, but
+    without their log line of the whole arguments when a method does not
+    take them (a peer's 200 KB of arguments made a 200 KB line). Objects
+    with a dispatch of their own get their own.
+    """
+    avatar = _stock_avatar(target)
+    if avatar is not None:
+        args, kw = broker.unserialize(args, avatar), _text_keys(broker.unserialize(kw, avatar))
+        method = getattr(avatar, f"perspective_{name}")
+        return broker.serialize(method(*args, **kw), avatar, method, args, kw)
+    if _stock_referenceable(target):
+        args, kw = broker.unserialize(args), _text_keys(broker.unserialize(kw))
+        method = getattr(target, f"remote_{name}", None)
+        if method is None:
+            raise pb.NoSuchMethod(f"No such method: remote_{name}")
+        return broker.serialize(method(*args, **kw), target.perspective)
+    return target.remoteMessageReceived(broker, name, args, kw)
+
+
+def _stock_avatar(target: Any) -> pb.Avatar | None:
+    """The avatar behind an C{AsReferenceable} whose dispatch is C{Avatar}'s own."""
+    if not isinstance(target, pb.AsReferenceable):
+        return None
+    bound: Any = target.__dict__.get("remoteMessageReceived")
+    function = getattr(bound, "__func__", None)
+    if function is pb.Avatar.perspectiveMessageReceived:
+        return bound.__self__
+    return None
+
+
+def _stock_referenceable(target: Any) -> bool:
+    return (
+        isinstance(target, pb.Referenceable)
+        and "remoteMessageReceived" not in vars(target)
+        and type(target).remoteMessageReceived is pb.Referenceable.remoteMessageReceived
+    )
+
+
+def _text_keys(kw: dict) -> dict:
+    return {(k.decode("utf-8") if isinstance(k, bytes) else k): v for k, v in kw.items()}
 
 
 class ServerFactory(pb.PBServerFactory):

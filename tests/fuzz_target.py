@@ -225,9 +225,9 @@ _BUDGETED = re.compile(r"\b(127\.0\.\d+\.\d+)\b")
 
 # Lines Twisted's PB writes itself, in the connection's log context
 # ("[Broker,12,127.0.2.1] Unhandled Error", "Didn't understand command: ...",
-# "... didn't accept ... and ..."): they bypass pbd's per-address budget.
-# Known bugs, pinned by the xfail tests in test_fuzz.py; counted apart here
-# so that the fuzz suite still catches any other line over the budget.
+# "... didn't accept ... and ..."): they would bypass pbd's per-address
+# budget. The fuzz suite found three such (tests/test_fuzz_findings.py);
+# none may be left.
 _TWISTED_CONTEXT = re.compile(r"^\S+ \[Broker,\d+,")
 
 

@@ -62,6 +62,8 @@ def test_the_daemon_log_kept_its_budget(target):
     figures = log_figures(list(target.daemon.lines))
     assert figures.over_budget == [], f"more than {LOG_LINES} lines per address per 10 s"
     assert figures.unexpected_tracebacks == []
+    # Nothing written past the budget by Twisted's own broker code either.
+    assert figures.unbudgeted_lines == 0, "lines in a connection's log context"
     # Three attacker addresses of 20 lines each, and a traceback, fit in 64 KiB.
     assert figures.max_bytes_per_second <= 64 * 1024
     assert target.daemon.process.poll() is None
