@@ -80,6 +80,11 @@ def tls(tmp_path):
     return authority, clients, server
 
 
+def run(function, *args, **kwargs):
+    """In the reactor, with a short timeout: a local login takes milliseconds."""
+    return in_reactor.run(function, *args, timeout=5, **kwargs)
+
+
 async def whoami(url, password=None, **options):
     avatar = await client.login(url, password, **options)
     try:
@@ -95,21 +100,21 @@ def login_events(events):
 def test_the_client_uses_scram_where_it_is_offered(served):
     port = served.tcp(Server())
     with LogCapture() as events:
-        assert in_reactor.run(whoami, f"pb://alice@127.0.0.1:{port}", "secret") == "alice"
+        assert run(whoami, f"pb://alice@127.0.0.1:{port}", "secret") == "alice"
     assert login_events(events) == [("scram-sha-256", "accepted")]
 
 
 def test_a_wrong_password_is_unauthorized_login_naming_the_user(served):
     port = served.tcp(Server())
     with pytest.raises(UnauthorizedLogin) as raised:
-        in_reactor.run(whoami, f"pb://alice@127.0.0.1:{port}", "wrong")
+        run(whoami, f"pb://alice@127.0.0.1:{port}", "wrong")
     assert str(raised.value) == "alice: login refused"
 
 
 def test_no_user_is_an_anonymous_login(served):
     port = served.tcp(Server())
     with LogCapture() as events:
-        assert in_reactor.run(whoami, f"pb://127.0.0.1:{port}") is None
+        assert run(whoami, f"pb://127.0.0.1:{port}") is None
     assert login_events(events) == [("anonymous", "accepted")]
 
 
@@ -117,17 +122,17 @@ def test_an_anonymous_login_refused_says_anonymous(served):
     server = Server(entries=[echo_portal([MemoryChecker(users={"alice": "secret"})])])
     port = served.tcp(server)
     with pytest.raises(client.NoUsableMechanismError):
-        in_reactor.run(whoami, f"pb://127.0.0.1:{port}")
+        run(whoami, f"pb://127.0.0.1:{port}")
 
 
 def test_the_client_keeps_to_the_mechanisms_it_allows(served):
     port = served.tcp(Server())
     url = f"pb://alice@127.0.0.1:{port}"
     with LogCapture() as events:
-        assert in_reactor.run(whoami, url, "secret", mechanisms=["pb-md5"]) == "alice"
+        assert run(whoami, url, "secret", mechanisms=["pb-md5"]) == "alice"
     assert login_events(events) == [("pb-md5", "accepted")]
     with pytest.raises(client.NoUsableMechanismError) as raised:
-        in_reactor.run(whoami, url, "secret", mechanisms=["plain"])
+        run(whoami, url, "secret", mechanisms=["plain"])
     message = str(raised.value)
     assert message.startswith("the server offers ")
     assert "scram-sha-256, pb-md5" in message
@@ -137,9 +142,9 @@ def test_the_client_keeps_to_the_mechanisms_it_allows(served):
 def test_a_portal_named_in_the_url_is_the_one_logged_in_to(served):
     other = echo_portal([MemoryChecker(users={"bob": "bob-pw"})], name="other")
     port = served.tcp(Server(entries=[echo_portal(), other]))
-    assert in_reactor.run(whoami, f"pb://bob@127.0.0.1:{port}/other", "bob-pw") == "bob"
+    assert run(whoami, f"pb://bob@127.0.0.1:{port}/other", "bob-pw") == "bob"
     with pytest.raises(UnauthorizedLogin):
-        in_reactor.run(whoami, f"pb://bob@127.0.0.1:{port}", "bob-pw")
+        run(whoami, f"pb://bob@127.0.0.1:{port}", "bob-pw")
 
 
 def test_a_user_scram_cannot_serve_logs_in_with_plain_over_verified_tls(
@@ -150,11 +155,11 @@ def test_a_user_scram_cannot_serve_logs_in_with_plain_over_verified_tls(
     port = served.tcp(server, certificate.options())
     url = f"pbs://ada@localhost:{port}"
     with LogCapture() as events:
-        assert in_reactor.run(whoami, url, "ada-pw", ca=authority.path) == "ada"
+        assert run(whoami, url, "ada-pw", ca=authority.path) == "ada"
     assert login_events(events) == [("scram-sha-256", "refused"), ("plain", "accepted")]
     # A wrong password is refused by both, and reported as a refused login.
     with pytest.raises(UnauthorizedLogin, match="ada: login refused"):
-        in_reactor.run(whoami, url, "wrong", ca=authority.path)
+        run(whoami, url, "wrong", ca=authority.path)
 
 
 def test_a_scram_user_over_verified_tls_still_uses_scram(served, passwd_checker, tls):
@@ -162,7 +167,7 @@ def test_a_scram_user_over_verified_tls_still_uses_scram(served, passwd_checker,
     port = served.tcp(Server(entries=[echo_portal([passwd_checker])]), certificate.options())
     with LogCapture() as events:
         url = f"pbs://sam@localhost:{port}"
-        assert in_reactor.run(whoami, url, "sam-pw", ca=authority.path) == "sam"
+        assert run(whoami, url, "sam-pw", ca=authority.path) == "sam"
     assert login_events(events) == [("scram-sha-256", "accepted")]
 
 
@@ -171,9 +176,7 @@ def test_plain_only_over_tls_where_scram_is_not_allowed(served, passwd_checker, 
     port = served.tcp(Server(entries=[echo_portal([passwd_checker])]), certificate.options())
     url = f"pbs://sam@localhost:{port}"
     with LogCapture() as events:
-        assert (
-            in_reactor.run(whoami, url, "sam-pw", ca=authority.path, mechanisms=["plain"]) == "sam"
-        )
+        assert run(whoami, url, "sam-pw", ca=authority.path, mechanisms=["plain"]) == "sam"
     assert login_events(events) == [("plain", "accepted")]
 
 
@@ -182,10 +185,10 @@ def test_unverified_tls_is_not_trusted_with_plain(served, passwd_checker, tls):
     port = served.tcp(Server(entries=[echo_portal([passwd_checker])]), certificate.options())
     url = f"pbs://ada@localhost:{port}"
     with LogCapture() as events, pytest.raises(UnauthorizedLogin):
-        in_reactor.run(whoami, url, "ada-pw", verify=False)
+        run(whoami, url, "ada-pw", verify=False)
     assert login_events(events) == [("scram-sha-256", "refused")]
     # SCRAM needs no verified server: it proves itself.
-    assert in_reactor.run(whoami, f"pbs://sam@localhost:{port}", "sam-pw", verify=False) == "sam"
+    assert run(whoami, f"pbs://sam@localhost:{port}", "sam-pw", verify=False) == "sam"
 
 
 def test_a_server_certificate_from_an_unknown_ca_is_a_tls_failure(served, tls, tmp_path):
@@ -193,7 +196,7 @@ def test_a_server_certificate_from_an_unknown_ca_is_a_tls_failure(served, tls, t
     port = served.tcp(Server(), certificate.options())
     stranger = Authority(tmp_path, "stranger")
     with pytest.raises(client.TLSFailedError) as raised:
-        in_reactor.run(whoami, f"pbs://alice@localhost:{port}", "secret", ca=stranger.path)
+        run(whoami, f"pbs://alice@localhost:{port}", "secret", ca=stranger.path)
     message = str(raised.value)
     assert message.startswith(f"TLS with localhost:{port} failed (")
     assert "certificate verify failed" in message
@@ -212,13 +215,13 @@ def test_a_client_certificate_logs_in_as_its_subject(served, tls):
     port = served.tcp(server, certificate.options(clients_ca))
     url = f"pbs://carol@localhost:{port}"
     with LogCapture() as events:
-        got = in_reactor.run(whoami, url, ca=authority.path, certificate=cert, key=key)
+        got = run(whoami, url, ca=authority.path, certificate=cert, key=key)
     assert got == "carol"
     assert login_events(events) == [("tls-client-cert", "accepted")]
     # The key may be in the certificate's file.
     both = cert.parent / "both.pem"
     both.write_bytes(cert.read_bytes() + b"\n" + key.read_bytes())
-    assert in_reactor.run(whoami, url, ca=authority.path, certificate=both) == "carol"
+    assert run(whoami, url, ca=authority.path, certificate=both) == "carol"
 
 
 @pytest.mark.xfail(
@@ -237,14 +240,14 @@ def test_a_client_certificate_over_unverified_tls(served, tls):
     server = Server(entries=[echo_portal([CertificateChecker()])])
     port = served.tcp(server, certificate.options(clients_ca))
     url = f"pbs://carol@localhost:{port}"
-    assert in_reactor.run(whoami, url, verify=False, certificate=cert, key=key) == "carol"
+    assert run(whoami, url, verify=False, certificate=cert, key=key) == "carol"
 
 
 def test_over_a_unix_socket(served, tmp_path):
     path = tmp_path / "pbd.sock"
     served.unix(Server(entries=[echo_portal(), echo_portal(name="second")]), path)
-    assert in_reactor.run(whoami, f"pb+unix://alice@{path}#second", "secret") == "alice"
-    assert in_reactor.run(whoami, f"pb+unix://{path}") is None
+    assert run(whoami, f"pb+unix://alice@{path}#second", "secret") == "alice"
+    assert run(whoami, f"pb+unix://{path}") is None
 
 
 def test_disconnect_closes_the_connection(served):
@@ -257,7 +260,7 @@ def test_disconnect_closes_the_connection(served):
         await in_reactor.sleep(0.2)
         return avatar.broker.disconnected
 
-    assert in_reactor.run(login_then_disconnect)
+    assert run(login_then_disconnect)
 
 
 def test_a_refused_login_closes_the_connection(served):
@@ -265,8 +268,8 @@ def test_a_refused_login_closes_the_connection(served):
     port = served.tcp(server)
     with LogCapture() as events:
         with pytest.raises(UnauthorizedLogin):
-            in_reactor.run(whoami, f"pb://alice@127.0.0.1:{port}", "wrong")
-        in_reactor.run(in_reactor.sleep, 0.2)
+            run(whoami, f"pb://alice@127.0.0.1:{port}", "wrong")
+        run(in_reactor.sleep, 0.2)
     assert [e for e in events if e.get("pbd_event") == "logout"] == []
     assert server.door.waiting("10.0.0.1") == 0
     assert server.door.waiting("127.0.0.1") == 0
