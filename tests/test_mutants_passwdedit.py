@@ -226,3 +226,44 @@ def test_a_change_keeps_the_files_owner(tmp_path):
     os.chown(path, 4321, 4322)
     set_password(path, "bob", MD5)
     assert (path.stat().st_uid, path.stat().st_gid) == (4321, 4322)
+
+
+def test_blank_lines_and_comments_name_no_user(tmp_path):
+    path = tmp_path / "users.passwd"
+    text = f"\n#alice:{MD5}\nbob:{MD5}\n"
+    path.write_text(text)
+    for user in ("", "#alice"):
+        with pytest.raises(PasswordFileEditError, match="no user"):
+            delete_user(path, user)
+    assert path.read_text() == text
+
+
+def test_a_user_with_a_scram_verifier_is_changed_not_added(tmp_path):
+    # A SCRAM verifier holds ':' too: the user is what comes before the first one.
+    path = tmp_path / "users.passwd"
+    set_password(path, "sam", hash_password("one"))
+    assert set_password(path, "sam", hash_password("two")) is False
+    assert [user for user, _ in list_users(path)] == ["sam"]
+    assert read_password_file(path)["sam"].verify_plain("two")
+
+
+def test_the_unreadable_hash_refusal_says_so(tmp_path):
+    with pytest.raises(PasswordFileEditError) as raised:
+        set_password(tmp_path / "users.passwd", "alice", "???")
+    assert str(raised.value) == "internal error: refusing to write an unreadable hash"
+
+
+def test_the_new_file_is_written_beside_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "users.passwd"
+    renamed = []
+    real_replace = os.replace
+
+    def replace(source, target):
+        renamed.append(source)
+        real_replace(source, target)
+
+    monkeypatch.setattr(passwdedit.os, "replace", replace)
+    set_password(path, "alice", MD5)
+    (temporary,) = renamed
+    assert os.path.dirname(temporary) == str(tmp_path)
+    assert os.path.basename(temporary).startswith(".users.passwd.")

@@ -216,3 +216,11 @@ def test_keyword_arguments_reach_the_root():
     assert connection.settle(root.callRemote("mechanisms", portal="second")) == (
         connection.call(root, "mechanisms", "second")
     )
+
+
+def test_a_call_with_no_name_is_logged_as_a_question_mark():
+    connection = Server().connect("10.0.0.3")
+    root = connection.root()
+    with LogCapture() as events:
+        connection.call(root, "")
+    assert lines(events) == ["refused a call from 10.0.0.3 on test before login: ?: NoSuchMethod"]
