@@ -82,7 +82,7 @@ def tls(tmp_path):
 
 def run(function, *args, **kwargs):
     """In the reactor, with a short timeout: a local login takes milliseconds."""
-    return in_reactor.run(function, *args, timeout=5, **kwargs)
+    return in_reactor.run(function, *args, timeout=2, **kwargs)
 
 
 async def whoami(url, password=None, **options):
