@@ -170,3 +170,50 @@ def test_attach_to_a_perspective_not_on_the_keyring_fails(perspective):
     with LogCapture():
         answer = connection.call(identity, "attach", "svc", perspective, pb.Referenceable())
     assert isinstance(answer, pb.CopiedFailure)
+
+
+def test_an_auth_root_served_by_a_stock_broker_has_a_front_door_of_its_own():
+    # Old code building its own server: pb.PBServerFactory(AuthRoot(authorizer)).
+    from memory_pb import Connection
+    from twisted.internet import task
+    from twisted.internet.address import IPv4Address
+    from twisted.test import iosim
+
+    from pbd.oldlogin import AuthRoot
+
+    realm = LegacyRealm(
+        services=[{"name": "svc", "class": "legacy_services:EchoService", "perspectives": ["p"]}],
+        identities=[{"name": "alice", "password": "secret", "keys": [["svc", "p"]]}],
+    )
+    factory = pb.PBServerFactory(AuthRoot(realm))
+    clock = task.Clock()
+
+    def connect():
+        server = factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+        client_factory = pb.PBClientFactory()
+        client = client_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8787))
+        pump = iosim.connect(
+            server,
+            iosim.makeFakeServer(server),
+            client,
+            iosim.makeFakeClient(client),
+            clock=clock,
+        )
+        return Connection(client_factory, client, server, pump)
+
+    with LogCapture() as events:
+        assert isinstance(old_login(connect(), "alice", b"secret"), pb.RemoteReference)
+        assert old_login(connect(), "alice", b"wrong") is None
+    assert audited(events) == [
+        ("(legacy)", "pb-md5 (Twisted 1.x login)", "alice", "accepted", ""),
+        ("(legacy)", "pb-md5 (Twisted 1.x login)", "alice", "refused", "wrong password"),
+    ]
+    assert [e["listener"] for e in events if e.get("pbd_event")] == ["AuthRoot", "AuthRoot"]
+    # One front door for all its connections: failures add up across them.
+    root = factory.root
+    door = root._door
+    assert door is not None
+    assert door.throttle.failures(("user", "(legacy)", "alice")) == pytest.approx(1, abs=0.01)
+    old_login(connect(), "alice", b"wrong")
+    assert root._door is door
+    assert door.throttle.failures(("user", "(legacy)", "alice")) == pytest.approx(2, abs=0.01)
