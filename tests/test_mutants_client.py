@@ -12,13 +12,20 @@ from __future__ import annotations
 import in_reactor
 import pytest
 from certs import Authority
+from hostile_server import WrongSignatureRoot
 from memory_pb import LogCapture, Server, echo_portal
 from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
 from twisted.internet import reactor, ssl
+from twisted.spread import pb
 
 from pbd import client
-from pbd.checkers import CertificateChecker, MemoryChecker, PasswordFileChecker
+from pbd.checkers import AnonymousChecker, CertificateChecker, MemoryChecker, PasswordFileChecker
+from pbd.mechanisms import servable
 from pbd.passwdedit import hash_password
+from pbd.portals import CheckerChain, PortalEntry
+from pbd.scram import ClientFirst
+from realms.echo import EchoRealm
 
 
 class Served:
@@ -291,3 +298,91 @@ def test_a_certificate_login_is_audited_by_common_name_and_never_throttled_by_it
     assert got == "carol"
     (event,) = [e for e in events if e.get("pbd_event") == "login"]
     assert (event["portal"], event["user"], event["peer"]) == ("certs", "carol", "127.0.0.1")
+
+
+class MindRealm(EchoRealm):
+    """An echo realm whose avatars say whether the client handed them a mind."""
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        interface, avatar, logout = super().requestAvatar(avatarId, mind, *interfaces)
+        avatar.perspective_whoami = lambda: mind is not None
+        return interface, avatar, logout
+
+
+def _mind_portal(checkers, name):
+    portal = Portal(MindRealm(), [CheckerChain(name, checkers)])
+    return PortalEntry(name, portal, tuple(checkers), tuple(servable(checkers)))
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "allowed", "mechanism"),
+    [
+        ("alice", "secret", ["scram-sha-256"], "scram-sha-256"),
+        ("alice", "secret", ["pb-md5"], "pb-md5"),
+        ("alice", "secret", ["plain"], "plain"),
+        (None, None, None, "anonymous"),
+    ],
+)
+def test_every_mechanism_reaches_the_portal_of_the_url_with_the_clients_mind(
+    served, tls, user, password, allowed, mechanism
+):
+    authority, _, certificate = tls
+    checkers = [MemoryChecker(users={"alice": "secret"}), AnonymousChecker()]
+    entries = [echo_portal([MemoryChecker(users={})]), _mind_portal(checkers, "second")]
+    port = served.tcp(Server(entries=entries), certificate.options())
+    who = f"{user}@" if user else ""
+    url = f"pbs://{who}localhost:{port}/second"
+    with LogCapture() as events:
+        got = run(
+            whoami, url, password, ca=authority.path, mechanisms=allowed, client=pb.Referenceable()
+        )
+    assert got is True
+    (event,) = [e for e in events if e.get("pbd_event") == "login"]
+    assert (event["portal"], event["mechanism"], event["user"]) == ("second", mechanism, user)
+
+
+def test_a_client_certificate_login_hands_over_the_mind_and_the_portal(served, tls):
+    authority, clients, certificate = tls
+    cert, key = clients.issue("carol", "carol")
+    clients_ca = ssl.Certificate.loadPEM(clients.path.read_bytes())
+    entries = [echo_portal(), _mind_portal([CertificateChecker()], "certs")]
+    port = served.tcp(Server(entries=entries), certificate.options(clients_ca))
+    url = f"pbs://carol@localhost:{port}/certs"
+    got = run(whoami, url, ca=authority.path, certificate=cert, key=key, client=pb.Referenceable())
+    assert got is True
+
+
+class BadIterationsRoot(pb.Root):
+    def remote_mechanisms(self, portal=None):
+        return ["scram-sha-256"]
+
+    def remote_scramStart(self, portal, client_first):
+        nonce = ClientFirst.parse(client_first).nonce + "x"
+        return f"r={nonce},s=c2FsdA==,i=1000", pb.Referenceable()
+
+
+def test_a_server_that_proves_nothing_is_named_as_such(served):
+    async def listen(root):
+        return reactor.listenTCP(0, pb.PBServerFactory(root), interface="127.0.0.1")
+
+    for root, message in [
+        (BadIterationsRoot(), "scram-sha-256: the server asks for too few iterations (1000)"),
+        (WrongSignatureRoot("sam-pw"), "the server could not prove it knows the password"),
+    ]:
+        port = in_reactor.run(listen, root)
+        served.ports.append(port)
+        url = f"pb://sam@127.0.0.1:{port.getHost().port}"
+        with pytest.raises(client.ServerNotVerifiedError) as raised:
+            run(whoami, url, "sam-pw")
+        assert str(raised.value) == message
+
+
+def test_why_a_tls_handshake_failed():
+    from OpenSSL import SSL
+
+    reasons = [("SSL routines", "", "certificate verify failed"), ("x", "y", "")]
+    assert client._ssl_reason(SSL.Error(reasons)) == "certificate verify failed"
+    two = [("a", "b", "first"), ("c", "d", "second"), ("too", "short")]
+    assert client._ssl_reason(SSL.Error(two)) == "first; second"
+    assert client._ssl_reason(SSL.Error([("a", "b", "")])) == "[('a', 'b', '')]"
+    assert client._ssl_reason(SSL.Error()) == ""

@@ -132,6 +132,7 @@ def test_anonymous_logins_where_offered_and_refused_as_stock_pb_elsewhere():
         closed = server.connect()
         answer = closed.call(closed.root(), "loginAnonymousTo", "closed", None)
     assert remote_type(answer) == b"twisted.cred.error.UnhandledCredentials"
+    assert [e["portal"] for e in events if e.get("pbd_event") == "login"] == ["demo", "closed"]
     assert audited(events) == [
         ("anonymous", None, "accepted", ""),
         ("anonymous", None, "refused", "no anonymous logins here"),

@@ -236,28 +236,62 @@ def test_a_check_that_fails_fails_its_caller():
 
 
 def test_the_daemons_pool_runs_checks_in_its_own_lower_priority_threads():
-    pool = HashPool(size=1)
+    pool = HashPool(size=3)
 
-    def where():
+    def where(tag):
         native = threading.get_native_id()
-        return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, native)
+        return tag, threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, native)
 
     async def run_twice():
         pool.start()
+        threads = pool._threads
         pool.start()  # idempotent
+        assert pool._threads is threads and threads.max == 3
         try:
-            first = await pool.run("a", where)
-            second = await pool.run("a", where)
-            return first, second
+            first = await pool.run("a", where, "first")
+            second = await pool.run("a", where, "second")
+            return threads, first, second
         finally:
             pool.stop()
 
-    (name, priority), again = in_reactor.run(run_twice)
-    assert "pbd-hashing" in name
+    threads, (tag, name, priority), again = in_reactor.run(run_twice)
+    assert tag == "first" and again[0] == "second"
+    assert name.startswith("PoolThread-pbd-hashing-")
     assert priority >= min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS)
-    assert again == (name, priority)
+    assert again[1:] == (name, priority)
+    assert threads.joined
     pool.stop()  # stopping twice is harmless
     assert pool._threads is None
+
+    async def again_after_stop():
+        pool.start()
+        try:
+            return await pool.run("a", where, "third")
+        finally:
+            pool.stop()
+
+    assert in_reactor.run(again_after_stop)[1].startswith("PoolThread-pbd-hashing-")
+
+
+def test_a_pool_with_its_own_submit_starts_no_threads():
+    pool = HashPool(size=1, submit=lambda f, *a: defer.maybeDeferred(f, *a))
+    pool.start()
+    assert pool._threads is None
+    results = []
+    pool.run("a", threading.current_thread).addBoth(results.append)
+    assert results == [threading.current_thread()]
+
+
+def test_a_pool_of_one_runs_one_check_at_a_time():
+    held = HeldChecks()
+    pool = HashPool(size=1, submit=held)
+    for address in ("a", "b", "c", "d"):
+        pool.run(address, lambda: None)
+    for left in (3, 2, 1, 0):
+        assert len(held.held) == 1
+        held.finish()
+        assert pool.pending == left
+    assert held.held == []
 
 
 def test_a_pool_never_started_runs_checks_in_the_reactors_threads():
