@@ -121,6 +121,7 @@ def test_attach_detach_and_the_logout_line():
             ("attached", "guest", "alice"),
             ("attached", "alice", "alice"),
         ]
+        server.clock.advance(3)
         connection.factory.disconnect()
         connection.pump.flush()
     assert sorted(EchoPerspective.events[2:]) == [
@@ -128,8 +129,8 @@ def test_attach_detach_and_the_logout_line():
         ("detached", "guest", "alice"),
     ]
     logouts = [e for e in events if e.get("pbd_event") == "logout"]
-    assert [(e["portal"], e["mechanism"], e["user"]) for e in logouts] == [
-        ("(legacy)", "pb-md5 (Twisted 1.x login)", "alice")
+    assert [(e["portal"], e["mechanism"], e["user"], e["seconds"]) for e in logouts] == [
+        ("(legacy)", "pb-md5 (Twisted 1.x login)", "alice", 3)
     ]
 
 

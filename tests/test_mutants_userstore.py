@@ -292,3 +292,13 @@ def test_a_decoy_verifier_uses_the_stores_usual_iteration_count():
         ]
     )
     assert store.decoyScramVerifier("nobody").iterations == 5000
+
+
+def test_half_a_millisecond_or_less_is_not_worth_waiting_for():
+    store = TimedStore(
+        {"instant": 0.0, "slow": 0.0005}, [("i", "instant", "i"), ("s", "slow", "s")]
+    )
+    answer(store, b"s", "warm up")
+    results = []
+    store.requestAvatarId(UsernamePassword(b"i", "i")).addBoth(results.append)
+    assert results == [b"i"]
