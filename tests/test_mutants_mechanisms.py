@@ -6,6 +6,7 @@ their refusals word for word, and what the audit line says.
 
 from __future__ import annotations
 
+import pytest
 from memory_pb import LogCapture, Server, echo_portal, remote_type
 from twisted.spread import pb
 
@@ -153,3 +154,40 @@ def test_what_each_portal_offers_over_clear_text():
     plain = connection.call(root, "loginPlain", None, "alice", "secret", None)
     assert remote_type(plain) == REFUSED
     assert "plain" in plain.value
+
+
+def _no_mechanism(offered, **options):
+    from pbd.client import NoUsableMechanismError, choose_mechanism
+
+    defaults = {"tls": False, "user": "alice", "password": None, "certificate": False}
+    with pytest.raises(NoUsableMechanismError) as raised:
+        choose_mechanism(offered, **{**defaults, **options})
+    return str(raised.value)
+
+
+def test_why_a_client_finds_no_mechanism_word_for_word():
+    assert _no_mechanism([]) == (
+        "the server offers no login mechanism on this connection (plain is offered only "
+        "over TLS, tls-client-cert only with a client certificate)"
+    )
+    assert _no_mechanism(["kerberos", "gssapi"]) == (
+        "the server offers kerberos, gssapi; this client knows none of them"
+    )
+    assert _no_mechanism(["tls-client-cert", "plain", "anonymous"], tls=True) == (
+        "the server offers tls-client-cert, plain, anonymous; tls-client-cert needs a client "
+        "certificate the listener verified; plain needs a password; anonymous is for URLs "
+        "without a user name"
+    )
+    assert _no_mechanism(["tls-client-cert"], tls=True, certificate=False) == (
+        "the server offers tls-client-cert; tls-client-cert needs a client certificate the "
+        "listener verified"
+    )
+
+
+def test_a_mechanism_the_client_does_not_know_is_passed_over():
+    from pbd.client import choose_mechanism
+
+    got = choose_mechanism(
+        ["kerberos", "scram-sha-256"], tls=False, user="a", password="p", certificate=False
+    )
+    assert got == "scram-sha-256"

@@ -224,3 +224,30 @@ def test_a_call_with_no_name_is_logged_as_a_question_mark():
     with LogCapture() as events:
         connection.call(root, "")
     assert lines(events) == ["refused a call from 10.0.0.3 on test before login: ?: NoSuchMethod"]
+
+
+def test_the_last_connection_waiting_still_counts():
+    server = Server()
+    connections = [server.connect("10.0.0.8") for _ in range(2)]
+    connections[0].factory.disconnect()
+    connections[0].pump.flush()
+    assert server.door.waiting("10.0.0.8") == 1
+
+
+def test_a_user_name_under_attack_slows_its_logins_by_every_mechanism():
+    server = Server()
+    for _ in range(Limits().free_failures + 2):
+        server.door.throttle.failed([("user", "demo", "alice")])
+    # From another address: only the name is under attack.
+    login(server.connect("10.0.0.99"), password=b"wrong")
+    connection = server.connect()
+    root = connection.root()
+    challenge, challenger = connection.call(root, "loginMD5", None, "alice")
+    answer = challenger.callRemote("respond", pb.respond(challenge, b"secret"), None)
+    results = []
+    answer.addBoth(results.append)
+    connection.pump.flush()
+    assert results == []
+    server.clock.advance(Limits().max_failure_delay)
+    connection.pump.flush()
+    assert isinstance(results[0], pb.RemoteReference)
