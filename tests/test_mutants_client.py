@@ -386,3 +386,25 @@ def test_why_a_tls_handshake_failed():
     assert client._ssl_reason(SSL.Error(two)) == "first; second"
     assert client._ssl_reason(SSL.Error([("a", "b", "")])) == "[('a', 'b', '')]"
     assert client._ssl_reason(SSL.Error()) == ""
+
+
+def test_without_a_ca_the_system_trust_store_decides(served, tls):
+    _, _, certificate = tls
+    port = served.tcp(Server(), certificate.options())
+    with pytest.raises(client.TLSFailedError, match="certificate verify failed"):
+        run(whoami, f"pbs://alice@localhost:{port}", "secret")
+
+
+def test_the_mechanisms_a_client_allows_are_listed_when_none_fits(served):
+    port = served.tcp(Server())
+    with pytest.raises(client.NoUsableMechanismError) as raised:
+        run(whoami, f"pb://alice@127.0.0.1:{port}", "secret", mechanisms=["plain", "x"])
+    assert str(raised.value).endswith("; this client allows plain, x")
+
+
+def test_urls_word_for_word():
+    with pytest.raises(client.URLError) as raised:
+        client.parse_url("http://h")
+    assert str(raised.value) == "'http://h': the scheme must be one of pb, pbs, pb+unix"
+    assert client.parse_url("pb+unix://localhost/run/p.sock").socket_path == "/run/p.sock"
+    assert client.parse_url("pb://h/Xylophone").portal == "Xylophone"
