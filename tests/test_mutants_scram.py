@@ -153,3 +153,33 @@ def test_the_client_refuses_a_server_final_message_without_proof():
 
 def test_attribute_pairs_keep_everything_after_the_first_equals():
     assert _attributes("r=a=b,s=") == [("r", "a=b"), ("s", "")]
+
+
+def test_saslprep_maps_spaces_and_drops_what_maps_to_nothing():
+    from pbd.scram import saslprep
+
+    assert saslprep("a\u00a0b\u2003c") == "a b c"
+    assert saslprep("a\u00adb\u200bc") == "abc"
+    assert saslprep("\u2168") == "IX"
+
+
+@pytest.mark.parametrize(
+    "character",
+    [
+        "\x00",  # C.2.1 ASCII control
+        "\u0085",  # C.2.2 non-ASCII control
+        "\ue000",  # C.3 private use
+        "\ufdd0",  # C.4 non-character
+        "\ud800",  # C.5 surrogate
+        "\ufff9",  # C.6 inappropriate for plain text
+        "\u2ff0",  # C.7 inappropriate for canonical representation
+        "\u200e",  # C.8 change display properties
+        "\U000e0001",  # C.9 tagging
+    ],
+)
+def test_saslprep_refuses_every_prohibited_table(character):
+    from pbd.scram import saslprep
+
+    assert refusal(saslprep, f"pw{character}") == (
+        "the password holds a character SASLprep prohibits"
+    )
