@@ -118,11 +118,16 @@ def choose_mechanism(
 
 
 def _choose(
-    offered: list[str], tls: bool, user: str | None, password: str | None, certificate: bool
+    offered: list[str],
+    tls: bool,
+    user: str | None,
+    password: str | None,
+    certificate: bool,
+    verified: bool = True,
 ) -> mechanisms.Mechanism:
     return mechanisms.choose(
         offered,
-        mechanisms.Connection(tls=tls, client_certificate=certificate),
+        mechanisms.Connection(tls=tls, client_certificate=certificate, verified=verified),
         mechanisms.ClientCredentials(user, password, certificate),
     )
 
@@ -219,10 +224,9 @@ async def _login(
                 f"the server offers {', '.join(offered)}; this client allows "
                 f"{', '.join(allowed or MECHANISM_NAMES)}"
             )
-        # Only a server we verified is as good as TLS: plain is never sent to another.
-        verified_tls = target.tls and verify
+        # Plain is never sent to a server we did not verify (the mechanism says so).
         has = mechanisms.ClientCredentials(target.user, password, certificate is not None)
-        mechanism = _choose(usable, verified_tls, target.user, password, has.certificate)
+        mechanism = _choose(usable, target.tls, target.user, password, has.certificate, verify)
         try:
             return await mechanism.client_login(root, target.portal, has, client)
         except pb.RemoteError as e:
@@ -232,7 +236,9 @@ async def _login(
             if not (refused and mechanism.name == SCRAM and PLAIN in usable):
                 raise
             try:
-                plain = _choose([PLAIN], verified_tls, target.user, password, has.certificate)
+                plain = _choose(
+                    [PLAIN], target.tls, target.user, password, has.certificate, verify
+                )
             except NoUsableMechanismError:
                 raise e from None
             return await plain.client_login(root, target.portal, has, client)

@@ -97,10 +97,14 @@ class PasswordEntry:
     def md5_digest(self) -> bytes | None:
         """The password's MD5, which PB's challenge needs, if this hash holds it."""
         if self.scheme == "hex_md5":
-            return bytes.fromhex(self.hash)
-        if self.scheme == "ldap_md5":
-            return base64.b64decode(self.hash[len("{MD5}") :])
-        return None
+            digest = bytes.fromhex(self.hash)
+        elif self.scheme == "ldap_md5":
+            digest = base64.b64decode(self.hash[len("{MD5}") :], validate=True)
+        else:
+            return None
+        if len(digest) != 16:
+            raise ValueError("an MD5 is 16 bytes")
+        return digest
 
 
 def parse_password_file(text: str) -> dict[str, PasswordEntry]:

@@ -6,11 +6,12 @@ a password file's reload does, and whom the certificate checker admits.
 
 from __future__ import annotations
 
+import in_reactor
 import pytest
 from memory_pb import LogCapture, at_once
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from pbd.checkers import CertificateChecker, MemoryChecker, PasswordFileChecker
@@ -182,17 +183,17 @@ def test_a_password_file_is_reloaded_when_it_changes_and_only_then(passwd):
     checker, path = passwd
     generation = checker.generation
     with LogCapture() as events:
-        checker.reloadIfChanged()
+        _reload(checker.reloadIfChanged)
     assert events == [] and checker.generation == generation
     path.write_text(f"new:{hash_password('new-pw', 'hex_md5')}\n")
     with LogCapture() as events:
-        checker.reloadIfChanged()
+        _reload(checker.reloadIfChanged)
     assert checker.generation == generation + 1
     assert checker.lookup("new") is not None and checker.lookup("sam") is None
     assert [e["log_format"].format(**e) for e in events] == [f"{path}: reloaded, 1 user(s)"]
     assert checker.configWarnings() == []
     with LogCapture() as events:
-        checker.reloadIfChanged()
+        _reload(checker.reloadIfChanged)
     assert events == [] and checker.generation == generation + 1
 
 
@@ -200,19 +201,28 @@ def test_a_file_that_fails_to_parse_leaves_the_previous_users(passwd):
     checker, path = passwd
     path.write_text("broken line\n")
     with LogCapture() as events:
-        checker.reloadIfChanged()
+        _reload(checker.reloadIfChanged)
     assert [e["log_format"].format(**e) for e in events] == [
         f"{path}: not reloaded, the previous users stay in force: line 1: expected 'user:hash'"
     ]
     assert checker.lookup("sam") is not None
     # It is not re-read until it changes again.
     with LogCapture() as events:
-        checker.reloadIfChanged()
+        _reload(checker.reloadIfChanged)
     assert events == []
     path.unlink()
     with LogCapture() as events:
-        checker.reload()
+        _reload(checker.reload)
     assert [e["log_format"].format(**e) for e in events] == [
         f"{path}: not reloaded, the previous users stay in force: No such file or directory"
     ]
     assert checker.lookup("sam") is not None
+
+
+def _reload(method):
+    """Run a reload in the reactor's thread (it reads the file in a thread) and wait for it."""
+    return in_reactor.run(_maybe, method)
+
+
+async def _maybe(method):
+    return await defer.maybeDeferred(method)

@@ -65,7 +65,7 @@ def test_a_scram_exchange_is_finished_once():
     _, exchange, final, _ = scram_login(connection, "alice", "wrong")
     again = connection.call(exchange, "finish", final, None)
     assert remote_type(again) == REFUSED
-    assert again.value == "this SCRAM exchange is over: start a new one"
+    assert again.value == "this SCRAM exchange was already answered: start a new one"
 
 
 def test_a_malformed_client_first_message_is_refused_saying_why():
@@ -107,7 +107,7 @@ def test_md5_logins_by_text_or_bytes_names_and_the_audit():
         challenge, challenger = connection.call(root, "loginMD5", None, b"\xffbob")
         connection.call(challenger, "respond", pb.respond(challenge, b"x"), None)
         again = connection.call(challenger, "respond", pb.respond(challenge, b"x"), None)
-        assert again.value == "this challenge was already answered: ask for a new one"
+        assert again.value == "this challenge was already answered: start a new one"
     assert audited(events) == [
         ("pb-md5", "alice", "accepted", ""),
         ("pb-md5", "alice", "accepted", ""),

@@ -85,7 +85,7 @@ def test_a_challenge_is_answered_once():
     assert connection.call(challenger, "respond", pb.respond(challenge, b"wrong")) is None
     again = connection.call(challenger, "respond", pb.respond(challenge, b"secret"))
     assert remote_type(again) == REFUSED
-    assert again.value == "this challenge was already answered: ask for a new one"
+    assert again.value == "this challenge was already answered: start a new one"
 
 
 def test_an_error_that_is_not_a_wrong_password_is_not_answered_with_none():

@@ -129,20 +129,20 @@ def test_unix_socket_peers_are_not_counted_per_address():
 def test_logins_and_disconnections_each_free_one_place():
     server = Server()
     connections = [server.connect("10.0.0.7") for _ in range(4)]
-    assert server.door.waiting("10.0.0.7") == 4
+    assert server.door.connections.waiting("10.0.0.7") == 4
     avatar = login(connections[0])
     assert isinstance(avatar, pb.RemoteReference)
-    assert server.door.waiting("10.0.0.7") == 3
+    assert server.door.connections.waiting("10.0.0.7") == 3
     connections[0].factory.disconnect()
     connections[0].pump.flush()
-    assert server.door.waiting("10.0.0.7") == 3
+    assert server.door.connections.waiting("10.0.0.7") == 3
     connections[1].factory.disconnect()
     connections[1].pump.flush()
-    assert server.door.waiting("10.0.0.7") == 2
+    assert server.door.connections.waiting("10.0.0.7") == 2
     for connection in connections[2:]:
         connection.factory.disconnect()
         connection.pump.flush()
-    assert server.door.waiting("10.0.0.7") == 0
+    assert server.door.connections.waiting("10.0.0.7") == 0
 
 
 def test_the_logout_line_says_how_long_the_login_lasted():
@@ -231,7 +231,7 @@ def test_the_last_connection_waiting_still_counts():
     connections = [server.connect("10.0.0.8") for _ in range(2)]
     connections[0].factory.disconnect()
     connections[0].pump.flush()
-    assert server.door.waiting("10.0.0.8") == 1
+    assert server.door.connections.waiting("10.0.0.8") == 1
 
 
 def test_a_user_name_under_attack_slows_its_logins_by_every_mechanism():

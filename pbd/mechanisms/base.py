@@ -15,13 +15,16 @@ class Connection:
     """
     What a mechanism may depend on.
 
-    @ivar tls: the link is encrypted (on a client: and the server verified).
+    @ivar tls: the link is encrypted.
     @ivar client_certificate: the client holds a certificate (on the server:
         one the listener's client CA verified).
+    @ivar verified: on a client, whether it verified the server (a password
+        goes only to a server it verified); a server's own view is verified.
     """
 
     tls: bool
     client_certificate: bool
+    verified: bool = True
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ class Plain(Mechanism):
     def refusal(self, connection: Connection) -> str | None:
         if not connection.tls:
             return "plain would send the password in the clear"
+        if not connection.verified:
+            return "plain would send the password to a server nobody verified"
         return None
 
     def login(
