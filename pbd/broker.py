@@ -32,6 +32,7 @@ from pbd.twisted_private import receive_message
 
 log = Logger()
 
+
 def _keepalive_timing(idle: int) -> list[tuple[int, int]]:
     """Linux's socket options: first probe after C{idle} s, then every 10 s, 6 in all."""
     names = (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6))
@@ -179,13 +180,8 @@ class Broker(FastDecoding, pb.Broker):
         netKw: Any,
     ) -> None:
         self._before_call(objectID)
-
-        def guarded(object_id: Any) -> Any:
-            target = self.localObjectForID(object_id)
-            return None if target is None else _GuardedCall(target, self, answerRequired)
-
-        receive_message(
-            self, guarded, requestID, objectID, message, answerRequired, netArgs, netKw
+        self._receive(
+            self.localObjectForID, requestID, objectID, message, answerRequired, netArgs, netKw
         )
 
     def proto_cachemessage(
@@ -198,14 +194,33 @@ class Broker(FastDecoding, pb.Broker):
         netKw: Any,
     ) -> None:
         self._before_call(None)
+        self._receive(
+            self.locallyCachedObjects.get,
+            requestID,
+            objectID,
+            message,
+            answerRequired,
+            netArgs,
+            netKw,
+        )
 
-        def guarded(cache_id: Any) -> Any:
-            target = self.locallyCachedObjects.get(cache_id)
+    def _receive(
+        self,
+        find: Any,
+        requestID: int,
+        objectID: Any,
+        message: Any,
+        answerRequired: int,
+        netArgs: Any,
+        netKw: Any,
+    ) -> None:
+        """Twisted's dispatch of one call, to the object C{find} gives, through the guard."""
+
+        def guarded(object_id: Any) -> Any:
+            target = find(object_id)
             return None if target is None else _GuardedCall(target, self, answerRequired)
 
-        receive_message(
-            self, guarded, requestID, objectID, message, answerRequired, netArgs, netKw
-        )
+        receive_message(self, guarded, requestID, objectID, message, answerRequired, netArgs, netKw)
 
     def proto_didNotUnderstand(self, command: Any) -> None:
         # Stock PB logs each one: a peer could send them without end.
