@@ -22,8 +22,10 @@ from pbd.buckets import TokenBuckets
 from pbd.credentials import Peer
 from pbd.limits import Limits
 
-# Descriptors kept for listeners, log files, password files and threads.
-DESCRIPTOR_HEADROOM = 64
+# Descriptors kept for listeners, log files, password files and threads,
+# and for the connections Twisted accepts in one go (up to 100) while those
+# that make room for them are still closing.
+DESCRIPTOR_HEADROOM = 192
 
 
 class Connection(Protocol):

@@ -22,7 +22,7 @@ class Limits:
     # Bytes and calls a connection may send before it has logged in.
     bytes_before_login: int = 64 * 1024
     calls_before_login: int = 64
-    # Connections open in all (0: the descriptor limit, less 64 kept in hand).
+    # Connections open in all (0: the descriptor limit, less 192 kept in hand).
     connections: int = field(default=0, metadata={"minimum": 0})
     # Connections from one address that have not logged in (yet) at once.
     unauthenticated_per_address: int = 32
