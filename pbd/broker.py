@@ -159,14 +159,13 @@ class Broker(FastDecoding, pb.Broker):
     def _abort(self, reason: str) -> None:
         """Drop the connection at once, unread and unanswered, with one log line."""
         peer = self.session.peer
-        self.session.door.peer_log.emit(
-            peer,
+        self.session.budgeted(
             lambda: log.warn(
                 "dropping connection from {peer} on {listener}: {reason}",
                 peer=str(peer),
                 listener=peer.listener,
                 reason=reason,
-            ),
+            )
         )
         self.transport.abortConnection()
 
@@ -225,13 +224,12 @@ class Broker(FastDecoding, pb.Broker):
     def proto_didNotUnderstand(self, command: Any) -> None:
         # Stock PB logs each one: a peer could send them without end.
         peer = self.session.peer
-        self.session.door.peer_log.emit(
-            peer,
+        self.session.budgeted(
             lambda: log.info(
                 "{peer} did not understand a message of ours: {command}",
                 peer=str(peer),
                 command=audit.escape(command),
-            ),
+            )
         )
 
     def _before_call(self, objectID: Any) -> None:
@@ -284,7 +282,7 @@ class Broker(FastDecoding, pb.Broker):
             if peer_log.traceback_due(failure):
                 log.failure("the first such failure here in a while", failure)
 
-        peer_log.emit(session.peer, write)
+        session.budgeted(write)
 
 
 class _ReadFlow:

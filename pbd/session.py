@@ -161,7 +161,7 @@ class LoginSession:
         if self.dropping:
             return
         self.dropping = True
-        self._log(
+        self.budgeted(
             lambda: log.info(
                 "dropping connection from {peer} on {listener}: {reason}",
                 peer=str(self.peer),
@@ -218,7 +218,7 @@ class LoginSession:
         """
         if not self.logged_in:
             self.errors += 1
-            self._log(
+            self.budgeted(
                 lambda: log.info(
                     "refused a call from {peer} on {listener} before login: {what}",
                     peer=str(self.peer),
@@ -317,7 +317,7 @@ class LoginSession:
     ) -> Any:
         self._under_way = False
         if not isinstance(result, Failure):
-            self._log(lambda: audit.login(self.peer, portal, mechanism, user, True))
+            self.budgeted(lambda: audit.login(self.peer, portal, mechanism, user, True))
             self._forgive(user)
             self.user, self.portal = user, portal
             self.door.connections.logged_in(self, _user_key(portal, user))
@@ -336,7 +336,7 @@ class LoginSession:
         else:
             log.failure("a login to portal {portal!r} failed", result, portal=portal)
             reason, answer = "internal error (logged above)", CallRefused("refused")
-        self._log(lambda: audit.login(self.peer, portal, mechanism, user, False, reason))
+        self.budgeted(lambda: audit.login(self.peer, portal, mechanism, user, False, reason))
         if self.failures >= self.limits.failed_logins_per_connection and not self.logged_in:
             self.drop(f"{self.failures} failed logins")
         return Failure(answer)
@@ -352,7 +352,7 @@ class LoginSession:
                 self.door.throttle.forgive(keys)
         self._failed_keys = [(u, keys) for u, keys in self._failed_keys if u != user]
 
-    def _log(self, write: Callable[[], None]) -> None:
+    def budgeted(self, write: Callable[[], None]) -> None:
         """Every line a peer can cause goes through its address's log budget."""
         self.door.peer_log.emit(self.peer, write)
 
@@ -374,7 +374,7 @@ class LoginSession:
 
         def logged_out() -> None:
             seconds = self.door.clock.seconds() - started
-            self._log(lambda: audit.logout(self.peer, portal, mechanism, user, seconds))
+            self.budgeted(lambda: audit.logout(self.peer, portal, mechanism, user, seconds))
 
         return logged_out
 
