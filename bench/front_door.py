@@ -76,10 +76,33 @@ TCP, TLS, LEGACY = 0, 1, 2
 PINS: dict[str, set[int] | None] = {"daemon": None, "clients": None}
 
 
-def _pinned(cores: set[int] | None) -> Any:
-    if cores is None:
+# With --remote-attackers, the attackers' processes join a cgroup with the
+# smallest CPU share, so they get only the CPU the daemon and the real users
+# leave idle: the nearest this one machine comes to attackers on another host.
+ATTACKER_ROLES = {"bad-calls", "flood", "guess"}
+CPU_CGROUPS = Path("/sys/fs/cgroup/cpu")
+ATTACKER_CGROUP: dict[str, Path | None] = {"tasks": None}
+
+
+def _pinned(cores: set[int] | None, cgroup_tasks: Path | None = None) -> Any:
+    if cores is None and cgroup_tasks is None:
         return None
-    return lambda: os.sched_setaffinity(0, cores)
+
+    def place() -> None:
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+        if cgroup_tasks is not None:
+            cgroup_tasks.write_text(f"{os.getpid()}\n")
+
+    return place
+
+
+def _attacker_cgroup() -> Path:
+    """Make the low-share cgroup (cgroup v1, as root) and return its tasks file."""
+    group = CPU_CGROUPS / "pbd-bench-attackers"
+    group.mkdir(exist_ok=True)
+    (group / "cpu.shares").write_text("2\n")
+    return group / "tasks"
 
 
 # In guess-rate, one try in this many carries the right password.
@@ -300,7 +323,9 @@ class Worker:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
-            preexec_fn=_pinned(PINS["clients"]),
+            preexec_fn=_pinned(
+                PINS["clients"], ATTACKER_CGROUP["tasks"] if role in ATTACKER_ROLES else None
+            ),
         )
         self._messages: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -1621,6 +1646,12 @@ def main() -> int:
         help="the daemon on the first core, every client on the others "
         "(as if the attackers ran elsewhere)",
     )
+    parser.add_argument(
+        "--remote-attackers",
+        action="store_true",
+        help="attackers in a cgroup with the least CPU share, so they use only idle CPU "
+        "(as if they ran elsewhere; cgroup v1, needs root)",
+    )
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -1632,6 +1663,10 @@ def main() -> int:
         if len(cores) < 2:
             parser.error("--pin needs at least two cores")
         PINS["daemon"], PINS["clients"] = {cores[0]}, set(cores[1:])
+    if arguments.remote_attackers:
+        if not (CPU_CGROUPS / "cpu.shares").exists() or os.geteuid() != 0:
+            parser.error("--remote-attackers needs root and the cgroup v1 cpu controller")
+        ATTACKER_CGROUP["tasks"] = _attacker_cgroup()
     return conduct(arguments)
 
 
