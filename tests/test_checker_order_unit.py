@@ -224,3 +224,64 @@ def test_a_scram_login_against_a_decoy_is_refused_even_if_the_proof_fits(tmp_pat
         _, answer = _scram(server.connect(), name, "guessed")
     assert remote_type(answer) == UNAUTHORIZED
     assert [e["reason"] for e in events if e.get("pbd_event") == "login"] == [reason]
+
+
+def test_what_a_store_says_of_how_a_user_is_stored(tmp_path):
+    store = _argon2_store(tmp_path)
+    assert store.storedAs("sam") == "scram-sha-256"  # not "scram-sha-256/4096"
+    assert store.storedAs("ada") == "argon2"
+    assert store.storedAs("nobody") is None
+    assert MemoryChecker(users={"alice": "pw"}).storedAs("alice") == "plain"
+
+
+def test_a_store_that_knows_the_name_but_not_the_credentials_still_decides():
+    from pbd.credentials import Peer, ScramVerified
+
+    class PlainOnly(CountingStore):
+        credentialInterfaces = (IUsernamePassword,)
+
+    later = MemoryChecker(users={"alice": "pw"})
+    chain = CheckerChain("demo", [PlainOnly(alice="a"), later])
+    results = []
+    verified = ScramVerified(b"alice", later, Peer("10.0.0.1", "test"))
+    chain.requestAvatarId(verified).addBoth(results.append)
+    assert str(results[0].value) == "the checker that knows 'alice' cannot judge these credentials"
+
+
+class OutsideSource:
+    """A third-party SCRAM verifier source: it cannot say whether it knows a name."""
+
+    credentialInterfaces = ()
+
+    def __init__(self, **passwords):
+        self.verifiers = {name: Verifier.from_password(pw) for name, pw in passwords.items()}
+
+    def scramVerifier(self, username):
+        return self.verifiers.get(username)
+
+    def decoyScramVerifier(self, username):
+        return Verifier.from_password("decoy")
+
+
+def test_scram_picks_its_verifier_by_the_portals_rule(tmp_path):
+    from zope.interface import directlyProvides
+
+    from pbd.credentials import IScramVerifierSource
+    from pbd.mechanisms.scram import verifier_for
+
+    store = _argon2_store(tmp_path)
+    before, after = OutsideSource(ada="outside-pw", sam="x"), OutsideSource(zoe="zoe-pw")
+    directlyProvides(before, IScramVerifierSource)
+    directlyProvides(after, IScramVerifierSource)
+    checkers = [before, store, after]
+    # An outsider before the store: its verifier wins.
+    assert verifier_for(checkers, "ada")[:2] == (before.verifiers["ada"], before)
+    # After the store: the store decides for the names it knows...
+    checkers = [store, before, after]
+    verifier, source, refusal = verifier_for(checkers, "ada")
+    assert (source, refusal) == (None, CANNOT_SERVE_SCRAM)
+    assert verifier.salt == store.decoyScramVerifier("ada").salt  # the first source's decoy
+    assert verifier_for(checkers, "sam")[1:] == (store, None)
+    # ...and an outsider gets its turn for the others.
+    assert verifier_for(checkers, "zoe")[:2] == (after.verifiers["zoe"], after)
+    assert verifier_for(checkers, "nobody")[1:] == (None, "unknown user 'nobody'")
