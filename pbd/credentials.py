@@ -46,6 +46,33 @@ class IPeerCredentials(ICredentials):
     peer = Attribute("the Peer the credentials came from")
 
 
+class IUserStore(Interface):
+    """
+    A checker of named users that can say whether a name is one of them.
+
+    A portal asks its checkers in order, and the first store that knows a
+    name decides for that name, whatever the mechanism (L{pbd.portals}):
+    a user has one password per portal. The other stores only do the work
+    a name they do not know costs, so the time a refusal takes does not
+    tell which store, if any, knows the name.
+    """
+
+    def storedAs(username):
+        """
+        @param username: a C{str}.
+        @return: how the user's secret is stored (C{"argon2"},
+            C{"scram-sha-256"}, ...: for the audit line of a mechanism it
+            cannot serve), or L{None} if C{username} is not a user here.
+        """
+
+    def refuseUnknown(credentials):
+        """
+        @return: a Deferred that fails with C{UnauthorizedLogin} after the
+            same work as for a name this store does not know; it never
+            judges the name, even one the store knows.
+        """
+
+
 class IScramVerifierSource(Interface):
     """A checker that can serve SCRAM-SHA-256: it holds users' verifiers."""
 

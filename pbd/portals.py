@@ -2,21 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.cred import error
 from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
+from twisted.spread.pb import IUsernameMD5Password
 from zope.interface import implementer
+
+from pbd.credentials import IScramVerified, IUserStore
+from pbd.wiretext import as_text
 
 
 @implementer(ICredentialsChecker)
 class CheckerChain:
     """
-    Ask every checker that understands the credentials, in order; the first yes wins.
+    The portal's one checker: its checkers asked in order.
+
+    For a login that names a user (C{plain}, C{pb-md5}, C{scram-sha-256}),
+    the first checker that knows the name (an L{IUserStore}: the bundled
+    C{memory} and C{passwd} checkers, a realm's own users) decides, for
+    every mechanism: its yes logs the user in, its no is final, even where
+    a later checker knows the same name with another password. A checker
+    that cannot say whether it knows a name (a third-party one) is asked
+    in its turn before that: its yes wins, its no passes the turn on. So a
+    user has one password per portal, and SCRAM, which must pick one stored
+    verifier before it sees the proof, agrees with the others
+    (L{pbd.mechanisms.scram.verifier_for} follows the same rule).
+
+    The stores that do not decide only do the work a name they do not know
+    costs (L{IUserStore.refuseUnknown}): a refusal takes as long whoever
+    knows the name, or nobody does.
 
     Twisted's L{Portal} keeps one checker per credentials interface, so a
     second checker for the same interface would silently replace the first.
@@ -37,24 +57,71 @@ class CheckerChain:
         return defer.ensureDeferred(self._first_yes(credentials))
 
     async def _first_yes(self, credentials: Any) -> Any:
-        candidates = [
-            checker
+        understood = [
+            any(interface.providedBy(credentials) for interface in checker.credentialInterfaces)
             for checker in self.checkers
-            if any(interface.providedBy(credentials) for interface in checker.credentialInterfaces)
         ]
-        if not candidates:
+        if not any(understood):
             raise error.UnhandledCredentials(
                 f"portal {self.portal_name!r} has no checker for these credentials"
             )
-        reasons = []
-        for checker in candidates:
-            try:
-                return await defer.maybeDeferred(checker.requestAvatarId, credentials)
-            except error.UnauthorizedLogin as e:
-                reasons.append(str(e) or type(e).__name__)
-        # The login session writes the reasons to the audit log; the peer
+        name = user_name(credentials)
+        owner = owner_of(self.checkers, name)
+        reasons: list[str] = []
+        # Why the owner said no, once it has: no one after it is asked.
+        owner_said: str | None = None
+        for checker, understands in zip(self.checkers, understood, strict=True):
+            if checker is owner and not understands:
+                owner_said = f"the checker that knows {name!r} cannot judge these credentials"
+            elif not understands:
+                continue
+            elif IUserStore.providedBy(checker) and checker is not owner:
+                # Not the one to decide: the work of a name it does not know, never a yes.
+                reasons.append(await _refusal(checker.refuseUnknown(credentials)))
+            elif owner_said is None:
+                try:
+                    return await defer.maybeDeferred(checker.requestAvatarId, credentials)
+                except error.UnauthorizedLogin as e:
+                    reason = str(e) or type(e).__name__
+                    if checker is owner:
+                        owner_said = reason
+                    reasons.append(reason)
+        # The login session writes the reason to the audit log; the peer
         # is told only that the login was refused.
-        raise error.UnauthorizedLogin("; ".join(reasons))
+        raise error.UnauthorizedLogin(owner_said or "; ".join(dict.fromkeys(reasons)))
+
+
+# The credentials that name a user: a store may know the name.
+_NAMED = (IUsernamePassword, IUsernameHashedPassword, IUsernameMD5Password, IScramVerified)
+
+
+def user_name(credentials: Any) -> str | None:
+    """The user name credentials carry, as text; L{None} for none (or one that is not UTF-8)."""
+    if not any(interface.providedBy(credentials) for interface in _NAMED):
+        return None
+    try:
+        return as_text(credentials.username)
+    except (UnicodeDecodeError, TypeError):
+        return None
+
+
+def owner_of(checkers: Iterable[Any], name: str | None) -> Any:
+    """The first of C{checkers} that knows C{name} (an L{IUserStore}), or L{None}."""
+    if name is None:
+        return None
+    for checker in checkers:
+        if IUserStore.providedBy(checker) and checker.storedAs(name) is not None:
+            return checker
+    return None
+
+
+async def _refusal(d: defer.Deferred) -> str:
+    """Wait for a store's refusal and return its reason; a yes counts as a refusal."""
+    try:
+        await d
+    except error.UnauthorizedLogin as e:
+        return str(e) or type(e).__name__
+    return "refused"
 
 
 def make_portal(name: str, realm: IRealm, checkers: Sequence[ICredentialsChecker]) -> Portal:

@@ -16,6 +16,11 @@ once:
     and every answer waits until the slowest scheme in the store would
     have answered, so the time taken does not tell which users exist or
     how they are stored.
+
+Where a portal has several stores, the first that knows a name decides
+(L{pbd.portals.CheckerChain}); the others are asked to L{refuseUnknown
+<UserStoreChecker.refuseUnknown>}: the same decoy work, even for a name
+they know.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from twisted.internet import defer, task
 from twisted.spread.pb import IUsernameMD5Password
 from zope.interface import implementer
 
-from pbd.credentials import IPeerCredentials, IScramVerified
+from pbd.credentials import IPeerCredentials, IScramVerified, IUserStore
 from pbd.hashpool import HashPool
 from pbd.interfaces import IUsesHashPool
 from pbd.reactor import the_reactor
@@ -62,6 +67,11 @@ class StoredUser:
     verify_plain: Callable[[str], bool] = field(repr=False)
     cost: str
 
+    @property
+    def scheme(self) -> str:
+        """How the secret is stored, without the cost's parameters (SCRAM's iterations)."""
+        return self.cost.partition("/")[0]
+
 
 def check_md5(credentials: Any, digest: bytes | None) -> bool:
     """
@@ -83,7 +93,7 @@ def _name(credentials: Any) -> str:
         raise error.UnauthorizedLogin("user name is not UTF-8") from None
 
 
-@implementer(IUsesHashPool)
+@implementer(IUsesHashPool, IUserStore)
 class UserStoreChecker:
     """
     The checker core; a store subclasses it and provides L{lookup} and
@@ -133,7 +143,7 @@ class UserStoreChecker:
             return the_reactor()
         return self.clock
 
-    # -- ICredentialsChecker
+    # -- ICredentialsChecker and IUserStore
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
         if IScramVerified.providedBy(credentials):
@@ -141,11 +151,25 @@ class UserStoreChecker:
             if credentials.source is not self:
                 return defer.fail(error.UnauthorizedLogin("verified by another checker"))
             return defer.succeed(credentials.username)
+        return self._judge(credentials, self.lookup)
+
+    def refuseUnknown(self, credentials: Any) -> defer.Deferred:
+        if IScramVerified.providedBy(credentials):
+            return defer.fail(error.UnauthorizedLogin("verified by another checker"))
+        return self._judge(credentials, lambda name: None)
+
+    def storedAs(self, username: str) -> str | None:
+        user = self.lookup(username)
+        return user.scheme if user is not None else None
+
+    def _judge(
+        self, credentials: Any, lookup: Callable[[str], StoredUser | None]
+    ) -> defer.Deferred:
         try:
             name = _name(credentials)
         except error.UnauthorizedLogin:
             return defer.fail()
-        user = self.lookup(name)
+        user = lookup(name)
         if IUsernameMD5Password.providedBy(credentials):
             return defer.maybeDeferred(self._judge_md5, credentials, name, user)
         password = as_text(credentials.password, "replace")

@@ -273,22 +273,22 @@ def test_a_refused_login_closes_the_connection(served):
     assert server.door.connections.waiting("127.0.0.1") == 0
 
 
-def test_a_certificate_login_is_audited_by_common_name_and_never_throttled_by_it(served, tls):
+def test_a_certificate_login_is_audited_by_subject_and_never_throttled_by_it(served, tls):
     authority, clients, certificate = tls
     cert, key = clients.issue("carol", "carol")
     clients_ca = ssl.Certificate.loadPEM(clients.path.read_bytes())
     entries = [echo_portal(), echo_portal([CertificateChecker()], name="certs")]
     server = Server(entries=entries)
-    # Someone has been guessing at the name "carol": a certificate is not a guess.
+    # Someone has been guessing at the name "CN=carol": a certificate is not a guess.
     for _ in range(50):
-        server.door.throttle.failed([("user", "certs", "carol")])
+        server.door.throttle.failed([("user", "certs", "CN=carol")])
     port = served.tcp(server, certificate.options(clients_ca))
     url = f"pbs://carol@localhost:{port}/certs"
     with LogCapture() as events:
         got = run(whoami, url, ca=authority.path, certificate=cert, key=key)
     assert got == "carol"
     (event,) = [e for e in events if e.get("pbd_event") == "login"]
-    assert (event["portal"], event["user"], event["peer"]) == ("certs", "carol", "127.0.0.1")
+    assert (event["portal"], event["user"], event["peer"]) == ("certs", "CN=carol", "127.0.0.1")
 
 
 class MindRealm(EchoRealm):

@@ -195,13 +195,17 @@ def test_a_realm_that_breaks_is_logged_and_the_peer_told_nothing():
 
 
 def test_a_refusal_without_words_is_audited_by_its_type():
-    class Silent(MemoryChecker):
+    class Silent:
+        """A third-party checker: one that cannot say whether it knows a name."""
+
+        credentialInterfaces = MemoryChecker.credentialInterfaces
+
         def requestAvatarId(self, credentials):
             from twisted.cred.error import UnauthorizedLogin
 
             return defer.fail(UnauthorizedLogin())
 
-    checkers = [Silent(users={})]
+    checkers = [Silent()]
     server = Server(entries=[echo_portal(checkers)])
     with LogCapture() as events:
         login(server.connect())

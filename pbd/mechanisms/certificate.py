@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cryptography.x509.oid import NameOID
 from twisted.internet import defer
 
 from pbd.credentials import CertificateSubject, ICertificateSubject
@@ -39,9 +40,12 @@ class Certificate(Mechanism):
         fields = subject_fields(context.peer_certificate)
         session = context.session
         credentials = CertificateSubject(fields, session.peer)
+        # The audit names the whole subject: the checker may read any field
+        # of it, and a refused certificate may have no common name at all.
         # A certificate cannot be guessed: its name is not throttled.
+        subject = subject_text(context.peer_certificate)
         return session.login(
-            context.portal, self.name, fields.get("CN"), credentials, mind, guessable=False
+            context.portal, self.name, subject, credentials, mind, guessable=False
         )
 
     async def client_login(
@@ -60,6 +64,16 @@ def subject_fields(certificate: Any) -> dict[str, str]:
         if short in fields:
             fields.setdefault(long, fields[short])
     return fields
+
+
+def subject_text(certificate: Any) -> str:
+    """
+    A pyOpenSSL X509's subject as RFC 4514 writes it (C{CN=carol,O=Example}),
+    with C{emailAddress} by the name the C{certificate} checker's C{field} takes.
+    """
+    subject = certificate.to_cryptography().subject
+    text: str = subject.rfc4514_string({NameOID.EMAIL_ADDRESS: "emailAddress"})
+    return text
 
 
 MECHANISM = Certificate()
