@@ -58,8 +58,7 @@ def login(
 
 def logout(peer: Peer, portal: str, mechanism: str, user: Any, seconds: float) -> None:
     log.info(
-        "logout: user {user!r} from {peer} on {listener}, portal {portal!r}, "
-        "after {seconds:.1f} s",
+        "logout: user {user!r} from {peer} on {listener}, portal {portal!r}, after {seconds:.1f} s",
         pbd_event="logout",
         user=escape(user),
         peer=str(peer),

@@ -236,9 +236,7 @@ async def _login(
             if not (refused and mechanism.name == SCRAM and PLAIN in usable):
                 raise
             try:
-                plain = _choose(
-                    [PLAIN], target.tls, target.user, password, has.certificate, verify
-                )
+                plain = _choose([PLAIN], target.tls, target.user, password, has.certificate, verify)
             except NoUsableMechanismError:
                 raise e from None
             return await plain.client_login(root, target.portal, has, client)

@@ -228,9 +228,7 @@ class _Reader:
                     chosen[limit.name] = number
         return Limits(**chosen)
 
-    def number(
-        self, value: Any, path: str, kind: type, minimum: int = 1
-    ) -> float | int | None:
+    def number(self, value: Any, path: str, kind: type, minimum: int = 1) -> float | int | None:
         if kind is int:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 self.fail(path, f"must be a whole number of at least {minimum}, not {value!r}")

@@ -92,9 +92,7 @@ class HashPool:
             pool = ThreadPool(1, self.size, name="pbd-hashing")
             pool.start()
             self._threads = pool
-            self._submit = lambda f, *a: threads.deferToThreadPool(
-                reactor, pool, _politely, f, *a
-            )
+            self._submit = lambda f, *a: threads.deferToThreadPool(reactor, pool, _politely, f, *a)
 
     def stop(self) -> None:
         if self._threads is not None:

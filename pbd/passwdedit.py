@@ -29,6 +29,7 @@ from pbd.passwdfile import (
 
 __all__ = ["DEFAULT_SCHEME", "WRITABLE_SCHEMES", "PasswordFileEditError", "hash_password"]
 
+
 class PasswordFileEditError(Exception):
     """Why a change was refused; the file is untouched."""
 

@@ -71,9 +71,7 @@ class Throttle:
         """
         now = self.clock.seconds()
         records = [self._record(key, now) for key in keys]
-        start = max(
-            [now, *(r.last_start + self._spacing(self._decayed(r, now)) for r in records)]
-        )
+        start = max([now, *(r.last_start + self._spacing(self._decayed(r, now)) for r in records)])
         if start - now > self.limits.max_attempt_wait:
             return defer.fail(ThrottledError("too many failed logins: try again later"))
         for record in records:

@@ -34,9 +34,7 @@ def at_once(function: Any, *args: Any) -> defer.Deferred:
     return defer.maybeDeferred(function, *args)
 
 
-def echo_portal(
-    checkers: list | None = None, name: str = "demo", realm: Any = None
-) -> PortalEntry:
+def echo_portal(checkers: list | None = None, name: str = "demo", realm: Any = None) -> PortalEntry:
     if checkers is None:
         checkers = [MemoryChecker(users={"alice": "secret"}), AnonymousChecker()]
     portal = Portal(realm or EchoRealm(), [CheckerChain(name, checkers)])

@@ -1,10 +1,19 @@
-"""The installed distribution: twistd finds the plugin, the pbd command exists."""
+"""The installed distribution: its name, twistd finds the plugin, the pbd command exists."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
+import tomllib
+from importlib import metadata
+from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from pbd_daemon import TWISTD, run_pbd
+
+import pbd
 
 
 def _twistd(*arguments: str) -> subprocess.CompletedProcess:
@@ -35,3 +44,110 @@ def test_pbd_command_help_lists_check_config():
     result = run_pbd("--help")
     assert result.returncode == 0
     assert "check-config" in result.stdout
+
+
+# The distribution's name on the package index. "pbd" there is an unrelated
+# project (a 2016 protobuf tool): a requirement naming it installs that instead.
+DISTRIBUTION = "pbd-daemon"
+REPO = Path(__file__).resolve().parents[1]
+SKIPPED_FOLDERS = {"mutants", "build", "dist", "node_modules"}
+PIP_OPTIONS_WITH_A_VALUE = {"--config-settings", "-C", "--upgrade-strategy", "-r", "-c", "-t"}
+
+
+def _repo_files(pattern: str) -> list[Path]:
+    """Files of the source tree (not of a venv, a build or a tool's work folder)."""
+    return [
+        path
+        for path in REPO.rglob(pattern)
+        if not any(
+            part.startswith(".") or part in SKIPPED_FOLDERS
+            for part in path.relative_to(REPO).parts[:-1]
+        )
+    ]
+
+
+def _requirements_in_pyprojects() -> list[tuple[Path, str]]:
+    found = []
+    for path in _repo_files("pyproject.toml"):
+        document = tomllib.loads(path.read_text())
+        project = document.get("project", {})
+        found += [(path, requirement) for requirement in project.get("dependencies", [])]
+        for extra in project.get("optional-dependencies", {}).values():
+            found += [(path, requirement) for requirement in extra]
+        found += [(path, r) for r in document.get("build-system", {}).get("requires", [])]
+    for path in _repo_files("requirements*.txt"):
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line and not line.startswith("-"):
+                found.append((path, line))
+    return found
+
+
+def _requirements_in_pip_commands() -> list[tuple[Path, str]]:
+    """What the docs, units and CI tell pip to install by name (not by path)."""
+    found = []
+    texts = [REPO / "README.md", REPO / ".ci" / "run", *_repo_files("*.md")]
+    texts += [*(REPO / "systemd").iterdir(), *(REPO / "config").iterdir()]
+    for path in dict.fromkeys(texts):
+        for command in re.findall(r"pip install ([^\n`;&|)]*)", path.read_text()):
+            arguments = iter(shlex.split(command, comments=True))
+            for argument in arguments:
+                if argument in PIP_OPTIONS_WITH_A_VALUE:
+                    next(arguments, None)
+                elif not argument.startswith(("-", ".")) and "/" not in argument:
+                    found.append((path, argument))  # not an option, nor a path such as ./x
+    return found
+
+
+def test_the_distribution_is_named_pbd_daemon():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["project"]["name"] == DISTRIBUTION
+    # What pip built from pyproject.toml when it installed this checkout.
+    try:
+        installed = metadata.metadata(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        raise AssertionError(
+            f"no {DISTRIBUTION} distribution installed: reinstall this checkout "
+            "(pip uninstall pbd; pip install -e '.[test]' --config-settings editable_mode=compat)"
+        ) from None
+    assert installed["Name"] == DISTRIBUTION
+    assert installed["Version"] == pbd.__version__
+    provided = {(e.group, e.name) for e in metadata.distribution(DISTRIBUTION).entry_points}
+    assert {("console_scripts", "pbd"), ("pbd.realms", "echo"), ("pbd.checkers", "passwd")} <= (
+        provided
+    )
+
+
+def test_every_requirement_naming_pbd_uses_the_distribution_name():
+    requirements = _requirements_in_pyprojects() + _requirements_in_pip_commands()
+    wrong = [
+        f"{path.relative_to(REPO)}: {requirement}"
+        for path, requirement in requirements
+        if canonicalize_name(Requirement(requirement).name) == "pbd"
+    ]
+    assert not wrong, f"these name the unrelated 'pbd' distribution, not {DISTRIBUTION}: {wrong}"
+
+
+def test_the_example_realm_depends_on_the_installed_pbd():
+    """C{pip install ./docs/example-realm} beside pbd must find pbd already installed."""
+    example = tomllib.loads((REPO / "docs" / "example-realm" / "pyproject.toml").read_text())
+    (dependency,) = [
+        Requirement(r)
+        for r in example["project"]["dependencies"]
+        if canonicalize_name(Requirement(r).name).startswith("pbd")
+    ]
+    assert canonicalize_name(dependency.name) == DISTRIBUTION
+    assert dependency.specifier.contains(metadata.version(DISTRIBUTION))
+
+
+def test_the_build_backend_can_read_the_license_field():
+    """An SPDX string in C{license} (PEP 639) needs setuptools 77 or later to build at all."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert isinstance(pyproject["project"]["license"], str)
+    (setuptools,) = [
+        Requirement(r)
+        for r in pyproject["build-system"]["requires"]
+        if canonicalize_name(Requirement(r).name) == "setuptools"
+    ]
+    assert not setuptools.specifier.contains("76.1"), setuptools
+    assert setuptools.specifier.contains("77.0")

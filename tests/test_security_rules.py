@@ -42,6 +42,7 @@ MAX_UNAUTHENTICATED_PER_ADDRESS = 32
 DEFAULT_MAX_MESSAGE_LENGTH = 4096
 GONE = (pb.PBConnectionLost, pb.DeadReferenceError, ConnectionDone, ConnectionLost)
 
+
 def passwd_config(tls=None, extra_checkers=(), endpoint=LOOPBACK):
     config = echo_config([{"plugin": "passwd", "file": "users.passwd"}, *extra_checkers], endpoint)
     if tls is not None:

@@ -1,4 +1,4 @@
-"""The source stays ruff-clean and type-checks (the configuration is in pyproject.toml)."""
+"""The source stays ruff-clean, ruff-formatted and type-checks (configured in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,18 @@ def test_ruff_check_is_clean():
     ruff = Path(sys.executable).parent / "ruff"
     result = subprocess.run(
         [str(ruff), "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean():
+    """With the pinned ruff (pyproject.toml): `ruff format .` changes nothing."""
+    ruff = Path(sys.executable).parent / "ruff"
+    result = subprocess.run(
+        [str(ruff), "format", "--check", "--no-cache", "."],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

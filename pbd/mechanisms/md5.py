@@ -59,9 +59,7 @@ class Challenger(AnsweredOnce):
 
     def remote_respond(self, response: bytes, mind: Any) -> defer.Deferred:
         self.answer_once("challenge")
-        credentials = ChallengeResponse(
-            self.username, self.challenge, response, self.session.peer
-        )
+        credentials = ChallengeResponse(self.username, self.challenge, response, self.session.peer)
         return self.session.login(
             self.context.portal,
             MECHANISM.name,
