@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import math
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pbd.assembly import Assembly, assemble
+from pbd.client import DEFAULT_TIMEOUT
 from pbd.config import load_config
 from pbd.errors import ConfigError
 from pbd.passwdedit import (
@@ -28,9 +30,48 @@ from pbd.passwdedit import (
 )
 from pbd.reactor import the_reactor
 
+# How pbd call names pbd.client's arguments in its messages.
+CALL_OPTIONS = {"ca": "--ca", "certificate": "--cert", "key": "--key", "timeout": "--timeout"}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    try:
+        return int(arguments.run(arguments))
+    except KeyboardInterrupt:
+        # Ctrl-C: the command unwound (a change under way left nothing behind).
+        print(f"pbd {arguments.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def version() -> str:
+    """
+    The installed pbd's version, whichever name its distribution goes by
+    (C{pbd-daemon}, formerly C{pbd}).
+    """
+    names = metadata.packages_distributions().get("pbd", [])
+    for name in [*names, "pbd-daemon", "pbd"]:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "(unknown version)"
+
+
+class _VersionAction(argparse.Action):
+    """C{--version}, looked up only when asked for (reading metadata takes a while)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print pbd's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"pbd {version()}")
+        parser.exit()
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pbd", description="Administer a pbd daemon.")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check = commands.add_parser(
         "check-config",
@@ -68,24 +109,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="log in by URL and call one method of the avatar",
         description=(
             "Log in to URL (pb://[user@]host[:port][/portal], pbs://..., "
-            "pb+unix:///path.sock[#portal]) and call perspective_METHOD with ARGS, each "
-            "read as a YAML scalar (42, true, 'text'). The password comes from "
+            "pb+unix:///path.sock[#portal]) and call perspective_METHOD with ARGS. "
+            'Each ARG is a JSON value (42, true, null, [1, 2], "42"); anything that is '
+            "not JSON is a string (hello, yes). The result is printed as JSON, or as "
+            "Python's repr when it is not JSON (bytes, tuples). The password comes from "
             "--password-stdin, else $PBD_PASSWORD, else a prompt."
         ),
     )
-    call.add_argument("url", metavar="URL")
-    call.add_argument("method", metavar="METHOD")
-    call.add_argument("args", metavar="ARGS", nargs="*")
+    call.add_argument("url", metavar="URL", help="where to log in")
+    call.add_argument("method", metavar="METHOD", help="calls perspective_METHOD")
+    call.add_argument(
+        "args", metavar="ARGS", nargs="*", default=[], help="the arguments (optional)"
+    )
     call.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     call.add_argument("--ca", type=Path, help="PEM file of the CA of a pbs:// server")
-    call.add_argument("--cert", type=Path, help="PEM client certificate (tls-client-cert)")
+    call.add_argument(
+        "--cert",
+        type=Path,
+        help="PEM client certificate (tls-client-cert: logs in as the certificate's name, "
+        "so the URL names no user)",
+    )
     call.add_argument("--key", type=Path, help="PEM key of --cert (if not in the same file)")
     call.add_argument(
         "--insecure", action="store_true", help="do not verify a pbs:// server (tests only)"
     )
+    call.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="the most each stage may take: connecting, the TLS handshake, the server's "
+        f"greeting, each login step, the call (default: {DEFAULT_TIMEOUT:g})",
+    )
     call.set_defaults(run=call_method)
-    arguments = parser.parse_args(argv)
-    return arguments.run(arguments)
+    return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
 
 
 def check_config(arguments: argparse.Namespace) -> int:
@@ -111,8 +178,11 @@ def edit_passwords(arguments: argparse.Namespace) -> int:
         if arguments.list:
             if arguments.user or arguments.delete:
                 return _usage("--list takes no USER and no --delete")
-            for user, scheme in list_users(path):
+            users = list_users(path)
+            for user, scheme in users:
                 print(f"{user}\t{scheme}")
+            if not users:
+                print(f"{path}: no users", file=sys.stderr)
             return 0
         if not arguments.user:
             return _usage("give a USER (or --list)")
@@ -147,14 +217,20 @@ def _usage(message: str) -> int:
 
 def _read_password(from_stdin: bool) -> str | None:
     if from_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        password = _stdin_password("pbd passwd")
     elif sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
-            print("pbd passwd: the passwords differ; nothing changed", file=sys.stderr)
-            return None
+        password = _prompt("pbd passwd", "Password: ")
+        if password is not None:
+            again = _prompt("pbd passwd", "Again: ")
+            if again is None:
+                return None
+            if again != password:
+                print("pbd passwd: the passwords differ; nothing changed", file=sys.stderr)
+                return None
     else:
         print("pbd passwd: no terminal to ask on: give --password-stdin", file=sys.stderr)
+        return None
+    if password is None:
         return None
     if not password:
         print("pbd passwd: an empty password; nothing changed", file=sys.stderr)
@@ -162,30 +238,70 @@ def _read_password(from_stdin: bool) -> str | None:
     return password
 
 
+def _stdin_password(command: str) -> str | None:
+    """One line of standard input, or None (and why) at its end."""
+    line = sys.stdin.readline()
+    if not line:
+        print(f"{command}: no password on standard input (it ended)", file=sys.stderr)
+        return None
+    return line.rstrip("\r\n")
+
+
+def _prompt(command: str, prompt: str) -> str | None:
+    """Ask on the terminal; None (and why) at Ctrl-D. Ctrl-C goes up to L{main}."""
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:
+        print(f"\n{command}: no password given (end of input)", file=sys.stderr)
+        return None
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # the terminal's cursor is still after the prompt
+        raise
+
+
 def call_method(arguments: argparse.Namespace) -> int:
     from pbd import client
 
     try:
         target = client.parse_url(arguments.url)
-    except client.URLError as e:
-        print(f"pbd call: {e}", file=sys.stderr)
+        client.check_arguments(target, arguments.ca, arguments.cert, arguments.key)
+        if target.tls:
+            client.read_tls_files(arguments.ca, arguments.cert, arguments.key)
+    except client.ClientError as e:
+        print(f"pbd call: {e.describe(CALL_OPTIONS)}", file=sys.stderr)
         return 2
     password = None
-    if target.user is not None and arguments.cert is None:
+    if target.user is not None:
         password = _call_password(arguments.password_stdin)
         if password is None:
             return 1
-    args = [yaml.safe_load(argument) if argument else "" for argument in arguments.args]
+    args = [call_argument(argument) for argument in arguments.args]
     return _run_in_reactor(_call(arguments, password, args))
+
+
+def call_argument(text: str) -> Any:
+    """
+    What one ARG of C{pbd call} means: a JSON value, or else the text itself
+    (C{42} is a number, C{"42"} and C{yes} are strings).
+    """
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except ValueError:
+        return text
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: such an ARG is a string.
+    raise ValueError(name)
 
 
 def _call_password(from_stdin: bool) -> str | None:
     if from_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
+        return _stdin_password("pbd call")
     if "PBD_PASSWORD" in os.environ:
         return os.environ["PBD_PASSWORD"]
     if sys.stdin.isatty():
-        return getpass.getpass("Password: ")
+        return _prompt("pbd call", "Password: ")
     print(
         "pbd call: the URL names a user: give --password-stdin or set PBD_PASSWORD",
         file=sys.stderr,
@@ -195,7 +311,6 @@ def _call_password(from_stdin: bool) -> str | None:
 
 async def _call(arguments: argparse.Namespace, password: str | None, args: list) -> int:
     from twisted.cred.error import UnauthorizedLogin
-    from twisted.internet.error import ConnectError
     from twisted.spread import pb
 
     from pbd import client
@@ -208,51 +323,101 @@ async def _call(arguments: argparse.Namespace, password: str | None, args: list)
             certificate=arguments.cert,
             key=arguments.key,
             verify=not arguments.insecure,
+            timeout=arguments.timeout,
         )
+    except client.ClientError as e:
+        print(
+            f"pbd call: cannot log in to {arguments.url}: {e.describe(CALL_OPTIONS)}",
+            file=sys.stderr,
+        )
+        return 1
     except (
         UnauthorizedLogin,
         client.NoUsableMechanismError,
         client.ServerNotVerifiedError,
-        client.TLSFailedError,
-        ConnectError,
         pb.RemoteError,
-        OSError,
     ) as e:
         print(f"pbd call: cannot log in to {arguments.url}: {e}", file=sys.stderr)
         return 1
     try:
-        result = await avatar.callRemote(arguments.method, *args)
+        result = await client.call(avatar, arguments.method, *args, timeout=arguments.timeout)
+    except client.NoAnswerError as e:
+        print(f"pbd call: {e}", file=sys.stderr)
+        return 1
+    except (pb.PBConnectionLost, pb.DeadReferenceError):
+        print(
+            f"pbd call: the server closed the connection before answering {arguments.method}",
+            file=sys.stderr,
+        )
+        return 1
     except (pb.Error, pb.RemoteError) as e:
         print(f"pbd call: {arguments.method} failed: {e}", file=sys.stderr)
         return 1
     finally:
         client.disconnect(avatar)
-    print(_shown(result))
+    print(shown(result))
     return 0
 
 
-def _shown(result: object) -> str:
-    if isinstance(result, str):
-        return result
-    try:
-        shown = yaml.safe_dump(result, default_flow_style=True, allow_unicode=True)
-        return shown.removesuffix("\n...\n").strip()
-    except yaml.YAMLError:
-        return repr(result)
+def shown(result: object) -> str:
+    """A result as C{pbd call} prints it: JSON, or Python's repr where JSON would blur the type."""
+    if _is_json(result):
+        return json.dumps(result, ensure_ascii=False)
+    return repr(result)
+
+
+def _is_json(value: object) -> bool:
+    """Whether C{value} comes back from JSON as itself (a tuple would come back a list)."""
+    if value is None or isinstance(value, str | bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_is_json(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    return False
 
 
 def _run_in_reactor(coroutine: Any) -> int:
-    from twisted.internet import defer, reactor
+    """
+    Run C{coroutine} to its end; Ctrl-C (or SIGTERM) cancels it, the
+    connection is closed, and the command exits 128 + the signal quietly.
+    """
+    from twisted.internet import defer
 
+    reactor = the_reactor()
     outcome: list[Any] = []
+    signalled: list[int] = []
+    running: list[defer.Deferred] = []
 
     def start() -> None:
         d = defer.ensureDeferred(coroutine)
+        running.append(d)
         d.addBoth(outcome.append)
         d.addBoth(lambda _: reactor.stop())
 
-    reactor.callWhenRunning(start)
-    reactor.run()
+    def stop(signum: int, frame: Any) -> None:
+        signalled.append(signum)
+        reactor.callFromThread(give_up)
+
+    def give_up() -> None:
+        for d in running:
+            d.cancel()  # the login or call unwinds, closing its connection
+        if not outcome and reactor.running:
+            reactor.stop()
+
+    previous = {each: signal.signal(each, stop) for each in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        reactor.callWhenRunning(start)
+        reactor.run(installSignalHandlers=False)
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+    if signalled:
+        why = "interrupted" if signalled[0] == signal.SIGINT else "terminated"
+        print(f"pbd call: {why}", file=sys.stderr)
+        return 128 + signalled[0]
     result = outcome[0] if outcome else 1
     if not isinstance(result, int):
         print(f"pbd call: {result.getErrorMessage()}", file=sys.stderr)

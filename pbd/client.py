@@ -2,35 +2,47 @@
 Logging in to pbd from Python, by URL.
 
     avatar = await pbd.client.login("pbs://alice@pb.example.com/echo", password="...")
-    print(await avatar.callRemote("echo", "hello"))
+    print(await pbd.client.call(avatar, "echo", "hello"))
 
 URLs: C{pb://[user@]host[:port][/portal]} (clear text), C{pbs://...}
 (TLS; the server's certificate is verified against the system's trust
 store or a given CA), C{pb+unix:///path/to.sock[#portal]}. The default port
-is 8787 (the 2004 C{pb.portno}).
+is 8787 (the 2004 C{pb.portno}). A host name is resolved and each of its
+addresses tried, IPv6 and IPv4 (Twisted's C{HostnameEndpoint}).
 
 The client asks the server which mechanisms it offers and uses the
 strongest it can: tls-client-cert > scram-sha-256 > plain (only over TLS)
 > pb-md5, or anonymous without a user name. It never sends a password in
 the clear. Over a verified TLS connection, a user SCRAM refuses (whose
 stored hash is argon2 or bcrypt, not a SCRAM verifier) is tried with plain.
+
+Nothing waits forever: connecting, the TLS handshake, the server's PB
+greeting, each answer during the login and a call made with L{call} must
+each finish within C{timeout} seconds, or the client gives up with a
+L{NoAnswerError} that says which stage and what it likely means.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
-from OpenSSL import SSL
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer
+from twisted.internet import defer, endpoints, error, ssl
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.spread import pb
+from zope.interface import implementer
 
 from pbd import mechanisms
 from pbd.banana import FastDecoding
@@ -40,26 +52,100 @@ from pbd.mechanisms.scram import ServerNotVerifiedError
 from pbd.reactor import the_reactor
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
+    "ArgumentError",
+    "ClientError",
+    "ConnectFailedError",
+    "ConnectionClosedError",
+    "NoAnswerError",
     "NoUsableMechanismError",
     "ServerNotVerifiedError",
     "TLSFailedError",
     "URLError",
+    "call",
+    "check_arguments",
     "choose_mechanism",
     "disconnect",
     "login",
     "parse_url",
+    "read_tls_files",
 ]
 
 DEFAULT_PORT = 8787
+DEFAULT_TIMEOUT = 30.0
 SCHEMES = ("pb", "pbs", "pb+unix")
 
 
-class URLError(ValueError):
+class ClientError(Exception):
+    """
+    Logging in or calling failed, for a reason a person can act on.
+
+    The message names C{login}'s arguments as Python does (C{certificate=});
+    L{describe} names them as a command's options instead (C{--cert}), so
+    that C{pbd call} and Python callers read the same sentence.
+    """
+
+    PYTHON_NAMES: ClassVar[Mapping[str, str]] = {
+        "ca": "ca=",
+        "certificate": "certificate=",
+        "key": "key=",
+        "timeout": "timeout=",
+    }
+
+    def __init__(self, template: str, argument: str | None = None, path: Any = None) -> None:
+        """
+        @param template: the message; C{{ca}}, C{{certificate}}, C{{key}} and
+            C{{timeout}} stand for the arguments' names.
+        @param argument: the argument (a file) the message is about, if one.
+        """
+        self.template = template
+        self.argument = argument
+        self.path = path
+        # Not super(): a subclass may also be another library's exception
+        # (ConnectFailedError is Twisted's ConnectError) with other arguments.
+        Exception.__init__(self, self.describe(self.PYTHON_NAMES, separator=""))
+
+    def describe(self, names: Mapping[str, str], separator: str = " ") -> str:
+        """The message, naming the arguments by C{names} (C{{"certificate": "--cert"}})."""
+        reason = self.template.format_map(names)
+        if self.argument is None:
+            return reason
+        return f"{names[self.argument]}{separator}{self.path}: {reason}"
+
+
+def _literal(text: object) -> str:
+    """C{text} as part of a L{ClientError} template: its braces are not placeholders."""
+    return str(text).replace("{", "{{").replace("}", "}}")
+
+
+class URLError(ClientError, ValueError):
     """The URL cannot name a pbd portal."""
 
 
-class TLSFailedError(Exception):
+class ArgumentError(ClientError, ValueError):
+    """An argument of L{login} cannot be used: a file that is not what it should be, or
+    a combination that makes no sense."""
+
+
+class ConnectFailedError(ClientError, error.ConnectError):
+    """No connection: refused, no such host, no such socket (a Twisted C{ConnectError})."""
+
+    osError = None
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
+
+
+class TLSFailedError(ClientError):
     """The TLS handshake failed: a certificate one side could not verify, mostly."""
+
+
+class NoAnswerError(ClientError):
+    """A stage of the login, or a call, did not finish within the timeout."""
+
+
+class ConnectionClosedError(ClientError):
+    """The server closed the connection before the login was done."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +163,14 @@ class Target:
     def tls(self) -> bool:
         return self.scheme == "pbs"
 
+    @property
+    def where(self) -> str:
+        """The server, as messages name it: C{host:port}, C{[::1]:port} or the socket."""
+        if self.socket_path is not None:
+            return self.socket_path
+        host = f"[{self.host}]" if ":" in (self.host or "") else self.host
+        return f"{host}:{self.port}"
+
 
 def parse_url(url: str) -> Target:
     """
@@ -84,24 +178,25 @@ def parse_url(url: str) -> Target:
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
+    written = _literal(repr(url))
     if scheme not in SCHEMES:
-        raise URLError(f"{url!r}: the scheme must be one of {', '.join(SCHEMES)}")
+        raise URLError(f"{written}: the scheme must be one of {', '.join(SCHEMES)}")
     user = unquote(parts.username) if parts.username else None
     if parts.password is not None:
-        raise URLError(f"{url!r}: put no password in a URL; pass it separately")
+        raise URLError(f"{written}: put no password in a URL; pass it separately")
     if scheme == "pb+unix":
         if parts.hostname not in (None, "localhost") or not parts.path:
-            raise URLError(f"{url!r}: write pb+unix:///path/to.sock[#portal]")
+            raise URLError(f"{written}: write pb+unix:///path/to.sock[#portal]")
         return Target(scheme, user, None, None, unquote(parts.path), parts.fragment or None)
     if not parts.hostname:
-        raise URLError(f"{url!r}: no host")
+        raise URLError(f"{written}: no host")
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
-        raise URLError(f"{url!r}: the port is not a number from 1 to 65535") from None
+        raise URLError(f"{written}: the port is not a number from 1 to 65535") from None
     portal = unquote(parts.path.strip("/")) or None
     if portal is not None and "/" in portal:
-        raise URLError(f"{url!r}: the path names one portal")
+        raise URLError(f"{written}: the path names one portal")
     return Target(scheme, user, parts.hostname, port, None, portal)
 
 
@@ -132,6 +227,315 @@ def _choose(
     )
 
 
+# -- the files of a TLS client
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """What C{ca}, C{certificate} and C{key} hold, read and checked."""
+
+    trust: Any  # a trust root, or None: the system's trust store
+    certificate: ssl.PrivateCertificate | None
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
+
+
+def read_tls_files(
+    ca: Path | str | None = None,
+    certificate: Path | str | None = None,
+    key: Path | str | None = None,
+) -> TLSFiles:
+    """
+    Read a CA file and a client certificate and its key, before connecting.
+
+    @param key: the certificate's key, when it is not in the certificate's file.
+    @raise ArgumentError: naming the argument, the file and what is wrong
+        with it (missing, unreadable, another kind of PEM, a key that is not
+        the certificate's).
+    """
+    if key is not None and certificate is None:
+        raise ArgumentError("{key} needs {certificate}: the key of which certificate?")
+    trust = None
+    if ca is not None:
+        authorities = _certificates("ca", ca, _pem_blocks("ca", ca))
+        trust = ssl.trustRootFromCertificates(
+            [ssl.Certificate(crypto.X509.from_cryptography(each)) for each in authorities]
+        )
+    client_certificate = None
+    if certificate is not None:
+        blocks = _pem_blocks("certificate", certificate)
+        mine = _certificates("certificate", certificate, blocks)[0]
+        if key is None:
+            private = _private_key("certificate", certificate, blocks)
+            if private is None:
+                raise ArgumentError(
+                    "holds no private key: give {key} too, or put the key in the same file",
+                    "certificate",
+                    certificate,
+                )
+        else:
+            key_blocks = _pem_blocks("key", key)
+            private = _private_key("key", key, key_blocks)
+            if private is None:
+                raise ArgumentError(
+                    f"holds no private key (found: {_kinds(key_blocks)})", "key", key
+                )
+        if not _same_public_key(mine, private):
+            if key is None:
+                raise ArgumentError(
+                    "its private key is not the key of its certificate", "certificate", certificate
+                )
+            raise ArgumentError(
+                "is not the key of the certificate given with {certificate}", "key", key
+            )
+        client_certificate = ssl.PrivateCertificate.fromCertificateAndKeyPair(
+            ssl.Certificate(crypto.X509.from_cryptography(mine)),
+            ssl.KeyPair(crypto.PKey.from_cryptography_key(private)),
+        )
+    return TLSFiles(trust, client_certificate)
+
+
+def _pem_blocks(argument: str, path: Path | str) -> list[tuple[str, bytes]]:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ArgumentError("no such file", argument, path) from None
+    except IsADirectoryError:
+        raise ArgumentError("is a folder, not a PEM file", argument, path) from None
+    except OSError as e:
+        raise ArgumentError(f"cannot be read: {_literal(e.strerror)}", argument, path) from None
+    blocks = [(m.group(1).decode("ascii"), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
+    if not blocks:
+        raise ArgumentError("is not a PEM file (no -----BEGIN ...----- line)", argument, path)
+    return blocks
+
+
+def _kinds(blocks: list[tuple[str, bytes]]) -> str:
+    return ", ".join(dict.fromkeys(label for label, _ in blocks))
+
+
+def _certificates(
+    argument: str, path: Path | str, blocks: list[tuple[str, bytes]]
+) -> list[x509.Certificate]:
+    pems = [pem for label, pem in blocks if label == "CERTIFICATE"]
+    if not pems:
+        raise ArgumentError(f"holds no certificate (found: {_kinds(blocks)})", argument, path)
+    try:
+        return [x509.load_pem_x509_certificate(pem) for pem in pems]
+    except ValueError as e:
+        raise ArgumentError(
+            f"its certificate cannot be read: {_literal(e)}", argument, path
+        ) from None
+
+
+def _private_key(argument: str, path: Path | str, blocks: list[tuple[str, bytes]]) -> Any:
+    """The first private key among C{blocks}, or None if there is none."""
+    pems = [pem for label, pem in blocks if label.endswith("PRIVATE KEY")]
+    if not pems:
+        return None
+    try:
+        return serialization.load_pem_private_key(pems[0], password=None)
+    except TypeError:
+        # Never let OpenSSL ask for the passphrase on the terminal, mid-login.
+        raise ArgumentError(
+            "the private key is encrypted: give a key without a passphrase", argument, path
+        ) from None
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise ArgumentError(
+            f"its private key cannot be read: {_literal(e)}", argument, path
+        ) from None
+
+
+def _same_public_key(certificate: x509.Certificate, private: Any) -> bool:
+    def spki(public: Any) -> bytes:
+        return bytes(
+            public.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    return spki(certificate.public_key()) == spki(private.public_key())
+
+
+def check_arguments(target: Target, ca: Any, certificate: Any, key: Any) -> None:
+    """
+    Refuse what would otherwise be silently ignored: TLS files for a
+    clear-text URL, a user in the URL beside a client certificate (which
+    logs in as the name in the certificate).
+
+    @raise ArgumentError: naming the argument.
+    """
+    if not target.tls:
+        for argument, value in (("ca", ca), ("certificate", certificate), ("key", key)):
+            if value is not None:
+                raise ArgumentError(
+                    "is for pbs:// URLs (TLS), not " + _literal(target.scheme) + "://",
+                    argument,
+                    value,
+                )
+    if certificate is not None and target.user is not None:
+        raise ArgumentError(
+            "a client certificate ({certificate}) logs in as the name in the certificate: "
+            f"leave the user {_literal(repr(target.user))} out of the URL"
+        )
+
+
+def _tls_options(target: Target, files: TLSFiles, verify: bool) -> Any:
+    if verify:
+        trust = files.trust if files.trust is not None else ssl.platformTrust()
+        return ssl.optionsForClientTLS(
+            target.host or "", trustRoot=trust, clientCertificate=files.certificate
+        )
+    extra = {}
+    if files.certificate is not None:
+        extra = {
+            "privateKey": files.certificate.privateKey.original,
+            "certificate": files.certificate.original,
+        }
+    return ssl.CertificateOptions(verify=False, **extra)
+
+
+def _endpoint(
+    target: Target, reactor: Any, files: TLSFiles, verify: bool, timeout: float
+) -> IStreamClientEndpoint:
+    if target.socket_path is not None:
+        return endpoints.UNIXClientEndpoint(reactor, target.socket_path, timeout=timeout)
+    # Every address of the name, IPv6 and IPv4, as each answers or fails.
+    tcp = endpoints.HostnameEndpoint(
+        reactor, target.host or "", target.port or DEFAULT_PORT, timeout=timeout
+    )
+    if not target.tls:
+        return tcp
+    return endpoints.wrapClientTLS(_tls_options(target, files, verify), tcp)
+
+
+# -- the connection
+
+
+class _Once:
+    """Something that happens at most once, or fails; each waiter gets its own Deferred."""
+
+    def __init__(self) -> None:
+        self._outcome: Any = None
+        self._happened = False
+        self._waiting: list[defer.Deferred] = []
+
+    def happen(self, outcome: Any) -> None:
+        if self._happened:
+            return
+        self._happened, self._outcome = True, outcome
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+
+    @property
+    def succeeded(self) -> bool:
+        return self._happened and not isinstance(self._outcome, Failure)
+
+    def wait(self) -> defer.Deferred:
+        if not self._happened:
+            d: defer.Deferred = defer.Deferred()
+            self._waiting.append(d)
+            return d
+        if isinstance(self._outcome, Failure):
+            return defer.fail(self._outcome)
+        return defer.succeed(self._outcome)
+
+
+@implementer(IHandshakeListener)
+class _ClientBroker(FastDecoding, pb.Broker):
+    """
+    A stock client broker (decoding without copies, L{pbd.banana}) that
+    says when TLS and then PB are set up, or why the connection ended first
+    (the TLS layer tells the protocol why a handshake failed).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handshake = _Once()
+        self.greeting = _Once()
+
+    def handshakeCompleted(self) -> None:
+        self.handshake.happen(None)
+
+    def connectionReady(self) -> None:
+        super().connectionReady()
+        self.greeting.happen(self.remoteForName("root"))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.handshake.happen(reason)
+        self.greeting.happen(reason)
+        super().connectionLost(reason)
+
+
+class _ClientFactory(pb.PBClientFactory):
+    protocol = _ClientBroker
+
+
+def disconnect(reference: pb.RemoteReference) -> None:
+    """Close the connection an avatar reference came over."""
+    reference.broker.transport.loseConnection()
+
+
+def _seconds(timeout: float) -> str:
+    return f"{timeout:g} s"
+
+
+def _within(
+    d: defer.Deferred,
+    timeout: float,
+    clock: IReactorTime,
+    message: str,
+    transport: Any = None,
+) -> defer.Deferred:
+    """
+    C{d}, or a L{NoAnswerError} saying C{message} if it has not fired in
+    C{timeout} seconds; the connection (C{transport}), if given, is then
+    aborted, as nothing more can come of it.
+    """
+
+    def expired(result: Any, timeout: float) -> None:
+        if transport is not None:
+            transport.abortConnection()
+        raise NoAnswerError(message)
+
+    return d.addTimeout(timeout, clock, onTimeoutCancel=expired)
+
+
+class _Watched:
+    """
+    A remote reference as a login mechanism's client half sees it: each of
+    its calls must be answered in time. The references an answer carries
+    (a SCRAM exchange, an MD5 challenger) are watched the same way.
+    """
+
+    def __init__(
+        self, reference: pb.RemoteReference, watch: Callable[[defer.Deferred, str], Any]
+    ) -> None:
+        self.reference = reference
+        self._watch = watch
+
+    def callRemote(self, method: str, *args: Any, **kwargs: Any) -> defer.Deferred:
+        answer = self._watch(self.reference.callRemote(method, *args, **kwargs), method)
+        return answer.addCallback(self._watched)
+
+    def _watched(self, answer: Any) -> Any:
+        if isinstance(answer, tuple):
+            return tuple(
+                _Watched(part, self._watch) if isinstance(part, pb.RemoteReference) else part
+                for part in answer
+            )
+        return answer
+
+
+def _unwatched(reference: Any) -> Any:
+    return reference.reference if isinstance(reference, _Watched) else reference
+
+
 def login(
     url: str,
     password: str | None = None,
@@ -141,113 +545,183 @@ def login(
     certificate: Path | str | None = None,
     key: Path | str | None = None,
     verify: bool = True,
-    timeout: float = 30,
+    timeout: float = DEFAULT_TIMEOUT,
     mechanisms: Sequence[str] | None = None,
 ) -> defer.Deferred:
     """
     Connect to the URL, log in and fire with the avatar's C{RemoteReference}.
 
     @param client: the C{mind} the realm may call back (a C{pb.Referenceable}).
-    @param ca: PEM file of the CA that signed a C{pbs://} server's certificate
-        (default: the system's trust store).
-    @param certificate: PEM client certificate (with C{key}) for tls-client-cert.
+    @param ca: PEM file of the CA(s) that signed a C{pbs://} server's
+        certificate (default: the system's trust store).
+    @param certificate: PEM client certificate (with C{key}, unless the key is
+        in the same file) for tls-client-cert: it logs in as the name in the
+        certificate, so the URL names no user.
     @param verify: C{False} skips verifying a C{pbs://} server: only for
         tests; C{plain} is then never used (the password would go to whoever
         answered).
+    @param timeout: seconds each stage may take: connecting, the TLS
+        handshake, the server's PB greeting, each answer during the login.
     @param mechanisms: the mechanisms this client may use (default: all);
         e.g. leave out C{pb-md5} so that a man in the middle of a C{pb://}
         connection cannot get an MD5 challenge answered.
+    @raise URLError: the URL is not one of pbd's.
+    @raise ArgumentError: an argument cannot be used (a file, a combination).
+    @return: a Deferred that fails with a L{ClientError} (L{NoAnswerError},
+        L{ConnectFailedError}, L{ConnectionClosedError}, L{TLSFailedError}),
+        L{NoUsableMechanismError}, L{ServerNotVerifiedError},
+        C{UnauthorizedLogin} or C{pb.RemoteError} when the login fails.
     """
     target = parse_url(url)
+    if not timeout > 0:
+        raise ArgumentError("{timeout} must be a number of seconds above 0")
+    check_arguments(target, ca, certificate, key)
+    files = read_tls_files(ca, certificate, key) if target.tls else TLSFiles(None, None)
+    reactor = the_reactor()
+    credentials = _credentials(target, password, files)
     allowed = tuple(mechanisms) if mechanisms is not None else None
+    endpoint = _endpoint(target, reactor, files, verify, timeout)
     return defer.ensureDeferred(
-        _login(target, password, client, ca, certificate, key, verify, timeout, allowed)
+        _login(target, endpoint, reactor, timeout, credentials, client, verify, allowed)
     )
 
 
-class _ClientBroker(FastDecoding, pb.Broker):
-    """A stock client broker that decodes incoming data without copies (L{pbd.banana})."""
+def _credentials(
+    target: Target, password: str | None, files: TLSFiles
+) -> mechanisms.ClientCredentials:
+    return mechanisms.ClientCredentials(target.user, password, files.certificate is not None)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        # The TLS layer tells the protocol why it failed; the connector only
-        # tells the factory that the connection closed. Keep the why.
-        if self.factory is not None:
-            self.factory.lost_reason = reason
-        super().connectionLost(reason)
+
+def call(
+    reference: pb.RemoteReference,
+    method: str,
+    *args: Any,
+    timeout: float = DEFAULT_TIMEOUT,
+    **kwargs: Any,
+) -> defer.Deferred:
+    """
+    C{reference.callRemote(method, *args, **kwargs)}, answered within
+    C{timeout} seconds or failed with L{NoAnswerError}. The connection stays
+    open; a late answer is dropped.
+    """
+    d = reference.callRemote(method, *args, **kwargs)
+    message = f"no answer to {_literal(method)} in {_seconds(timeout)}"
+    return _within(d, timeout, the_reactor(), message)
+
+
+async def _connect(
+    target: Target, endpoint: IStreamClientEndpoint, clock: IReactorTime, timeout: float
+) -> tuple[_ClientBroker, pb.RemoteReference]:
+    """Connect, finish the TLS handshake, wait for PB's greeting: the broker and the root."""
+    where, seconds = _literal(target.where), _seconds(timeout)
+    try:
+        broker = await _within(
+            endpoint.connect(_ClientFactory()),
+            timeout,
+            clock,
+            f"could not connect to {where} in {seconds}",
+        )
+    except error.TimeoutError:
+        raise NoAnswerError(f"could not connect to {where} in {seconds}") from None
+    except (error.ConnectError, OSError) as e:
+        raise ConnectFailedError(_why_no_connection(target, e)) from None
+    try:
+        if target.tls:
+            await _within(
+                broker.handshake.wait(),
+                timeout,
+                clock,
+                f"no TLS handshake with {where} in {seconds}",
+                broker.transport,
+            )
+        if target.tls:
+            hint = ""
+        elif target.socket_path is not None:
+            hint = ": is this a TLS listener? pb+unix:// speaks clear text"
+        else:
+            hint = ": is this a TLS listener? try pbs://"
+        root = await _within(
+            broker.greeting.wait(),
+            timeout,
+            clock,
+            f"no PB answer from {where} in {seconds}{hint}",
+            broker.transport,
+        )
+    except (error.ConnectionClosed, *TLS_FAILURES) as e:
+        raise _closed_early(target, e, handshaken=broker.handshake.succeeded) from None
+    return broker, root
+
+
+def _why_no_connection(target: Target, e: Exception) -> str:
+    where = _literal(target.where)
+    reason = _literal(_connect_reason(e).rstrip("."))
+    if target.socket_path is not None:
+        path = PurePosixPath(target.socket_path)
+        for folder in path.parents:
+            if Path(folder).is_socket():
+                user = f"{target.user}@" if target.user else ""
+                url = f"pb+unix://{user}{folder}#{path.relative_to(folder)}"
+                return (
+                    f"cannot connect to {where}: {_literal(folder)} is the socket; "
+                    f"a portal goes after '#': {_literal(url)}"
+                )
+    return f"cannot connect to {where}: {reason}"
+
+
+def _connect_reason(e: Exception) -> str:
+    if isinstance(e, error.ConnectError):
+        os_error = e.osError
+        if isinstance(os_error, str) and os_error:
+            return os_error
+        if e.args and e.args[-1]:
+            return str(e.args[-1])
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e)
 
 
 # How the TLS layer says why a handshake failed: OpenSSL's verdict, or
 # service_identity's when the certificate names another host.
-_TLS_FAILURES = (SSL.Error, VerificationError)
+TLS_FAILURES = (SSL.Error, VerificationError)
+# OpenSSL's words when what answered does not speak TLS at all.
+_NOT_TLS = ("wrong version number", "packet length too long", "record layer failure")
 
 
-class _ClientFactory(pb.PBClientFactory):
-    protocol = _ClientBroker
-    lost_reason: Any = None
+def _closed_early(target: Target, e: Exception, handshaken: bool) -> ClientError:
+    """Why the connection ended before PB's greeting, as the user can act on it."""
+    where = _literal(target.where)
+    if isinstance(e, TLS_FAILURES):
+        return tls_failure(target.where, e)
+    refusing = "it may be refusing connections from this address: too many connections"
+    if target.tls and not handshaken:
+        # A clear-text pbd listener drops a TLS hello as garbage, at times
+        # before its own greeting has been read here.
+        return ConnectionClosedError(
+            f"{where} closed the connection before the TLS handshake finished "
+            f"({refusing}; or is it a clear-text listener? try pb://)"
+        )
+    return ConnectionClosedError(f"{where} closed the connection before answering ({refusing})")
 
-    def clientConnectionLost(self, connector: Any, reason: Any, reconnecting: int = 0) -> None:
-        if self.lost_reason is not None and self.lost_reason.check(*_TLS_FAILURES):
-            reason = self.lost_reason
-        super().clientConnectionLost(connector, reason, reconnecting)
 
+def tls_failure(
+    where: str, e: Exception, kind: type[TLSFailedError] = TLSFailedError
+) -> TLSFailedError:
+    """
+    A failed TLS handshake with C{where}, and what to check.
 
-def disconnect(reference: pb.RemoteReference) -> None:
-    """Close the connection an avatar reference came over."""
-    reference.broker.transport.loseConnection()
-
-
-async def _login(
-    target: Target,
-    password: str | None,
-    client: Any,
-    ca: Any,
-    certificate: Any,
-    key: Any,
-    verify: bool,
-    timeout: float,
-    allowed: tuple[str, ...] | None,
-) -> pb.RemoteReference:
-    factory = _ClientFactory()
-    _connect(target, factory, ca, certificate, key, verify, timeout)
-    try:
-        root = await factory.getRootObject()
-    except _TLS_FAILURES as e:
-        raise TLSFailedError(
-            f"TLS with {target.host}:{target.port} failed ({_ssl_reason(e)}): is the server's "
-            "certificate signed by the CA you trust (ca=), and is yours by one it trusts?"
-        ) from None
-    try:
-        offered = await root.callRemote("mechanisms", target.portal)
-        usable = [name for name in offered if allowed is None or name in allowed]
-        if not usable and offered:
-            raise NoUsableMechanismError(
-                f"the server offers {', '.join(offered)}; this client allows "
-                f"{', '.join(allowed or MECHANISM_NAMES)}"
-            )
-        # Plain is never sent to a server we did not verify (the mechanism says so).
-        has = mechanisms.ClientCredentials(target.user, password, certificate is not None)
-        mechanism = _choose(usable, target.tls, target.user, password, has.certificate, verify)
-        try:
-            return await mechanism.client_login(root, target.portal, has, client)
-        except pb.RemoteError as e:
-            # A user whose stored hash is not a SCRAM verifier (argon2, bcrypt...)
-            # can still log in with plain, over the TLS connection we verified.
-            refused = e.remoteType == b"twisted.cred.error.UnauthorizedLogin"
-            if not (refused and mechanism.name == SCRAM and PLAIN in usable):
-                raise
-            try:
-                plain = _choose([PLAIN], target.tls, target.user, password, has.certificate, verify)
-            except NoUsableMechanismError:
-                raise e from None
-            return await plain.client_login(root, target.portal, has, client)
-    except pb.RemoteError as e:
-        factory.disconnect()
-        if e.remoteType == b"twisted.cred.error.UnauthorizedLogin":
-            raise UnauthorizedLogin(f"{target.user or 'anonymous'}: login refused") from None
-        raise
-    except BaseException:
-        factory.disconnect()
-        raise
+    @param e: one of L{TLS_FAILURES}.
+    @param kind: the error to make (one that names the arguments its own way).
+    """
+    reason = _ssl_reason(e)
+    if any(words in reason for words in _NOT_TLS):
+        hint = "the server does not speak TLS there: is it a clear-text listener? try pb://"
+    else:
+        hint = (
+            "is the server's certificate signed by the CA you trust ({ca}), "
+            "and is yours by one it trusts?"
+        )
+    return kind(f"TLS with {_literal(where)} failed ({_literal(reason)}): {hint}")
 
 
 def _ssl_reason(error: Exception) -> str:
@@ -257,33 +731,57 @@ def _ssl_reason(error: Exception) -> str:
     return "; ".join(reason for reason in reasons if reason) or str(error)
 
 
-def _connect(
-    target: Target, factory: Any, ca: Any, certificate: Any, key: Any, verify: bool, timeout: float
-) -> None:
-    from twisted.internet import ssl
+async def _login(
+    target: Target,
+    endpoint: IStreamClientEndpoint,
+    clock: IReactorTime,
+    timeout: float,
+    has: mechanisms.ClientCredentials,
+    client: Any,
+    verify: bool,
+    allowed: tuple[str, ...] | None,
+) -> pb.RemoteReference:
+    broker, stock_root = await _connect(target, endpoint, clock, timeout)
+    transport: Any = broker.transport
+    where, seconds = _literal(target.where), _seconds(timeout)
 
-    reactor = the_reactor()
-    if target.socket_path is not None:
-        reactor.connectUNIX(target.socket_path, factory, timeout)
-        return
-    if not target.tls:
-        reactor.connectTCP(target.host, target.port, factory, timeout)
-        return
-    client_certificate = None
-    if certificate is not None:
-        pem = Path(certificate).read_bytes() + b"\n" + Path(key or certificate).read_bytes()
-        client_certificate = ssl.PrivateCertificate.loadPEM(pem)
-    if verify:
-        trust = ssl.Certificate.loadPEM(Path(ca).read_bytes()) if ca else ssl.platformTrust()
-        options = ssl.optionsForClientTLS(
-            target.host or "", trustRoot=trust, clientCertificate=client_certificate
-        )
-    else:
-        extra = {}
-        if client_certificate is not None:
-            extra = {
-                "privateKey": client_certificate.privateKey.original,
-                "certificate": client_certificate.original,
-            }
-        options = ssl.CertificateOptions(verify=False, **extra)
-    reactor.connectSSL(target.host, target.port, factory, options, timeout)
+    def watch(d: defer.Deferred, method: str) -> defer.Deferred:
+        message = f"no answer to {_literal(method)} from {where} in {seconds}"
+        return _within(d, timeout, clock, message, transport)
+
+    root = _Watched(stock_root, watch)
+    try:
+        offered = await root.callRemote("mechanisms", target.portal)
+        usable = [name for name in offered if allowed is None or name in allowed]
+        if not usable and offered:
+            raise NoUsableMechanismError(
+                f"the server offers {', '.join(offered)}; this client allows "
+                f"{', '.join(allowed or MECHANISM_NAMES)}"
+            )
+        # Plain is never sent to a server we did not verify (the mechanism says so).
+        mechanism = _choose(usable, target.tls, has.user, has.password, has.certificate, verify)
+        try:
+            return _unwatched(await mechanism.client_login(root, target.portal, has, client))
+        except pb.RemoteError as e:
+            # A user whose stored hash is not a SCRAM verifier (argon2, bcrypt...)
+            # can still log in with plain, over the TLS connection we verified.
+            refused = e.remoteType == b"twisted.cred.error.UnauthorizedLogin"
+            if not (refused and mechanism.name == SCRAM and PLAIN in usable):
+                raise
+            try:
+                plain = _choose(
+                    [PLAIN], target.tls, has.user, has.password, has.certificate, verify
+                )
+            except NoUsableMechanismError:
+                raise e from None
+            return _unwatched(await plain.client_login(root, target.portal, has, client))
+    except pb.RemoteError as e:
+        transport.loseConnection()
+        if e.remoteType == b"twisted.cred.error.UnauthorizedLogin":
+            raise UnauthorizedLogin(f"{target.user or 'anonymous'}: login refused") from None
+        raise
+    except (pb.PBConnectionLost, pb.DeadReferenceError):
+        raise ConnectionClosedError(f"{where} closed the connection during the login") from None
+    except BaseException:
+        transport.loseConnection()
+        raise

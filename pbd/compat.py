@@ -17,7 +17,9 @@ is Twisted's own C{twisted.spread.pb}.
 
 Differences from 2004, all on the side of safety:
   - C{getObjectAtSSL} without a C{contextFactory} verifies the server's
-    certificate against the system's trust store (2004 verified nothing).
+    certificate against the system's trust store (2004 verified nothing),
+    and a failed handshake fails with L{TLSFailedError} saying why
+    (C{certificate verify failed}), not as a cleanly closed connection.
   - C{respond} accepts a C{str} password (encoded as UTF-8), as Python 2's
     C{str} was bytes.
   - C{timeout} is in seconds, as the 2004 code really used it (its
@@ -36,7 +38,7 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 from twisted.spread.pb import MAX_BROKER_REFS, challenge  # noqa: F401 - re-exported
 
-from pbd import oldlogin
+from pbd import client, oldlogin
 from pbd.broker import ServerFactory
 from pbd.reactor import the_reactor
 
@@ -111,15 +113,51 @@ def _get_object_at(host: str, port: Any, timeout: Any = None) -> defer.Deferred:
     return factory.getRootObject()
 
 
+class TLSFailedError(client.TLSFailedError):
+    """The TLS handshake of L{getObjectAtSSL} failed; the message says why."""
+
+    PYTHON_NAMES = {**client.TLSFailedError.PYTHON_NAMES, "ca": "contextFactory="}
+
+
+class _ReasonKeepingBroker(pb.Broker):
+    """Twisted's client broker, keeping why its connection ended: the TLS layer tells only it."""
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if isinstance(self.factory, _TLSClientFactory):
+            self.factory.lost_reason = reason
+        super().connectionLost(reason)
+
+
+class _TLSClientFactory(pb.PBClientFactory):
+    """A client factory whose root request fails with why the TLS handshake failed."""
+
+    protocol = _ReasonKeepingBroker
+    lost_reason: Failure | None = None
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+
+    def clientConnectionLost(self, connector: Any, reason: Any, reconnecting: int = 0) -> None:
+        # The connector says only that the connection closed, cleanly.
+        lost = self.lost_reason
+        if lost is not None and lost.check(*client.TLS_FAILURES):
+            reason = Failure(client.tls_failure(self.where, lost.value, TLSFailedError))
+        super().clientConnectionLost(connector, reason, reconnecting)
+
+
 def _get_object_at_ssl(
     host: str, port: int, timeout: Any = None, contextFactory: Any = None
 ) -> defer.Deferred:
-    """DEPRECATED. L{getObjectAt} over TLS; the certificate is verified by default."""
+    """
+    DEPRECATED. L{getObjectAt} over TLS; the certificate is verified by
+    default, and a failed handshake fails with L{TLSFailedError} saying why.
+    """
     from twisted.internet import ssl
 
     reactor = the_reactor()
     context = ssl.optionsForClientTLS(host) if contextFactory is None else contextFactory
-    factory = pb.PBClientFactory()
+    factory = _TLSClientFactory(f"{host}:{port}")
     reactor.connectSSL(host, port, factory, context, 30 if timeout is None else timeout)
     return factory.getRootObject()
 
@@ -287,6 +325,7 @@ del IdentityConnector, BrokerFactory, BrokerClientFactory
 _CURRENT = [
     "MAX_BROKER_REFS",
     "PBClientFactory",
+    "TLSFailedError",
     "challenge",
     "noOperation",
     "portno",

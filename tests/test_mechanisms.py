@@ -199,9 +199,10 @@ def test_pbd_call(start_daemon, passwd_file):
     daemon = start_daemon(config())
     url = f"pb://sam@127.0.0.1:{daemon.port('echo')}/echo"
     result = pbd_call(url, "echo", "hello", "--password-stdin", password="sam-pw\n")
-    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
-    result = pbd_call(url, "echo", "[1, two, {three: 3}]", "--password-stdin", password="sam-pw\n")
-    assert result.stdout == "[1, two, {three: 3}]\n"
+    assert (result.returncode, result.stdout) == (0, '"hello"\n'), result.stderr
+    argument = '[1, "two", {"three": 3}]'
+    result = pbd_call(url, "echo", argument, "--password-stdin", password="sam-pw\n")
+    assert result.stdout == argument + "\n"
     refused = pbd_call(url, "echo", "x", "--password-stdin", password="wrong\n")
     assert refused.returncode == 1
     assert "cannot log in" in refused.stderr and "login refused" in refused.stderr

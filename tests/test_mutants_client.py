@@ -220,7 +220,7 @@ def test_a_client_certificate_logs_in_as_its_subject(served, tls):
     checkers = [CertificateChecker(), MemoryChecker(users={"alice": "secret"})]
     server = Server(entries=[echo_portal(checkers)])
     port = served.tcp(server, certificate.options(clients_ca))
-    url = f"pbs://carol@localhost:{port}"
+    url = f"pbs://localhost:{port}"
     with LogCapture() as events:
         got = run(whoami, url, ca=authority.path, certificate=cert, key=key)
     assert got == "carol"
@@ -237,7 +237,7 @@ def test_a_client_certificate_over_unverified_tls(served, tls):
     clients_ca = ssl.Certificate.loadPEM(clients.path.read_bytes())
     server = Server(entries=[echo_portal([CertificateChecker()])])
     port = served.tcp(server, certificate.options(clients_ca))
-    url = f"pbs://carol@localhost:{port}"
+    url = f"pbs://localhost:{port}"
     assert run(whoami, url, verify=False, certificate=cert, key=key) == "carol"
 
 
@@ -283,7 +283,7 @@ def test_a_certificate_login_is_audited_by_subject_and_never_throttled_by_it(ser
     for _ in range(50):
         server.door.throttle.failed([("user", "certs", "CN=carol")])
     port = served.tcp(server, certificate.options(clients_ca))
-    url = f"pbs://carol@localhost:{port}/certs"
+    url = f"pbs://localhost:{port}/certs"
     with LogCapture() as events:
         got = run(whoami, url, ca=authority.path, certificate=cert, key=key)
     assert got == "carol"
@@ -338,7 +338,7 @@ def test_a_client_certificate_login_hands_over_the_mind_and_the_portal(served, t
     clients_ca = ssl.Certificate.loadPEM(clients.path.read_bytes())
     entries = [echo_portal(), _mind_portal([CertificateChecker()], "certs")]
     port = served.tcp(Server(entries=entries), certificate.options(clients_ca))
-    url = f"pbs://carol@localhost:{port}/certs"
+    url = f"pbs://localhost:{port}/certs"
     got = run(whoami, url, ca=authority.path, certificate=cert, key=key, client=pb.Referenceable())
     assert got is True
 
