@@ -731,6 +731,13 @@ def _ssl_reason(error: Exception) -> str:
     return "; ".join(reason for reason in reasons if reason) or str(error)
 
 
+def _who(target: Target, has: mechanisms.ClientCredentials) -> str:
+    """Who a refused login tried to be, for its message."""
+    if has.certificate:
+        return "the client certificate (tls-client-cert)"
+    return target.user or "anonymous"
+
+
 async def _login(
     target: Target,
     endpoint: IStreamClientEndpoint,
@@ -778,7 +785,7 @@ async def _login(
     except pb.RemoteError as e:
         transport.loseConnection()
         if e.remoteType == b"twisted.cred.error.UnauthorizedLogin":
-            raise UnauthorizedLogin(f"{target.user or 'anonymous'}: login refused") from None
+            raise UnauthorizedLogin(f"{_who(target, has)}: login refused") from None
         raise
     except (pb.PBConnectionLost, pb.DeadReferenceError):
         raise ConnectionClosedError(f"{where} closed the connection during the login") from None

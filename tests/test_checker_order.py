@@ -144,8 +144,7 @@ def test_an_argon2_user_over_scram_is_refused_saying_why_and_plain_follows(daemo
     assert log_in(daemon, "file_first", "dan", "dan-pw", "scram-sha-256") == "refused"
     reason = refusal(daemon, "file_first", "dan", "scram-sha-256")
     assert reason == (
-        "cannot serve scram-sha-256: stored as argon2; use plain over TLS or store a "
-        "SCRAM verifier"
+        "cannot serve scram-sha-256: stored as argon2; use plain over TLS or store a SCRAM verifier"
     )
     assert log_in(daemon, "file_first", "nobody", "dan-pw", "scram-sha-256") == "refused"
     assert refusal(daemon, "file_first", "nobody", "scram-sha-256") == "unknown user 'nobody'"

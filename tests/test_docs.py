@@ -62,10 +62,6 @@ EXPECTED_FAILURES = {
         "owned by the config helper: a duplicate top-level key is reported at column 1 "
         "(line 7, column 1), not column 3"
     ),
-    "readme-client-fragment": (
-        "owned by the client helper: top-level await does not run; make it a complete "
-        "program (task.react), or say where it runs"
-    ),
 }
 
 BLOCKS = all_blocks()
@@ -315,6 +311,22 @@ def _(block: Block, docs: Docs) -> None:
 @sample("readme-pbd-call")
 def _(block: Block, docs: Docs) -> None:
     check_session(block, docs.scratch("pbd-call"), docs.on_demo_ports)
+
+
+@sample("readme-call-timeout")
+def _(block: Block, docs: Docs) -> None:
+    """The TLS test daemon stands for port 8789; it waits 1 s, not the default 30 s."""
+    daemon, _ = docs.tls
+    ((_, _, address),) = daemon.addresses()
+    port = address.rsplit(":", 1)[1]
+    ((command, shown),) = session(block.text)
+    result = run_shell(
+        command.replace("8789", port).replace(" whoami", " --timeout 1 whoami"),
+        cwd=docs.scratch("call-timeout"),
+    )
+    assert result.returncode == 1, result.stdout
+    real = result.stdout.replace(port, "8789").replace(" in 1 s", " in 30 s")
+    assert shown_lines(real) == [line.rstrip() for line in shown], command
 
 
 # README.md: the config reference -----------------------------------------------------

@@ -44,9 +44,7 @@ class Certificate(Mechanism):
         # of it, and a refused certificate may have no common name at all.
         # A certificate cannot be guessed: its name is not throttled.
         subject = subject_text(context.peer_certificate)
-        return session.login(
-            context.portal, self.name, subject, credentials, mind, guessable=False
-        )
+        return session.login(context.portal, self.name, subject, credentials, mind, guessable=False)
 
     async def client_login(
         self, root: Any, portal: str | None, credentials: ClientCredentials, mind: Any
