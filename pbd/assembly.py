@@ -2,25 +2,27 @@
 Config objects to live objects: realms, checkers, portals and endpoints.
 
 Everything an operator can get wrong short of a busy port is found here,
-and all of it is reported at once. C{pbd check-config} and C{twistd pbd}
-both run this.
+and all of it is reported at once, with the config's shape problems.
+C{pbd check-config} and C{twistd pbd} both run this.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import Interface
 
-from pbd import mechanisms, plugins
+from pbd import endpoint_strings, hashpool, mechanisms, plugins
 from pbd.broker import ServerFactory, TLSServerFactory
-from pbd.config import Config, ListenerConfig, PluginConfig, PortalConfig
+from pbd.config import Config, ListenerConfig, PluginConfig, PortalConfig, TLSConfig
 from pbd.errors import ConfigError, OptionError, Problem
 from pbd.interfaces import ICheckerSource, IConfigWarnings, ILegacyAuthorizer, IUsesHashPool
 from pbd.portals import PortalEntry, make_portal
@@ -53,17 +55,31 @@ class Assembly:
     front_door: FrontDoor = field(default_factory=FrontDoor)
 
 
-def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assembly:
+def assemble(
+    config: Config,
+    reactor: Any,
+    *,
+    check_only: bool = False,
+    environment: Mapping[str, str] | None = None,
+) -> Assembly:
     """
     Build every portal and endpoint the config describes.
 
+    Each part is checked on its own, so one pass reports every problem;
+    only what combines parts (a portal from its plugins, a listener from
+    its endpoint, TLS and portals) waits for those parts to be sound.
+
     @param check_only: for C{pbd check-config}: systemd endpoints are only
         checked when the sockets are really inherited.
-    @raise ConfigError: listing every problem found.
+    @param environment: where C{PBD_HASH_THREADS} is read (the process's
+        environment by default).
+    @raise ConfigError: listing every problem found, the config's shape
+        problems first.
     """
     assembly = Assembly(config, front_door=FrontDoor(config.limits, reactor))
     assembly.warnings.extend(config.warnings)
-    problems: list[Problem] = []
+    problems: list[Problem] = list(config.problems)
+    _hash_threads(os.environ if environment is None else environment, assembly, problems)
     built: dict[str, _BuiltPortal] = {}
     for name, portal_config in config.portals.items():
         portal = _portal(portal_config, config, problems, assembly)
@@ -71,13 +87,32 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
             built[name] = portal
             assembly.portals[name] = portal.entry.portal
             assembly.mechanisms[name] = portal.entry.mechanisms
+    for realm in config.loose.realms:
+        _plugin(realm, plugins.REALMS, IRealm, config, problems)
+    for checker in config.loose.checkers:
+        _plugin(checker, plugins.CHECKERS, ICredentialsChecker, config, problems)
+    endpoints: dict[str, IStreamServerEndpoint | None] = {}
+    parsed: list[tuple[str, str]] = []
+    for key_path, description in [
+        *((listener.key_path, listener.endpoint) for listener in config.listeners),
+        *config.loose.endpoints,
+    ]:
+        problems_before = len(problems)
+        endpoints[key_path] = _endpoint(description, key_path, reactor, problems, check_only)
+        if len(problems) == problems_before:
+            parsed.append((key_path, description))
+    _clashes(parsed, problems)
+    for tls_config in config.loose.tls:
+        _tls_options(tls_config, problems)
     for listener_config in config.listeners:
-        endpoint = _endpoint(listener_config, reactor, problems, check_only)
-        tls = _tls_options(listener_config, problems)
+        endpoint = endpoints[listener_config.key_path]
+        tls = _tls_options(listener_config.tls, problems) if listener_config.tls else None
         served = [built[name] for name in listener_config.portals if name in built]
         if len(served) != len(listener_config.portals) or (endpoint is None and not check_only):
             continue
         if listener_config.tls is not None and tls is None:
+            continue
+        if not _every_portal_can_log_in(listener_config, served, problems):
             continue
         # The old conversation is PB's MD5 challenge: only where pb-md5 is offered.
         legacy = next(
@@ -101,6 +136,95 @@ def assemble(config: Config, reactor: Any, *, check_only: bool = False) -> Assem
     if problems:
         raise ConfigError(config.source, problems)
     return assembly
+
+
+def _hash_threads(
+    environment: Mapping[str, str], assembly: Assembly, problems: list[Problem]
+) -> None:
+    try:
+        size = hashpool.size_from_environment(environment)
+    except ValueError as e:
+        problems.append(Problem(f"{hashpool.SIZE_VARIABLE} (environment variable)", str(e)))
+        return
+    if size is not None:
+        assembly.front_door.hash_pool.size = size
+
+
+def _every_portal_can_log_in(
+    listener: ListenerConfig, served: list[_BuiltPortal], problems: list[Problem]
+) -> bool:
+    """Each portal must offer a mechanism this listener's connections may use."""
+    is_tls = listener.tls is not None or _endpoint_type(listener.endpoint) == "ssl"
+    verifies_clients = listener.tls is not None and listener.tls.client_ca is not None
+    connection = mechanisms.Connection(tls=is_tls, client_certificate=verifies_clients)
+    fine = True
+    for index, portal in enumerate(served):
+        offered = portal.entry.mechanisms
+        if mechanisms.usable(offered, connection):
+            continue
+        fine = False
+        where = f"{listener.key_path}.portal"
+        if len(listener.portals) > 1:
+            where = f"{listener.key_path}.portals[{index}]"
+        reasons = "; ".join(
+            reason
+            for reason in (mechanisms.BY_NAME[name].refusal(connection) for name in offered)
+            if reason
+        )
+        if not is_tls:
+            remedy = "give the listener a tls: block"
+            if mechanisms.PLAIN not in offered:
+                remedy += " with client_ca"
+        elif listener.tls is not None:
+            remedy = "give tls.client_ca"
+        else:
+            remedy = "use a tcp: endpoint with a tls: block with client_ca"
+        problems.append(
+            Problem(
+                where,
+                f"portal {portal.entry.name!r} offers only {', '.join(offered)}, which this "
+                f"listener cannot serve ({reasons}): {remedy}, or offer another mechanism",
+            )
+        )
+    return fine
+
+
+def _clashes(endpoints: list[tuple[str, str]], problems: list[Problem]) -> None:
+    """
+    Two listeners that would bind one address: a config error now, not a
+    busy port at start (or, for Unix sockets, a second lock on one path).
+
+    @param endpoints: (listener key path, endpoint string) of every
+        endpoint that parsed.
+    """
+    seen: list[tuple[str, endpoint_strings.BoundAddress]] = []
+    for key_path, description in sorted(endpoints, key=_in_order):
+        address = endpoint_strings.bound_address(description)
+        if address is None:
+            continue
+        for earlier_path, earlier in seen:
+            if address.clashes(earlier):
+                if address == earlier:
+                    also = f"as {earlier_path} does"
+                else:
+                    also = f"which overlaps {earlier_path}'s {earlier}"
+                problems.append(
+                    Problem(
+                        f"{key_path}.endpoint",
+                        f"binds {address}, {also}: two listeners cannot bind one address",
+                    )
+                )
+                break
+        seen.append((key_path, address))
+
+
+def _in_order(item: tuple[str, str]) -> int:
+    """listeners[12] after listeners[2]."""
+    return int(item[0].removeprefix("listeners[").rstrip("]"))
+
+
+def _endpoint_type(description: str) -> str:
+    return description.split(":", 1)[0].strip().lower()
 
 
 @dataclass(frozen=True)
@@ -152,6 +276,15 @@ def _mechanisms(
     portal_config: PortalConfig, checkers: list[Any], problems: list[Problem]
 ) -> tuple[str, ...] | None:
     servable = mechanisms.servable(checkers)
+    if not servable:
+        problems.append(
+            Problem(
+                f"{portal_config.key_path}.checkers",
+                "no checker of this portal serves a login mechanism "
+                f"(pbd's mechanisms: {', '.join(mechanisms.MECHANISMS)})",
+            )
+        )
+        return None
     if portal_config.mechanisms is None:
         return tuple(servable)
     unservable = False
@@ -170,12 +303,14 @@ def _mechanisms(
     return tuple(name for name in mechanisms.MECHANISMS if name in portal_config.mechanisms)
 
 
-def _tls_options(listener: ListenerConfig, problems: list[Problem]) -> Any:
-    """CertificateOptions for a listener's C{tls:} block: TLS 1.2 at least."""
-    tls = listener.tls
-    if tls is None:
-        return None
-    from OpenSSL import crypto
+def _tls_options(tls: TLSConfig, problems: list[Problem]) -> Any:
+    """
+    CertificateOptions for a listener's C{tls:} block: TLS 1.2 at least.
+
+    The OpenSSL context is made here, once, so that a key that does not
+    fit its certificate stops the config instead of every handshake.
+    """
+    from OpenSSL import SSL, crypto
     from twisted.internet import ssl
 
     def load(path: Any, what: str, parse: Any) -> Any:
@@ -197,8 +332,16 @@ def _tls_options(listener: ListenerConfig, problems: list[Problem]) -> Any:
     )
     if certificate is None or key is None or chain is None or authorities == []:
         return None
+    if not key.matches(certificate.getPublicKey()):
+        problems.append(
+            Problem(
+                f"{tls.key_path}.key",
+                f"{tls.key} is not the key of the certificate {tls.certificate}",
+            )
+        )
+        return None
     try:
-        return ssl.CertificateOptions(
+        options = ssl.CertificateOptions(
             privateKey=key.original,
             certificate=certificate.original,
             extraCertChain=chain,
@@ -207,9 +350,18 @@ def _tls_options(listener: ListenerConfig, problems: list[Problem]) -> Any:
             requireCertificate=tls.require_client_cert,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
-    except Exception as e:
-        problems.append(Problem(tls.key_path, f"the certificate and key do not fit: {e}"))
+        options.getContext()
+    except (SSL.Error, ValueError, TypeError) as e:
+        problems.append(Problem(tls.key_path, f"OpenSSL refuses these files: {_ssl_reason(e)}"))
         return None
+    return options
+
+
+def _ssl_reason(error: Exception) -> str:
+    """OpenSSL's own words (its errors are lists of tuples), or the error's message."""
+    if isinstance(error.args[0] if error.args else None, list):
+        return "; ".join(str(item[-1]) for item in error.args[0]) or type(error).__name__
+    return str(error) or type(error).__name__
 
 
 def _pem_certificates(path: Any, where: str, problems: list[Problem]) -> list | None:
@@ -264,12 +416,21 @@ def _plugin(
 
 
 def _endpoint(
-    listener: ListenerConfig, reactor: Any, problems: list[Problem], check_only: bool
+    description: str, key_path: str, reactor: Any, problems: list[Problem], check_only: bool
 ) -> IStreamServerEndpoint | None:
-    description = listener.endpoint
-    path = f"{listener.key_path}.endpoint"
-    is_systemd = description.split(":", 1)[0].strip() == "systemd"
+    path = f"{key_path}.endpoint"
+    is_systemd = _endpoint_type(description) == "systemd"
     if is_systemd and check_only and not inherited_sockets().inheritedDescriptors():
+        return None
+    escaped = endpoint_strings.bare_ipv6_interface(description)
+    if escaped is not None:
+        problems.append(
+            Problem(
+                path,
+                f"cannot parse {description!r}: the colons of an IPv6 address must be escaped "
+                f"with backslashes: {escaped} (in YAML, in single quotes: '{escaped}')",
+            )
+        )
         return None
     try:
         return serverFromString(reactor, description)
@@ -282,6 +443,8 @@ def _endpoint(
         problems.append(
             Problem(path, f"{description!r}: cannot read {e.filename or 'a file'}: {e.strerror}")
         )
+    except VerifyError:
+        problems.append(Problem(path, f"{description!r}: the privateKey is not the certKey's key"))
     except (ValueError, TypeError) as e:
         problems.append(Problem(path, f"cannot parse {description!r}: {e}"))
     except Exception as e:

@@ -27,7 +27,6 @@ from pbd.credentials import ICertificateSubject, IScramVerifierSource
 from pbd.errors import OptionError
 from pbd.interfaces import IConfigWarnings, IReloadable
 from pbd.passwdfile import (
-    MD5_CAPABLE_SCHEMES,
     PasswordEntry,
     PasswordFileError,
     UnusablePasswordError,
@@ -117,9 +116,9 @@ class PasswordFileChecker(UserStoreChecker):
     def configWarnings(self) -> list[str]:
         return [
             f"{self.path}: user {entry.user!r} has a {entry.scheme} hash, which cannot answer "
-            "PB's MD5 challenge: stock PB clients cannot log in as this user"
+            "PB's MD5 challenge or SCRAM: this user can log in only with plain, over TLS"
             for entry in self._entries.values()
-            if entry.scheme not in MD5_CAPABLE_SCHEMES
+            if entry.plain_only
         ]
 
     # -- the store

@@ -161,9 +161,7 @@ def check_config(arguments: argparse.Namespace) -> int:
     try:
         assembly = assemble(load_config(arguments.file), reactor, check_only=True)
     except ConfigError as e:
-        print(e, file=sys.stderr)
-        count = len(e.problems)
-        print(f"{e.source}: {count} problem{'s' if count > 1 else ''}", file=sys.stderr)
+        print(e.report(), file=sys.stderr)
         return 1
     print(summary(assembly))
     return 0

@@ -3,7 +3,9 @@ The YAML config file, read into typed objects.
 
 This module checks the file's shape only: which keys exist and what types
 they hold. Whether a plugin exists, accepts its options, or an endpoint
-string parses is decided in L{pbd.build}, which reports in the same style.
+string parses is decided in L{pbd.assembly}, which goes on from the shape
+problems found here and reports them with its own, so that one run shows
+every problem.
 """
 
 from __future__ import annotations
@@ -72,13 +74,40 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True)
+class LooseParts:
+    """
+    The sound parts of entries that have a problem elsewhere (a realm whose
+    portal names an unknown mechanism, the endpoint of a listener that names
+    an unknown portal): still checked, each on its own, so that one pass
+    reports every problem.
+    """
+
+    realms: tuple[PluginConfig, ...] = ()
+    checkers: tuple[PluginConfig, ...] = ()
+    # (the listener's key path, its endpoint string)
+    endpoints: tuple[tuple[str, str], ...] = ()
+    tls: tuple[TLSConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
+    """
+    A config file as read: its complete entries, and what is wrong with it.
+
+    Only L{pbd.assembly.assemble} turns it into something that runs, and it
+    refuses a config with any problem, so a config with C{problems} never
+    serves anything.
+    """
+
     source: Path
     listeners: tuple[ListenerConfig, ...]
     portals: Mapping[str, PortalConfig] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     # Legal but unwise or outdated: logged at start, shown by check-config.
     warnings: tuple[str, ...] = ()
+    # Shape problems, reported by pbd.assembly with the problems it finds.
+    problems: tuple[Problem, ...] = ()
+    loose: LooseParts = field(default_factory=LooseParts)
 
     @property
     def login_timeout(self) -> float:
@@ -117,29 +146,33 @@ def load_config(path: Path | str) -> Config:
     """
     Read and shape-check a config file.
 
-    @raise ConfigError: naming the file, each bad key path and the fault.
+    Shape problems do not stop the reading: they are returned in
+    L{Config.problems}, with the sound parts of the broken entries in
+    L{Config.loose}, for L{pbd.assembly.assemble} to check further and
+    report all together.
+
+    @raise ConfigError: when the file cannot be read or is not YAML, the
+        one problem that leaves nothing else to check.
     """
     source = Path(path).absolute()
     try:
         text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(path, [Problem("", "no such file")]) from None
+        raise ConfigError(source, [Problem("", "no such file")]) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, [Problem("", f"cannot read: {_reason(e)}")]) from None
+        raise ConfigError(source, [Problem("", f"cannot read: {_reason(e)}")]) from None
     try:
         document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         problem = e.problem or e.context or "malformed"
-        raise ConfigError(path, [Problem(where, f"bad YAML: {problem}")]) from None
+        if "unknown escape character" in problem:
+            problem += " (inside double quotes a backslash starts an escape: use single quotes)"
+        raise ConfigError(source, [Problem(where, f"bad YAML: {problem}")]) from None
     except yaml.YAMLError as e:
-        raise ConfigError(path, [Problem("", f"bad YAML: {e}")]) from None
-    reader = _Reader(source.parent)
-    config = reader.config(document, source)
-    if reader.problems:
-        raise ConfigError(path, reader.problems)
-    return config
+        raise ConfigError(source, [Problem("", f"bad YAML: {e}")]) from None
+    return _Reader(source.parent).config(document, source)
 
 
 def _reason(error: OSError | UnicodeDecodeError) -> str:
@@ -156,6 +189,7 @@ class _Reader:
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self.declared_portals: set[str] = set()
+        self.loose = LooseParts()
 
     def fail(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
@@ -189,15 +223,15 @@ class _Reader:
     def config(self, document: Any, source: Path) -> Config:
         if document is None:
             self.fail("", "the file is empty: it needs 'listeners' and 'portals'")
-            return Config(source, ())
+            return Config(source, (), problems=tuple(self.problems))
         allowed = {"listeners", "portals", "limits"}
         if isinstance(document, dict) and "login_timeout" in document:
             allowed.add("login_timeout")  # the old place of limits.login_timeout
         top = self.mapping(document, "", allowed)
         if top is None:
-            return Config(source, ())
+            return Config(source, (), problems=tuple(self.problems))
         portals = self.portals(self.required(top, "portals", ""))
-        listeners = self.listeners(self.required(top, "listeners", ""), portals)
+        listeners = self.listeners(self.required(top, "listeners", ""))
         limits = self.limits(top.get("limits", {}))
         if "login_timeout" in top:
             self.warnings.append(
@@ -210,7 +244,15 @@ class _Reader:
                 timeout = self.number(top["login_timeout"], "login_timeout", float)
                 if timeout is not None:
                     limits = replace(limits, login_timeout=timeout)
-        return Config(source, listeners, portals, limits, tuple(self.warnings))
+        return Config(
+            source,
+            listeners,
+            portals,
+            limits,
+            tuple(self.warnings),
+            tuple(self.problems),
+            self.loose,
+        )
 
     def limits(self, value: Any) -> Limits:
         if value is None:
@@ -254,14 +296,16 @@ class _Reader:
                 continue
             path = f"portals.{name}"
             self.declared_portals.add(name)
+            problems_before = len(self.problems)
             if not PORTAL_NAME.match(name):
                 self.fail(path, "a portal name is letters, digits, '_', '.' and '-'")
-            portal = self.portal(name, body, path)
+            portal = self.portal(name, body, path, problems_before)
             if portal is not None:
                 portals[name] = portal
         return portals
 
-    def portal(self, name: str, body: Any, path: str) -> PortalConfig | None:
+    def portal(self, name: str, body: Any, path: str, problems_before: int) -> PortalConfig | None:
+        """The portal, if its whole entry is sound; else its sound plugins go loose."""
         if self.mapping(body, path, {"realm", "checkers", "mechanisms"}) is None:
             return None
         mechanisms = self.mechanisms(body.get("mechanisms"), f"{path}.mechanisms")
@@ -280,7 +324,12 @@ class _Reader:
                     checker = self.plugin(item, f"{checkers_path}[{index}]")
                     if checker is not None:
                         checkers.append(checker)
-        if realm is None or len(checkers) != len(checkers_value or ()):
+        if realm is None or len(self.problems) > problems_before:
+            self.loose = replace(
+                self.loose,
+                realms=self.loose.realms + ((realm,) if realm else ()),
+                checkers=self.loose.checkers + tuple(checkers),
+            )
             return None
         return PortalConfig(name, realm, tuple(checkers), path, mechanisms)
 
@@ -314,7 +363,7 @@ class _Reader:
         options = {key: item for key, item in body.items() if key != "plugin"}
         return PluginConfig(name, options, path)
 
-    def listeners(self, value: Any, portals: dict[str, PortalConfig]) -> tuple:
+    def listeners(self, value: Any) -> tuple:
         if value is None:
             return ()
         if not isinstance(value, list):
@@ -324,14 +373,13 @@ class _Reader:
             self.fail("listeners", "declare at least one listener")
         listeners = []
         for index, item in enumerate(value):
-            listener = self.listener(item, f"listeners[{index}]", portals)
+            listener = self.listener(item, f"listeners[{index}]")
             if listener is not None:
                 listeners.append(listener)
         return tuple(listeners)
 
-    def listener(
-        self, item: Any, path: str, portals: dict[str, PortalConfig]
-    ) -> ListenerConfig | None:
+    def listener(self, item: Any, path: str) -> ListenerConfig | None:
+        """The listener, if its whole entry is sound; else its sound parts go loose."""
         allowed = {"endpoint", "portal", "portals", "legacy_login", "tls"}
         if self.mapping(item, path, allowed) is None:
             return None
@@ -345,9 +393,13 @@ class _Reader:
         tls = self.tls(item["tls"], f"{path}.tls") if "tls" in item else None
         if tls is not None and endpoint is not None and endpoint.split(":")[0].strip() == "ssl":
             self.fail(f"{path}.tls", "an ssl: endpoint already speaks TLS: use tcp: with tls:")
+            tls = None
         if endpoint is None or not names or len(self.problems) > problems_before:
-            return None
-        if not all(name in portals for name in names):
+            self.loose = replace(
+                self.loose,
+                endpoints=self.loose.endpoints + (((path, endpoint),) if endpoint else ()),
+                tls=self.loose.tls + ((tls,) if tls else ()),
+            )
             return None
         return ListenerConfig(endpoint, names, path, legacy_login, tls)
 
@@ -381,6 +433,7 @@ class _Reader:
 
     def tls(self, value: Any, path: str) -> TLSConfig | None:
         allowed = {"certificate", "key", "chain", "client_ca", "require_client_cert"}
+        problems_before = len(self.problems)
         body = self.mapping(value, path, allowed)
         if body is None:
             return None
@@ -404,7 +457,7 @@ class _Reader:
         elif require and files.get("client_ca") is None:
             self.fail(f"{path}.require_client_cert", "needs client_ca to verify certificates")
         certificate, private_key = files.get("certificate"), files.get("key")
-        if certificate is None or private_key is None:
+        if certificate is None or private_key is None or len(self.problems) > problems_before:
             return None
         return TLSConfig(
             certificate,

@@ -33,6 +33,11 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         return "\n".join(f"{self.source}: {problem}" for problem in self.problems)
 
+    def report(self) -> str:
+        """What C{pbd check-config} and C{twistd pbd} print: every problem, then their count."""
+        count = len(self.problems)
+        return f"{self}\n{self.source}: {count} problem{'s' if count != 1 else ''}"
+
 
 class OptionError(ValueError):
     """

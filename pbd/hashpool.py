@@ -22,7 +22,7 @@ import contextlib
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
@@ -45,6 +45,30 @@ class BusyError(UnauthorizedLogin):
 
 def default_size() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+# The operator's way to size the pool, in the daemon's environment.
+SIZE_VARIABLE = "PBD_HASH_THREADS"
+
+
+def size_from_environment(environment: Mapping[str, str]) -> int | None:
+    """
+    The pool size C{PBD_HASH_THREADS} asks for; L{None} when it is unset
+    or empty. Read once, where the config is checked, so that
+    C{pbd check-config} and C{twistd pbd} refuse the same values.
+
+    @raise ValueError: saying what the value must be.
+    """
+    text = environment.get(SIZE_VARIABLE, "").strip()
+    if not text:
+        return None
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"must be a whole number of threads, at least 1, not {text!r}")
+    return size
 
 
 class HashPool:

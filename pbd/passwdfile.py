@@ -79,6 +79,16 @@ class PasswordEntry:
     scheme: str
 
     @property
+    def plain_only(self) -> bool:
+        """
+        Can this user log in only by sending the password (C{plain}, which
+        pbd accepts only over TLS)? Neither SCRAM nor PB's MD5 challenge
+        can be answered from this hash: a C{pbd passwd} user of the default
+        scheme is not such a user.
+        """
+        return self.scheme != SCRAM_SCHEME and self.scheme not in MD5_CAPABLE_SCHEMES
+
+    @property
     def scram_verifier(self) -> Verifier | None:
         return Verifier.parse(self.hash) if self.scheme == SCRAM_SCHEME else None
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer, task
+from twisted.internet import defer, task, unix
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pbd.assembly import Assembly, Listener
+from pbd.config import ListenerConfig
+from pbd.endpoint_strings import bound_address
 from pbd.errors import ListenError
 from pbd.hashpool import HashPool
 from pbd.interfaces import IReloadable
@@ -34,6 +37,8 @@ class ListenersService(Service):
     def __init__(self, listeners: Sequence[Listener]) -> None:
         self.listeners = tuple(listeners)
         self.ports: list[tuple[Listener, IListeningPort]] = []
+        # The process that bound the ports, and so took their locks.
+        self._bound_by: int | None = None
 
     def listen(self) -> None:
         """
@@ -50,6 +55,7 @@ class ListenersService(Service):
                 self._close_all()
                 raise
             self.ports.append((listener, port))
+        self._bound_by = os.getpid()
 
     def privilegedStartService(self) -> None:
         self.listen()
@@ -57,6 +63,9 @@ class ListenersService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self._bound_by is not None and self._bound_by != os.getpid():
+            for listener, port in self.ports:
+                _take_over_lock(listener, port, self._bound_by)
         for listener, port in self.ports:
             others = listener.config.portals[1:]
             log.info(
@@ -94,8 +103,57 @@ def _listen_now(listener: Listener) -> IListeningPort:
     result = outcome[0]
     if isinstance(result, Failure):
         reason = result.getErrorMessage()
-        raise ListenError(f"{config.key_path} ({config.endpoint}): cannot listen: {reason}")
+        raise ListenError(
+            f"{config.key_path} ({config.endpoint}): cannot listen: {reason}{_lock_holder(config)}"
+        )
     return result
+
+
+def _lock_holder(config: ListenerConfig) -> str:
+    """Who holds a Unix socket's lock, said after a failed listen; else nothing."""
+    address = bound_address(config.endpoint)
+    if address is None or address.kind != "unix":
+        return ""
+    lock = f"{address.host}.lock"
+    try:
+        holder = os.readlink(lock)
+    except OSError:
+        return ""
+    return f" ({lock} names PID {holder}: is another daemon serving this socket?)"
+
+
+def _take_over_lock(listener: Listener, port: IListeningPort, bound_by: int) -> None:
+    """
+    Make a Unix socket's lock name this process, not the one that bound it.
+
+    twistd binds (in L{pbd.tap}) before it daemonizes, so Twisted's lock, a
+    symlink whose target is the PID (L{twisted.python.lockfile}), names the
+    process that exits once the daemon has started: a second daemon would
+    find that PID dead, break the lock and take the socket's path away from
+    the first. twistd's first process exits only once the daemon has
+    started, after this, so the lock never names a dead process; the new
+    link replaces the old in one rename.
+    """
+    if not isinstance(port, unix.Port) or port.lockFile is None:
+        return
+    name = os.fsencode(port.lockFile.name)
+    try:
+        holder = os.fsdecode(os.readlink(name))
+    except OSError as e:
+        holder = f"none ({e.strerror})"
+    if holder != str(bound_by):
+        log.warn(
+            "{key_path}: the lock {lock} names PID {holder}, not this daemon",
+            key_path=listener.config.key_path,
+            lock=os.fsdecode(name),
+            holder=holder,
+        )
+        return
+    replacement = name + b".%d.new" % os.getpid()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(replacement)
+    os.symlink(str(os.getpid()), replacement)
+    os.replace(replacement, name)
 
 
 def describe_address(address: Any) -> str:
@@ -161,9 +219,6 @@ class HashingService(Service):
 
     def startService(self) -> None:
         super().startService()
-        size = os.environ.get("PBD_HASH_THREADS")
-        if size:
-            self.pool.size = int(size)
         self.pool.start()
 
     def stopService(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 from twisted.application.service import IService
 from twisted.logger import Logger
@@ -33,19 +34,22 @@ def makeService(options: Options) -> IService:
     try:
         assembly = assemble(load_config(options["config"]), reactor)
     except ConfigError as e:
-        _fail(str(e))
+        _fail(e.report())
     for warning in assembly.warnings:
         log.warn("config warning: {warning}", warning=warning)
     service = DaemonService(assembly)
     try:
         service.listeners.listen()
     except ListenError as e:
-        _fail(str(e))
+        _fail(f"{assembly.config.source}: {e}")
     return service
 
 
-def _fail(message: str) -> None:
-    """Stop twistd with the message and status 1: no traceback for an operator's mistake."""
-    sys.stderr.write(f"pbd: {message}\n")
+def _fail(message: str) -> NoReturn:
+    """
+    Stop twistd with the message and status 1: no traceback for an
+    operator's mistake. The message is what C{pbd check-config} prints.
+    """
+    sys.stderr.write(f"{message}\n")
     sys.stderr.flush()
     raise SystemExit(1)

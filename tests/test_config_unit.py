@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pbd.config import load_config
 from pbd.errors import ConfigError
 
@@ -15,9 +13,12 @@ def _load(tmp_path, text):
 
 
 def _problems(tmp_path, text):
-    with pytest.raises(ConfigError) as raised:
-        _load(tmp_path, text)
-    return [str(problem) for problem in raised.value.problems]
+    try:
+        problems = _load(tmp_path, text).problems
+    except ConfigError as e:
+        problems = e.problems
+    assert problems
+    return [str(problem) for problem in problems]
 
 
 GOOD = """

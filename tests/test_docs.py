@@ -57,12 +57,7 @@ from pbd.limits import Limits
 # Blocks whose shown output or code is wrong today, in README sections other
 # helpers of issue 14 own: each runs, and must fail, until its owner fixes the
 # sample (strict: a fixed one fails here until it leaves this list).
-EXPECTED_FAILURES = {
-    "readme-config-errors": (
-        "owned by the config helper: a duplicate top-level key is reported at column 1 "
-        "(line 7, column 1), not column 3"
-    ),
-}
+EXPECTED_FAILURES = {}
 
 BLOCKS = all_blocks()
 SAMPLES: dict[str, Callable[[Block, Docs], None]] = {}
@@ -340,42 +335,23 @@ def _(block: Block, docs: Docs) -> None:
     assert_valid(folder / "pbd.yaml")
 
 
-# One config for each error line shown, in order. The first is the config
-# reference sample itself, without the users.passwd it names.
-DUPLICATE_KEY_ON_LINE_7 = """\
-listeners:
-  - endpoint: "tcp:8787:interface=127.0.0.1"
-    portal: demo
-portals:
-  demo:
-    realm: {plugin: echo}
-portals:
-  demo:
-    realm: {plugin: echo}
-    checkers: [{plugin: anonymous}]
-"""
-BAD_PORT = """\
-listeners:
-  - endpoint: "tcp:80a"
-    portal: demo
-portals:
-  demo:
-    realm: {plugin: echo}
-    checkers: [{plugin: anonymous}]
-"""
-
-
 @sample("readme-config-errors")
 def _(block: Block, docs: Docs) -> None:
-    configs = [docs.blocks["readme-config-reference"].text, DUPLICATE_KEY_ON_LINE_7, BAD_PORT]
-    shown = shown_lines(block.text)
-    assert len(shown) == len(configs)
-    for number, (config, line) in enumerate(zip(configs, shown, strict=True)):
-        etc = docs.scratch(f"config-errors/{number}/etc/pbd")  # shown as /etc/pbd
-        (etc / "pbd.yaml").write_text(config)
-        result = run_twistd(etc / "pbd.yaml")
+    """The bad config shown, as /etc/pbd/pbd.yaml: both commands print the lines shown after it."""
+    etc = docs.scratch("config-errors") / "etc" / "pbd"  # shown as /etc/pbd
+    etc.mkdir(parents=True)
+    (etc / "pbd.yaml").write_text(block.text)
+    shown = shown_lines(docs.blocks["readme-config-errors-output"].text)
+    for result in (run_twistd(etc / "pbd.yaml"), check_config(etc / "pbd.yaml")):
         assert result.returncode == 1, result.stdout
-        assert result.stderr.replace(f"{etc}/", "/etc/pbd/").splitlines() == [line]
+        assert "Traceback" not in result.stderr
+        assert shown_lines(result.stderr.replace(f"{etc}/", "/etc/pbd/")) == shown
+
+
+@sample("readme-config-errors-output")
+def _(block: Block, docs: Docs) -> None:
+    """Compared with the real output by the check of the config just before it."""
+    assert docs.blocks["readme-config-errors"].line < block.line
 
 
 # README.md: Connecting from Python ---------------------------------------------------
@@ -628,9 +604,9 @@ def test_doc_sample(name: str, docs: Docs) -> None:
 # Docs that are not code blocks ---------------------------------------------------------
 
 
-def readme_section(title: str) -> str:
+def readme_section(title: str, level: str = "##") -> str:
     text = (REPO / "README.md").read_text()
-    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return text.split(f"\n{level} {title}\n", 1)[1].split(f"\n{level} ", 1)[0]
 
 
 def test_systemd_troubleshooting_quotes_what_pbd_prints(docs, monkeypatch):
@@ -699,3 +675,27 @@ def test_the_testing_doc_files_every_test_module():
         path.name for path in sorted((REPO / "tests").glob("test_*.py")) if path.name not in text
     ]
     assert not unfiled, f"docs/testing.md does not say which kind these are: {unfiled}"
+
+
+DUPLICATE_KEY_ON_LINE_3 = """\
+portals:
+  demo: {realm: {plugin: echo}, checkers: [{plugin: anonymous}]}
+portals:
+  demo: {realm: {plugin: echo}, checkers: [{plugin: anonymous}]}
+listeners:
+  - {endpoint: "tcp:0:interface=127.0.0.1", portal: demo}
+"""
+
+
+def test_the_errors_section_quotes_the_duplicate_key_message(docs):
+    quoted = re.search(
+        r"\(`(/etc/pbd/pbd\.yaml: line 3,\s[^`]*)`;", readme_section("Errors", "###")
+    )
+    assert quoted, "the Errors section quotes a duplicate-key message"
+    etc = docs.scratch("duplicate-key") / "etc" / "pbd"
+    etc.mkdir(parents=True)
+    (etc / "pbd.yaml").write_text(DUPLICATE_KEY_ON_LINE_3)
+    result = check_config(etc / "pbd.yaml")
+    assert result.returncode == 1
+    first = result.stderr.replace(f"{etc}/", "/etc/pbd/").splitlines()[0]
+    assert first == " ".join(quoted.group(1).split())

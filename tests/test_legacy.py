@@ -174,7 +174,9 @@ def test_the_old_conversation_can_be_turned_off_per_listener(start_daemon):
 
 def test_the_old_conversation_is_off_where_pb_md5_is_not_offered(start_daemon):
     config = legacy_config()
-    config["portals"]["old"]["mechanisms"] = ["plain"]
+    # plain alone cannot serve a clear-text listener (a config error): anonymous can.
+    config["portals"]["old"]["mechanisms"] = ["plain", "anonymous"]
+    config["portals"]["old"]["checkers"] = [{"plugin": "anonymous"}]
     daemon = start_daemon(config, env=ON_PATH)
 
     with pytest.raises(pb.RemoteError) as raised:
