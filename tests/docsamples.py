@@ -17,9 +17,7 @@ unnoticed.
 from __future__ import annotations
 
 import os
-import pty
 import re
-import select
 import shutil
 import subprocess
 import tomllib
@@ -27,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pbd_daemon import BIN
+from terminal import on_a_terminal
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = re.compile(r"^<!--\s*doc-test:\s*(.*?)\s*-->$")
@@ -152,36 +151,13 @@ def command_lines(text: str) -> list[str]:
     return [line for line in text.replace("\\\n", " ").splitlines() if line.strip()]
 
 
-def on_a_terminal(
-    command: str, answers: list[str], cwd: Path, env: dict[str, str], timeout: float = 20
+def on_a_terminal_shell(
+    command: str, answers: list[str], cwd: Path, env: dict[str, str]
 ) -> tuple[int, str]:
-    """Run a command line with a pseudo-terminal as its terminal, answering each prompt."""
-    pid, terminal = pty.fork()
-    if pid == 0:  # the child: becomes the shell
-        os.chdir(cwd)
-        os.execve("/bin/bash", ["bash", "-c", command], env)
-    output = b""
-    try:
-        for answer in answers:
-            seen = b""
-            while not seen.rstrip().endswith(b":"):
-                ready, _, _ = select.select([terminal], [], [], timeout)
-                assert ready, f"no prompt from {command!r}; got {seen!r}"
-                seen += os.read(terminal, 1024)
-            output += seen
-            os.write(terminal, answer.encode() + b"\n")
-        while select.select([terminal], [], [], timeout)[0]:
-            try:
-                chunk = os.read(terminal, 1024)
-            except OSError:  # the child has gone, and the terminal with it
-                break
-            if not chunk:
-                break
-            output += chunk
-    finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(terminal)
-    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+    """Run a shell command line on a pseudo-terminal, answering each prompt with a line."""
+    return on_a_terminal(
+        ["/bin/bash", "-c", command], [a.encode() + b"\n" for a in answers], cwd=cwd, env=env
+    )
 
 
 def install_without_pip(project: Path, site: Path) -> None:

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 import select
+from pathlib import Path
 
 
-def on_a_terminal(command: list[str], keys: list[bytes], wait: float = 20) -> tuple[int, str]:
+def on_a_terminal(
+    command: list[str],
+    keys: list[bytes],
+    wait: float = 20,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str]:
     """
     Run C{command} with a pseudo-terminal as its terminal; at each prompt
     (a line ending in ':') type the next of C{keys} (C{b"pw\\n"}, or Ctrl-C
@@ -17,7 +24,9 @@ def on_a_terminal(command: list[str], keys: list[bytes], wait: float = 20) -> tu
 
     pid, terminal = pty.fork()
     if pid == 0:  # the child: becomes the command
-        os.execv(command[0], command)
+        if cwd is not None:
+            os.chdir(cwd)
+        os.execve(command[0], command, os.environ if env is None else env)
     seen = b""
     try:
         for key in keys:

@@ -42,7 +42,7 @@ from docsamples import (
     all_blocks,
     command_lines,
     install_without_pip,
-    on_a_terminal,
+    on_a_terminal_shell,
     run_shell,
     session,
     shell_environment,
@@ -172,7 +172,7 @@ class Docs:
             _, _, _, user, *_ = [*shlex.split(command, comments=True), ""]
             if user in passwords:  # pbd passwd FILE USER asks for the password twice
                 answers = [passwords[user]] * 2
-                code, output = on_a_terminal(command, answers, root, shell_environment())
+                code, output = on_a_terminal_shell(command, answers, root, shell_environment())
             else:
                 result = run_shell(command, cwd=root)
                 code, output = result.returncode, result.stdout

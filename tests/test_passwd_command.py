@@ -13,6 +13,7 @@ import pytest
 from configs import echo_config
 from pb_client import call_as, login
 from pbd_daemon import PBD, run_pbd
+from terminal import on_a_terminal
 from twisted.spread import pb
 
 from pbd.passwdfile import read_password_file
@@ -186,37 +187,7 @@ def test_the_daemon_reloads_the_file_and_keeps_logged_in_users(start_daemon, tmp
 
 def _on_a_terminal(arguments: list[str], answers: list[str]) -> tuple[int, str]:
     """Run `pbd passwd` with a pseudo-terminal as its terminal, answering each prompt."""
-    import pty
-    import select
-
-    pid, terminal = pty.fork()
-    if pid == 0:  # the child: becomes pbd
-        os.execv(PBD, [PBD, "passwd", *arguments])
-    seen = b""
-    try:
-        for answer in answers:
-            while not seen.rstrip().endswith(b":"):
-                ready, _, _ = select.select([terminal], [], [], 10)
-                assert ready, f"no prompt; got {seen!r}"
-                seen += os.read(terminal, 1024)
-            os.write(terminal, answer.encode() + b"\n")
-            seen = b""
-        output = b""
-        while True:
-            ready, _, _ = select.select([terminal], [], [], 10)
-            if not ready:
-                break
-            try:
-                chunk = os.read(terminal, 1024)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-    finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(terminal)
-    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+    return on_a_terminal([PBD, "passwd", *arguments], [a.encode() + b"\n" for a in answers])
 
 
 def test_on_a_terminal_the_password_is_asked_twice(tmp_path):
