@@ -55,13 +55,21 @@ class Certificate(Mechanism):
 def subject_fields(certificate: Any) -> dict[str, str]:
     """A pyOpenSSL X509's subject as a mapping, by short and long field names."""
     fields = {
-        name.decode("ascii", "replace"): value.decode("utf-8", "replace")
-        for name, value in certificate.get_subject().get_components()
+        _SHORT_NAMES.get(attribute.oid, attribute.rfc4514_attribute_name): _text(attribute.value)
+        for attribute in certificate.to_cryptography().subject
     }
     for short, long in _LONG_NAMES:
         if short in fields:
             fields.setdefault(long, fields[short])
     return fields
+
+
+# Where OpenSSL's short name differs from the one RFC 4514 writes.
+_SHORT_NAMES = {NameOID.EMAIL_ADDRESS: "emailAddress", NameOID.USER_ID: "UID"}
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def subject_text(certificate: Any) -> str:
