@@ -20,7 +20,7 @@ from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import Interface
 
-from pbd import endpoint_strings, hashpool, mechanisms, plugins
+from pbd import endpoint_strings, hashpool, mechanisms, pemfiles, plugins
 from pbd.broker import ServerFactory, TLSServerFactory
 from pbd.config import Config, ListenerConfig, PluginConfig, PortalConfig, TLSConfig
 from pbd.errors import ConfigError, OptionError, Problem
@@ -313,26 +313,31 @@ def _tls_options(tls: TLSConfig, problems: list[Problem]) -> Any:
     from OpenSSL import SSL, crypto
     from twisted.internet import ssl
 
-    def load(path: Any, what: str, parse: Any) -> Any:
+    def read(path: Any, what: str, parse: Callable[[list[tuple[str, bytes]]], Any]) -> Any:
         try:
-            return parse(path.read_bytes())
-        except OSError as e:
-            problems.append(Problem(f"{tls.key_path}.{what}", f"cannot read {path}: {e.strerror}"))
-        except Exception as e:
-            problems.append(Problem(f"{tls.key_path}.{what}", f"{path}: not a PEM {what}: {e}"))
-        return None
+            return parse(pemfiles.read_pem_blocks(path))
+        except pemfiles.PEMFileError as e:
+            problems.append(Problem(f"{tls.key_path}.{what}", f"{path}: {e}"))
+            return None
 
-    certificate = load(tls.certificate, "certificate", ssl.Certificate.loadPEM)
-    key = load(tls.key, "key", lambda data: ssl.KeyPair.load(data, crypto.FILETYPE_PEM))
-    chain = _pem_certificates(tls.chain, f"{tls.key_path}.chain", problems) if tls.chain else []
+    def private_key(blocks: list[tuple[str, bytes]]) -> Any:
+        key = pemfiles.private_key_in(blocks)
+        if key is None:
+            raise pemfiles.PEMFileError(f"holds no private key (found: {pemfiles.kinds(blocks)})")
+        return key
+
+    def first(blocks: list[tuple[str, bytes]]) -> Any:
+        return pemfiles.certificates_in(blocks)[0]
+
+    certificate = read(tls.certificate, "certificate", first)
+    key = read(tls.key, "key", private_key)
+    chain = read(tls.chain, "chain", pemfiles.certificates_in) if tls.chain else []
     authorities = (
-        _pem_certificates(tls.client_ca, f"{tls.key_path}.client_ca", problems)
-        if tls.client_ca
-        else None
+        read(tls.client_ca, "client_ca", pemfiles.certificates_in) if tls.client_ca else []
     )
-    if certificate is None or key is None or chain is None or authorities == []:
+    if certificate is None or key is None or chain is None or authorities is None:
         return None
-    if not key.matches(certificate.getPublicKey()):
+    if not pemfiles.same_public_key(certificate, key):
         problems.append(
             Problem(
                 f"{tls.key_path}.key",
@@ -342,11 +347,15 @@ def _tls_options(tls: TLSConfig, problems: list[Problem]) -> Any:
         return None
     try:
         options = ssl.CertificateOptions(
-            privateKey=key.original,
-            certificate=certificate.original,
-            extraCertChain=chain,
-            verify=authorities is not None,
-            caCerts=authorities,
+            privateKey=crypto.PKey.from_cryptography_key(key),
+            certificate=crypto.X509.from_cryptography(certificate),
+            extraCertChain=[crypto.X509.from_cryptography(each) for each in chain],
+            verify=bool(tls.client_ca),
+            caCerts=(
+                [crypto.X509.from_cryptography(each) for each in authorities]
+                if tls.client_ca
+                else None
+            ),
             requireCertificate=tls.require_client_cert,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
@@ -362,23 +371,6 @@ def _ssl_reason(error: Exception) -> str:
     if isinstance(error.args[0] if error.args else None, list):
         return "; ".join(str(item[-1]) for item in error.args[0]) or type(error).__name__
     return str(error) or type(error).__name__
-
-
-def _pem_certificates(path: Any, where: str, problems: list[Problem]) -> list | None:
-    from OpenSSL import crypto
-
-    try:
-        text = path.read_bytes()
-    except OSError as e:
-        problems.append(Problem(where, f"cannot read {path}: {e.strerror}"))
-        return None
-    marker = b"-----END CERTIFICATE-----"
-    blocks = [block + marker for block in text.split(marker) if block.strip()]
-    try:
-        return [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
-    except crypto.Error as e:
-        problems.append(Problem(where, f"{path}: not PEM certificates: {e}"))
-        return None
 
 
 def _plugin(

@@ -24,16 +24,12 @@ L{NoAnswerError} that says which stage and what it likely means.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from twisted.cred.error import UnauthorizedLogin
@@ -44,7 +40,7 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer
 
-from pbd import mechanisms
+from pbd import mechanisms, pemfiles
 from pbd.banana import FastDecoding
 from pbd.mechanisms import MECHANISMS as MECHANISM_NAMES
 from pbd.mechanisms import PLAIN, SCRAM, NoUsableMechanismError
@@ -238,9 +234,6 @@ class TLSFiles:
     certificate: ssl.PrivateCertificate | None
 
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
-
-
 def read_tls_files(
     ca: Path | str | None = None,
     certificate: Path | str | None = None,
@@ -258,16 +251,16 @@ def read_tls_files(
         raise ArgumentError("{key} needs {certificate}: the key of which certificate?")
     trust = None
     if ca is not None:
-        authorities = _certificates("ca", ca, _pem_blocks("ca", ca))
+        authorities = _checked("ca", ca, lambda: pemfiles.certificates_in(_blocks("ca", ca)))
         trust = ssl.trustRootFromCertificates(
             [ssl.Certificate(crypto.X509.from_cryptography(each)) for each in authorities]
         )
     client_certificate = None
     if certificate is not None:
-        blocks = _pem_blocks("certificate", certificate)
-        mine = _certificates("certificate", certificate, blocks)[0]
+        blocks = _blocks("certificate", certificate)
+        mine = _checked("certificate", certificate, lambda: pemfiles.certificates_in(blocks))[0]
         if key is None:
-            private = _private_key("certificate", certificate, blocks)
+            private = _checked("certificate", certificate, lambda: pemfiles.private_key_in(blocks))
             if private is None:
                 raise ArgumentError(
                     "holds no private key: give {key} too, or put the key in the same file",
@@ -275,13 +268,13 @@ def read_tls_files(
                     certificate,
                 )
         else:
-            key_blocks = _pem_blocks("key", key)
-            private = _private_key("key", key, key_blocks)
+            key_blocks = _blocks("key", key)
+            private = _checked("key", key, lambda: pemfiles.private_key_in(key_blocks))
             if private is None:
                 raise ArgumentError(
-                    f"holds no private key (found: {_kinds(key_blocks)})", "key", key
+                    f"holds no private key (found: {pemfiles.kinds(key_blocks)})", "key", key
                 )
-        if not _same_public_key(mine, private):
+        if not pemfiles.same_public_key(mine, private):
             if key is None:
                 raise ArgumentError(
                     "its private key is not the key of its certificate", "certificate", certificate
@@ -296,66 +289,16 @@ def read_tls_files(
     return TLSFiles(trust, client_certificate)
 
 
-def _pem_blocks(argument: str, path: Path | str) -> list[tuple[str, bytes]]:
+def _checked(argument: str, path: Path | str, read: Callable[[], Any]) -> Any:
+    """C{read()}, its L{pemfiles.PEMFileError} told as an L{ArgumentError} naming the file."""
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ArgumentError("no such file", argument, path) from None
-    except IsADirectoryError:
-        raise ArgumentError("is a folder, not a PEM file", argument, path) from None
-    except OSError as e:
-        raise ArgumentError(f"cannot be read: {_literal(e.strerror)}", argument, path) from None
-    blocks = [(m.group(1).decode("ascii"), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
-    if not blocks:
-        raise ArgumentError("is not a PEM file (no -----BEGIN ...----- line)", argument, path)
-    return blocks
+        return read()
+    except pemfiles.PEMFileError as e:
+        raise ArgumentError(_literal(e), argument, path) from None
 
 
-def _kinds(blocks: list[tuple[str, bytes]]) -> str:
-    return ", ".join(dict.fromkeys(label for label, _ in blocks))
-
-
-def _certificates(
-    argument: str, path: Path | str, blocks: list[tuple[str, bytes]]
-) -> list[x509.Certificate]:
-    pems = [pem for label, pem in blocks if label == "CERTIFICATE"]
-    if not pems:
-        raise ArgumentError(f"holds no certificate (found: {_kinds(blocks)})", argument, path)
-    try:
-        return [x509.load_pem_x509_certificate(pem) for pem in pems]
-    except ValueError as e:
-        raise ArgumentError(
-            f"its certificate cannot be read: {_literal(e)}", argument, path
-        ) from None
-
-
-def _private_key(argument: str, path: Path | str, blocks: list[tuple[str, bytes]]) -> Any:
-    """The first private key among C{blocks}, or None if there is none."""
-    pems = [pem for label, pem in blocks if label.endswith("PRIVATE KEY")]
-    if not pems:
-        return None
-    try:
-        return serialization.load_pem_private_key(pems[0], password=None)
-    except TypeError:
-        # Never let OpenSSL ask for the passphrase on the terminal, mid-login.
-        raise ArgumentError(
-            "the private key is encrypted: give a key without a passphrase", argument, path
-        ) from None
-    except (ValueError, UnsupportedAlgorithm) as e:
-        raise ArgumentError(
-            f"its private key cannot be read: {_literal(e)}", argument, path
-        ) from None
-
-
-def _same_public_key(certificate: x509.Certificate, private: Any) -> bool:
-    def spki(public: Any) -> bytes:
-        return bytes(
-            public.public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-
-    return spki(certificate.public_key()) == spki(private.public_key())
+def _blocks(argument: str, path: Path | str) -> list[tuple[str, bytes]]:
+    return _checked(argument, path, lambda: pemfiles.read_pem_blocks(path))
 
 
 def check_arguments(target: Target, ca: Any, certificate: Any, key: Any) -> None:

@@ -50,6 +50,25 @@ def test_a_tls_key_that_is_not_the_certificates(tmp_path, mismatched):
     )
 
 
+def test_tls_files_of_the_wrong_kind_are_named_with_what_they_hold(tmp_path, mismatched):
+    """The same words as pbd call's --cert and --key (pbd.pemfiles), never OpenSSL's tuples."""
+    certificate, key = mismatched
+    config = echo_config()
+    config["listeners"][0]["tls"] = {"certificate": key.name, "key": certificate.name}
+    config_path = write_config(tmp_path, config)
+    result = run_pbd("check-config", str(config_path))
+    assert result.returncode == 1
+    assert (
+        f"listeners[0].tls.certificate: {key}: holds no certificate (found: PRIVATE KEY)"
+        in result.stderr
+    ), result.stderr
+    assert (
+        f"listeners[0].tls.key: {certificate}: holds no private key (found: CERTIFICATE)"
+        in result.stderr
+    ), result.stderr
+    assert "routines" not in result.stderr
+
+
 def test_an_ssl_endpoint_whose_key_is_not_the_certificates(tmp_path, mismatched):
     certificate, key = mismatched
     endpoint = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}"
