@@ -424,6 +424,8 @@ def _endpoint(
             )
         )
         return None
+    if not _ssl_files_readable(description, path, problems):
+        return None
     try:
         return serverFromString(reactor, description)
     except (IndexError, KeyError) as e:
@@ -442,6 +444,29 @@ def _endpoint(
     except Exception as e:
         problems.append(Problem(path, f"{description!r}: {type(e).__name__}: {e}"))
     return None
+
+
+def _ssl_files_readable(description: str, path: str, problems: list[Problem]) -> bool:
+    """
+    Check an C{ssl:} endpoint's files before Twisted reads them: Twisted's
+    parser would ask for an encrypted key's passphrase on the terminal (and
+    wait for it), and says what is wrong in OpenSSL's words.
+    """
+    files = endpoint_strings.ssl_files(description)
+    if files is None:
+        return True
+    key, certificate = files
+    found = len(problems)
+    try:
+        if pemfiles.private_key_in(pemfiles.read_pem_blocks(key)) is None:
+            raise pemfiles.PEMFileError("holds no private key")
+    except pemfiles.PEMFileError as e:
+        problems.append(Problem(path, f"{description!r}: privateKey {key}: {e}"))
+    try:
+        pemfiles.certificates_in(pemfiles.read_pem_blocks(certificate))
+    except pemfiles.PEMFileError as e:
+        problems.append(Problem(path, f"{description!r}: certKey {certificate}: {e}"))
+    return len(problems) == found
 
 
 def _systemd_problem(error: Exception) -> str:

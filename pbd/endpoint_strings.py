@@ -155,3 +155,24 @@ def _normal_host(host: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         return host.lower()
+
+
+# Twisted's ssl: parser: ssl:PORT:privateKey:certKey:..., privateKey defaulting
+# to server.pem and certKey to the privateKey's file.
+_SSL_DEFAULT_KEY = "server.pem"
+
+
+def ssl_files(description: str) -> tuple[str, str] | None:
+    """
+    The (privateKey, certKey) files of an C{ssl:} endpoint string, as Twisted
+    would read them (relative to the working directory); L{None} for
+    another endpoint type.
+    """
+    parts = segments(description)
+    if parts[0].value.strip().lower() != "ssl":
+        return None
+    positional = [part.value for part in parts[1:] if part.key is None]
+    keywords = {part.key: part.value for part in parts[1:] if part.key is not None}
+    key = keywords.get("privateKey", positional[1] if len(positional) > 1 else _SSL_DEFAULT_KEY)
+    certificate = keywords.get("certKey", positional[2] if len(positional) > 2 else key)
+    return key, certificate

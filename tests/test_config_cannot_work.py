@@ -69,6 +69,37 @@ def test_tls_files_of_the_wrong_kind_are_named_with_what_they_hold(tmp_path, mis
     assert "routines" not in result.stderr
 
 
+def test_an_encrypted_key_is_refused_before_openssl_can_ask_for_its_passphrase(
+    tmp_path, mismatched
+):
+    """OpenSSL would prompt on the terminal, and the daemon wait there for ever."""
+    from cryptography.hazmat.primitives import serialization
+
+    certificate, key = mismatched
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    config = echo_config()
+    config["listeners"][0]["tls"] = {"certificate": certificate.name, "key": encrypted.name}
+    endpoint = f"ssl:0:interface=127.0.0.1:privateKey={encrypted}:certKey={certificate}"
+    config["listeners"].append({"endpoint": endpoint, "portal": "demo"})
+    config_path = write_config(tmp_path, config)
+    reason = "the private key is encrypted: give a key without a passphrase"
+    for result in (run_pbd("check-config", str(config_path)), run_twistd(config_path)):
+        assert result.returncode == 1, result.stderr
+        assert f"listeners[0].tls.key: {encrypted}: {reason}" in result.stderr
+        assert f"listeners[1].endpoint: {endpoint!r}: privateKey {encrypted}: {reason}" in (
+            result.stderr
+        )
+        assert "Traceback" not in result.stderr
+
+
 def test_an_ssl_endpoint_whose_key_is_not_the_certificates(tmp_path, mismatched):
     certificate, key = mismatched
     endpoint = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}"

@@ -109,7 +109,8 @@ BAD_CONFIGS = {
     ),
     "certificate that cannot be read": (
         _endpoint("ssl:0:privateKey=missing.key:certKey=missing.pem"),
-        "listeners[0].endpoint: 'ssl:0:privateKey=missing.key:certKey=missing.pem': cannot read",
+        "listeners[0].endpoint: 'ssl:0:privateKey=missing.key:certKey=missing.pem': "
+        "privateKey missing.key: no such file",
     ),
     "systemd socket outside systemd": (
         _endpoint("systemd:domain=INET:index=0"),
