@@ -28,7 +28,7 @@ from typing import Any
 
 from twisted.cred.checkers import ANONYMOUS, ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.error import Unauthorized, UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
 from twisted.spread import pb
@@ -44,6 +44,38 @@ from pbd.userstore import StoredUser, UserStoreChecker
 
 class LegacyError(pb.Error):
     """A refusal an old client sees as a PB error naming what it asked for."""
+
+
+class KeyNotFound(KeyError, Unauthorized, LegacyError):  # noqa: N818 - Twisted 2.x's name
+    """
+    The identity holds no key for this C{(service, perspective)}.
+
+    Twisted 2.x's C{twisted.cred.error.KeyNotFound}, which today's Twisted
+    no longer has: old code traps it as C{Unauthorized}, catches it as
+    C{KeyError}, or checks it by name, so it is all three, and PB sends a
+    peer its 2.x name (PB names a failure by its class's C{__module__}).
+    As a L{LegacyError} it is an expected refusal: the server logs no
+    traceback for it.
+    """
+
+    __module__ = "twisted.cred.error"
+
+    def __init__(self, serviceName: str, perspectiveName: str | None) -> None:
+        KeyError.__init__(self, (serviceName, perspectiveName))
+        self.serviceName = serviceName
+        self.perspectiveName = perspectiveName
+
+    def __repr__(self) -> str:
+        service, perspective = self._names()
+        return f"<{type(self).__name__} ({service}, {perspective})>"
+
+    def __str__(self) -> str:
+        service, perspective = self._names()
+        return f"No key for service {service}, perspective {perspective}."
+
+    def _names(self) -> tuple[str, str]:
+        # 2.x's own quoting, doubled as it was there (a %r of a repr).
+        return repr(repr(self.serviceName)), repr(repr(self.perspectiveName))
 
 
 class Perspective(pb.Avatar):
@@ -179,17 +211,19 @@ class Identity:
         return list(self.keyring)
 
     def requestPerspectiveForKey(self, serviceName: str, perspectiveName: str) -> defer.Deferred:
-        """The perspective a key opens; fails naming the service, the key or the perspective."""
+        """
+        The perspective a key opens.
+
+        Fails with L{KeyNotFound} for a key not on the keyring, before
+        anything else is looked up (as in 2.x): an identity learns nothing
+        about services and perspectives it holds no key for.
+        """
+        if (serviceName, perspectiveName) not in self.keyring:
+            return defer.fail(KeyNotFound(serviceName, perspectiveName))
         try:
             service = self.authorizer.getServiceNamed(serviceName)
         except LegacyError:
             return defer.fail()
-        if (serviceName, perspectiveName) not in self.keyring:
-            return defer.fail(
-                LegacyError(
-                    f"identity {self.name!r} has no key for {serviceName}:{perspectiveName}"
-                )
-            )
         return service.getPerspectiveRequest(perspectiveName)
 
 

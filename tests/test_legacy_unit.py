@@ -6,12 +6,13 @@ from hashlib import md5
 
 import in_reactor
 import pytest
-from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.error import Unauthorized, UnauthorizedLogin
 from twisted.internet import reactor
+from twisted.python import reflect
 from twisted.spread import pb
 
 from pbd import compat
-from realms.legacy import Identity, LegacyError, LegacyRealm, Perspective, Service
+from realms.legacy import Identity, KeyNotFound, LegacyError, LegacyRealm, Perspective, Service
 from realms.legacy_echo import EchoService
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -49,13 +50,32 @@ def test_keyring_and_perspective_requests():
     assert _result(identity.requestPerspectiveForKey("svc", "p")).getPerspectiveName() == "p"
     identity.removeKey("svc", "q")
     refused = _result(identity.requestPerspectiveForKey("svc", "q"))
-    assert refused.check(LegacyError)
-    assert "identity 'alice' has no key for svc:q" in str(refused.value)
+    assert refused.check(KeyNotFound)
+    assert str(refused.value) == "No key for service \"'svc'\", perspective \"'q'\"."
+    # No key, no look-up: an unknown service is refused the same way...
+    assert _result(identity.requestPerspectiveForKey("nope", "p")).check(KeyNotFound)
+    # ...and only a key made in code for a service that is not there reaches the realm.
+    identity.addKeyByString("nope", "p")
     assert "no such service: 'nope'" in str(
         _result(identity.requestPerspectiveForKey("nope", "p")).value
     )
     with pytest.raises(KeyError):
         identity.removeKey("svc", "q")
+
+
+def test_key_not_found_is_twisted_2s_class_for_old_code():
+    """Old code caught it as KeyError or Unauthorized, or named twisted.cred.error.KeyNotFound."""
+    error = KeyNotFound("svc", "p")
+    assert isinstance(error, KeyError) and isinstance(error, Unauthorized)
+    assert isinstance(error, LegacyError)  # a refusal, not a fault: no traceback in the log
+    assert reflect.qual(KeyNotFound) == "twisted.cred.error.KeyNotFound"
+    assert (error.serviceName, error.perspectiveName, error.args) == ("svc", "p", (("svc", "p"),))
+    assert str(error) == "No key for service \"'svc'\", perspective \"'p'\"."
+    assert repr(error) == "<KeyNotFound (\"'svc'\", \"'p'\")>"
+    try:
+        raise error
+    except KeyError as caught:
+        assert caught is error
 
 
 def test_service_holds_perspectives_of_its_class():
