@@ -160,9 +160,10 @@ class Service:
 
     Operators subclass it (and set L{perspectiveClass}) to give their
     perspectives behaviour; the config names the subclass by dotted path.
-    Perspectives not created at start-up can be made on demand by
-    overriding L{loadPerspective} (or L{getPerspectiveForIdentity}, to see
-    who asks), as in 2.x.
+    As in 2.x, L{getPerspectiveForIdentity} sees which identity asks, and
+    L{loadPerspective} can make perspectives on demand (for identities
+    built in code: the config accepts keys only for perspectives created at
+    start-up).
     """
 
     perspectiveClass: type[Perspective] = Perspective
