@@ -210,9 +210,15 @@ def _log_in(
         identity = await _respond_to_challenge(authServRef, username, password)
         if not identity:
             raise UnauthorizedLogin("invalid username or password")
-        return await identity.callRemote("attach", service, perspectiveName or username, client)
+        return identity
 
-    return defer.ensureDeferred(log_in())
+    # Chained, not awaited: a refused attach reaches old code as the remote
+    # failure itself (f.trap(Unauthorized) works), as in 2004, not as a RemoteError.
+    d = defer.ensureDeferred(log_in())
+    d.addCallback(
+        lambda identity: identity.callRemote("attach", service, perspectiveName or username, client)
+    )
+    return d
 
 
 class IdentityConnector:

@@ -6,12 +6,13 @@ C{challenger.respond(pb.respond(challenge, password))} answers an identity
 wrapper, or L{None} for a wrong password; C{wrapper.attach(serviceName,
 perspectiveName, client)} answers a reference to what the perspective's
 C{attached()} returned, and C{detached()} is called when the connection
-goes away.
+goes away; a key the identity does not hold fails C{attach} with Twisted
+2.x's C{KeyNotFound} (L{realms.legacy.KeyNotFound}).
 
 One deliberate difference: the old server failed C{username} for an
 unknown name, which let anyone list the accounts. Here every name gets a
 challenge, and an unknown one gets L{None} from C{respond} after the same
-work as a known one.
+work as a known one. docs/legacy.md lists every difference.
 """
 
 from __future__ import annotations

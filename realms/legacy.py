@@ -28,15 +28,17 @@ from typing import Any
 
 from twisted.cred.checkers import ANONYMOUS, ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.error import Unauthorized, UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
+from twisted.python import reflect
 from twisted.spread import pb
 from twisted.spread.pb import IUsernameMD5Password
 from zope.interface import implementer
 
 from pbd.errors import OptionError
 from pbd.interfaces import ICheckerSource, ILegacyAuthorizer
+from pbd.mechanisms.md5 import new_challenge
 from pbd.passwdfile import PasswordFileError, read_password_file
 from pbd.plugins import PluginNotFoundError, find_plugin
 from pbd.userstore import StoredUser, UserStoreChecker
@@ -44,6 +46,50 @@ from pbd.userstore import StoredUser, UserStoreChecker
 
 class LegacyError(pb.Error):
     """A refusal an old client sees as a PB error naming what it asked for."""
+
+
+class KeyNotFound(KeyError, Unauthorized, LegacyError):  # noqa: N818 - Twisted 2.x's name
+    """
+    The identity holds no key for this C{(service, perspective)}.
+
+    Twisted 2.x's C{twisted.cred.error.KeyNotFound}, which today's Twisted
+    no longer has: old code traps it as C{Unauthorized}, catches it as
+    C{KeyError}, or checks it by name, so it is all three, and PB sends a
+    peer its 2.x name (PB names a failure by its class's C{__module__}).
+    As a L{LegacyError} it is an expected refusal: the server logs no
+    traceback for it.
+    """
+
+    __module__ = "twisted.cred.error"
+
+    def __init__(self, serviceName: str, perspectiveName: str | None) -> None:
+        KeyError.__init__(self, (serviceName, perspectiveName))
+        self.serviceName = serviceName
+        self.perspectiveName = perspectiveName
+
+    def __repr__(self) -> str:
+        service, perspective = self._names()
+        return f"<{type(self).__name__} ({service}, {perspective})>"
+
+    def __str__(self) -> str:
+        service, perspective = self._names()
+        return f"No key for service {service}, perspective {perspective}."
+
+    def _names(self) -> tuple[str, str]:
+        # 2.x's own quoting, doubled as it was there (a %r of a repr).
+        return repr(repr(self.serviceName)), repr(repr(self.perspectiveName))
+
+
+class PerspectiveNotFoundError(KeyError, LegacyError):
+    """
+    A service has no perspective of that name.
+
+    A C{KeyError}, as C{getPerspectiveNamed} raised in 2.x (subclasses that
+    override it may raise a plain C{KeyError}), and a L{LegacyError}, so a
+    peer sees the message and the log no traceback.
+    """
+
+    __str__ = LegacyError.__str__
 
 
 class Perspective(pb.Avatar):
@@ -54,11 +100,21 @@ class Perspective(pb.Avatar):
     L{detached} bracket every client's use of it, old login or new.
     """
 
-    def __init__(self, perspectiveName: str, service: Service | None = None) -> None:
+    # Class defaults too: a subclass's __init__ may not call this one.
+    identityName = "Nobody"
+    service: Service | None = None
+    _attachedCount = 0
+    _cached = False
+
+    def __init__(self, perspectiveName: str, identityName: str = "Nobody") -> None:
         self.perspectiveName = perspectiveName
-        self.service: Service | None = None
-        if service is not None:
-            self.setService(service)
+        self.identityName = identityName
+
+    def setIdentityName(self, name: str) -> None:
+        self.identityName = name
+
+    def setIdentity(self, identity: Identity) -> None:
+        self.setIdentityName(identity.name)
 
     def setService(self, service: Service) -> None:
         self.service = service
@@ -69,17 +125,33 @@ class Perspective(pb.Avatar):
     def getPerspectiveName(self) -> str:
         return self.perspectiveName
 
+    def setCached(self) -> None:
+        """Mark me as loaded on demand (L{Service.loadPerspective}): dropped when idle."""
+        self._cached = True
+
+    def isCached(self) -> bool:
+        return self._cached
+
     def attached(self, reference: Any, identity: Identity) -> Any:
         """
         A client attached; return what it should talk to (usually C{self}).
 
+        Counts the clients attached, and has the service keep a perspective
+        it loaded on demand while any is (as 2.x did).
+
         @param reference: the client's C{client} object (a C{RemoteReference})
             or L{None}.
         """
+        self._attachedCount += 1
+        if self._attachedCount == 1 and self.service is not None:
+            self.service.cachePerspective(self)
         return self
 
     def detached(self, reference: Any, identity: Identity) -> None:
-        """A client that attached has gone away."""
+        """A client that attached has gone away (called on what L{attached} returned)."""
+        self._attachedCount -= 1
+        if self._attachedCount <= 0 and self.service is not None:
+            self.service.uncachePerspective(self)
 
 
 class Service:
@@ -88,17 +160,30 @@ class Service:
 
     Operators subclass it (and set L{perspectiveClass}) to give their
     perspectives behaviour; the config names the subclass by dotted path.
+    As in 2.x, L{getPerspectiveForIdentity} sees which identity asks, and
+    L{loadPerspective} can make perspectives on demand (for identities
+    built in code: the config accepts keys only for perspectives created at
+    start-up).
     """
 
     perspectiveClass: type[Perspective] = Perspective
+    serviceType: str | None = None
 
-    def __init__(self, serviceName: str, authorizer: Any = None) -> None:
+    def __init__(self, serviceName: str, serviceParent: Any = None, authorizer: Any = None) -> None:
+        """
+        @param serviceParent: 2.x's application or service collection; kept
+            as C{serviceParent}, unused (pbd's config places services).
+        """
         self.serviceName = serviceName
+        self.serviceParent = serviceParent
         self.authorizer = authorizer
         self.perspectives: dict[str, Perspective] = {}
 
     def getServiceName(self) -> str:
-        return self.serviceName
+        return self.serviceName or self.getServiceType()
+
+    def getServiceType(self) -> str:
+        return self.serviceType or reflect.qual(type(self))
 
     def createPerspective(self, name: str) -> Perspective:
         perspective = self.perspectiveClass(name)
@@ -111,16 +196,47 @@ class Service:
 
     def getPerspectiveNamed(self, name: str) -> Perspective:
         """
-        @raise LegacyError: when no perspective has that name.
+        @raise PerspectiveNotFoundError: (a C{KeyError}) when no perspective has that name.
         """
         try:
             return self.perspectives[name]
         except KeyError:
-            raise LegacyError(f"no perspective {name!r} in service {self.serviceName!r}") from None
+            raise self._not_found(name) from None
+
+    def loadPerspective(self, name: str) -> defer.Deferred:
+        """
+        A perspective that L{getPerspectiveNamed} does not hold, loaded on
+        demand; override it to load them from elsewhere (call C{setCached()}
+        on what you load). This one has none to load.
+        """
+        return defer.fail(self._not_found(name))
+
+    def getPerspectiveForIdentity(self, name: str, identity: Identity) -> defer.Deferred:
+        """The perspective an identity's key opens; override to see which identity asks."""
+        return self.getPerspectiveRequest(name)
 
     def getPerspectiveRequest(self, name: str) -> defer.Deferred:
-        """The perspective named C{name}, as a Deferred (subclasses may look it up slowly)."""
-        return defer.maybeDeferred(self.getPerspectiveNamed, name)
+        """The perspective named C{name}, as a Deferred: held, or else loaded."""
+        try:
+            perspective = self.getPerspectiveNamed(name)
+        except KeyError:
+            return defer.maybeDeferred(self.loadPerspective, name)
+        except Exception:
+            return defer.fail()
+        return defer.succeed(perspective)
+
+    def cachePerspective(self, perspective: Perspective) -> None:
+        """Hold a perspective loaded on demand while clients are attached to it."""
+        self.perspectives.setdefault(perspective.getPerspectiveName(), perspective)
+
+    def uncachePerspective(self, perspective: Perspective) -> None:
+        """Drop a perspective loaded on demand; those created at start-up stay."""
+        name = perspective.getPerspectiveName()
+        if perspective.isCached() and self.perspectives.get(name) is perspective:
+            del self.perspectives[name]
+
+    def _not_found(self, name: str) -> PerspectiveNotFoundError:
+        return PerspectiveNotFoundError(f"no perspective {name!r} in service {self.serviceName!r}")
 
 
 class Identity:
@@ -132,7 +248,11 @@ class Identity:
         self.keyring: dict[tuple[str, str], bool] = {}
         self.hashedPassword: bytes | None = None
 
-    def setPassword(self, plaintext: str | bytes) -> None:
+    def setPassword(self, plaintext: str | bytes | None) -> None:
+        """Set the password (kept as its MD5); L{None} disables the account."""
+        if plaintext is None:
+            self.hashedPassword = None
+            return
         if isinstance(plaintext, str):
             plaintext = plaintext.encode("utf-8")
         self.hashedPassword = md5(plaintext).digest()
@@ -143,20 +263,34 @@ class Identity:
             raise ValueError("an MD5 digest is 16 bytes")
         self.hashedPassword = digest
 
-    def verifyPassword(self, challenge: bytes, response: bytes) -> bool:
-        """Check the old challenge's response: C{md5(md5(password) + challenge)}."""
+    def challenge(self) -> bytes:
+        """A new challenge for L{verifyPassword}: unpredictable (2.x's used C{random})."""
+        return new_challenge()
+
+    def verifyPassword(self, challenge: bytes, response: bytes) -> defer.Deferred:
+        """
+        Check the old challenge's response, C{md5(md5(password) + challenge)}.
+
+        @return: a Deferred firing with C{"password verified"}, or failing with
+            L{UnauthorizedLogin} (an C{Unauthorized}, as in 2.x).
+        """
         expected = md5((self.hashedPassword or os.urandom(16)) + challenge).digest()
-        return self.hashedPassword is not None and hmac.compare_digest(expected, response)
+        return self._verified(hmac.compare_digest(expected, response))
 
     def verifyPlainPassword(self, plaintext: str | bytes) -> defer.Deferred:
-        """Fires with L{None} for the right password, fails with L{UnauthorizedLogin}."""
+        """Like L{verifyPassword}, for a password sent in the clear."""
         if isinstance(plaintext, str):
             plaintext = plaintext.encode("utf-8")
-        if self.hashedPassword is not None and hmac.compare_digest(
-            md5(plaintext).digest(), self.hashedPassword
-        ):
-            return defer.succeed(None)
-        return defer.fail(UnauthorizedLogin("password mismatch"))
+        digest = md5(plaintext).digest()
+        return self._verified(hmac.compare_digest(digest, self.hashedPassword or os.urandom(16)))
+
+    def _verified(self, matched: bool) -> defer.Deferred:
+        # 2.x's results and messages.
+        if self.hashedPassword is None:
+            return defer.fail(UnauthorizedLogin("account is disabled"))
+        if not matched:
+            return defer.fail(UnauthorizedLogin("incorrect password"))
+        return defer.succeed("password verified")
 
     def addKeyByString(self, serviceName: str, perspectiveName: str) -> None:
         self.keyring[(serviceName, perspectiveName)] = True
@@ -179,18 +313,27 @@ class Identity:
         return list(self.keyring)
 
     def requestPerspectiveForKey(self, serviceName: str, perspectiveName: str) -> defer.Deferred:
-        """The perspective a key opens; fails naming the service, the key or the perspective."""
+        """
+        The perspective a key opens.
+
+        Fails with L{KeyNotFound} for a key not on the keyring, before
+        anything else is looked up (as in 2.x): an identity learns nothing
+        about services and perspectives it holds no key for.
+        """
+        if (serviceName, perspectiveName) not in self.keyring:
+            return defer.fail(KeyNotFound(serviceName, perspectiveName))
         try:
             service = self.authorizer.getServiceNamed(serviceName)
         except LegacyError:
             return defer.fail()
-        if (serviceName, perspectiveName) not in self.keyring:
-            return defer.fail(
-                LegacyError(
-                    f"identity {self.name!r} has no key for {serviceName}:{perspectiveName}"
-                )
-            )
-        return service.getPerspectiveRequest(perspectiveName)
+        return service.getPerspectiveForIdentity(perspectiveName, self)
+
+    def requestPerspectiveForService(self, serviceName: str) -> defer.Deferred:
+        """The perspective of the first key (in sorted order) this identity holds for a service."""
+        for service, perspective in sorted(self.keyring):
+            if service == serviceName:
+                return self.requestPerspectiveForKey(service, perspective)
+        return defer.fail(KeyNotFound(serviceName, None))
 
 
 @implementer(ICredentialsChecker)
@@ -281,7 +424,7 @@ class LegacyRealm:
                 raise OptionError(
                     f"{dotted!r} is not a subclass of realms.legacy.Service", f"{where}.class"
                 )
-        service = service_class(name, self)
+        service = service_class(name, authorizer=self)
         for perspective in _list_of_texts(spec.get("perspectives", []), f"{where}.perspectives"):
             service.createPerspective(perspective)
         self.services[name] = service

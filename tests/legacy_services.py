@@ -30,3 +30,10 @@ class EchoPerspective(Perspective):
 
 class EchoService(Service):
     perspectiveClass = EchoPerspective
+
+
+class OldStyleService(Service):
+    """A service written for Twisted 2.x: its own __init__, calling the base positionally."""
+
+    def __init__(self, serviceName, serviceParent=None, authorizer=None):
+        Service.__init__(self, serviceName, serviceParent, authorizer)

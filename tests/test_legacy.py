@@ -17,7 +17,7 @@ from certs import make_server_certificate
 from configs import legacy_config
 from pb_client import call_as
 from pbd_daemon import Daemon, write_config
-from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.error import Unauthorized, UnauthorizedLogin
 from twisted.internet import reactor, ssl
 from twisted.spread import pb
 
@@ -99,10 +99,53 @@ def test_the_old_conversation_by_hand(daemon):
     # A wrong password, or a name that does not exist, gets a challenge and then None.
     assert run(conversation, "alice", b"wrong", "echoservice", "alice") is None
     assert run(conversation, "nobody", b"secret", "echoservice", "alice") is None
-    with pytest.raises(pb.RemoteError, match="no such service: 'nosuch'"):
-        run(conversation, "alice", b"secret", "nosuch", "alice")
-    with pytest.raises(pb.RemoteError, match="identity 'alice' has no key for echoservice:bob"):
-        run(conversation, "alice", b"secret", "echoservice", "bob")
+    # A key alice does not hold, for a service that exists or not: Twisted 2.x's KeyNotFound.
+    for service, perspective_name in [("echoservice", "bob"), ("nosuch", "alice")]:
+        with pytest.raises(pb.RemoteError) as refused:
+            run(conversation, "alice", b"secret", service, perspective_name)
+        assert refused.value.remoteType == b"twisted.cred.error.KeyNotFound"
+        assert str(refused.value) == (
+            f"No key for service \"'{service}'\", perspective \"'{perspective_name}'\"."
+        )
+    assert "Traceback" not in daemon.log
+
+
+def test_old_code_traps_key_not_found_as_unauthorized_or_key_error(daemon):
+    """Ported by its import line, 2.x code that trapped a refused attach still traps it."""
+    port = daemon.port("old")
+
+    def trapped(d, *classes):
+        # 2.x style: the errback sees the remote failure itself.
+        d.addCallback(lambda perspective: perspective.broker.transport.loseConnection())
+        d.addErrback(lambda failure: (failure.trap(*classes), failure.getErrorMessage()))
+        return d
+
+    async def session():
+        connected = await trapped(
+            compat.connect("127.0.0.1", port, "alice", "secret", "echoservice", "bob"),
+            Unauthorized,
+        )
+        root = await compat.getObjectAt("127.0.0.1", port)
+        try:
+            logged_in = await trapped(
+                compat.logIn(root, None, "echoservice", "bob", "bob-pw", "alice"), KeyError
+            )
+        finally:
+            root.broker.transport.loseConnection()
+        connector = compat.IdentityConnector("127.0.0.1", port, "alice", "secret")
+        try:
+            requested = await trapped(
+                connector.requestService("echoservice", "bob"), "twisted.cred.error.KeyNotFound"
+            )
+        finally:
+            connector.disconnect()
+        return connected, logged_in, requested
+
+    connected, logged_in, requested = in_reactor.run(session)
+    no_key = "No key for service \"'echoservice'\", perspective \"'{}'\"."
+    assert connected == (Unauthorized, no_key.format("bob"))
+    assert logged_in == (KeyError, no_key.format("alice"))
+    assert requested[0] == "twisted.cred.error.KeyNotFound"
     assert "Traceback" not in daemon.log
 
 

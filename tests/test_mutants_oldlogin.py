@@ -8,12 +8,13 @@ from __future__ import annotations
 import pytest
 from legacy_services import EchoPerspective
 from memory_pb import LogCapture, Server, remote_type
+from twisted.cred.error import Unauthorized
 from twisted.cred.portal import Portal
 from twisted.spread import pb
 
 from pbd.portals import CheckerChain, PortalEntry
 from pbd.root import PortalRoot
-from realms.legacy import LegacyRealm
+from realms.legacy import KeyNotFound, LegacyRealm
 
 REFUSED = b"pbd.session.LoginRefused"
 
@@ -160,17 +161,75 @@ def test_a_perspective_that_is_not_referenceable_is_wrapped_and_a_failing_detach
     assert failure["log_failure"].check(RuntimeError)
 
 
-@pytest.mark.parametrize("perspective", ["nobody", None])
-def test_attach_to_a_perspective_not_on_the_keyring_fails(perspective):
+def test_what_attached_returns_is_sent_as_it_is_when_pb_can_send_it(monkeypatch):
+    class Lobby(pb.Referenceable):
+        def remote_hello(self):
+            return "hello from remote_hello"
+
+    monkeypatch.setattr(EchoPerspective, "attached", lambda self, ref, identity: Lobby())
+    connection = legacy_server().connect()
+    identity = old_login(connection, "alice", b"secret")
+    lobby = connection.call(identity, "attach", "svc", "alice", pb.Referenceable())
+    assert connection.call(lobby, "hello") == "hello from remote_hello"
+
+
+@pytest.mark.parametrize(
+    ("service", "perspective", "named"),
+    [
+        ("svc", "nobody", "'nobody'"),
+        # None is the identity's own name, and alice holds no key for svc:alice.
+        ("svc", None, "'alice'"),
+        # An unknown service is refused the same way: nothing is looked up first.
+        ("nosuch", "p", "'p'"),
+        (b"svc", b"nobody", "'nobody'"),
+    ],
+    ids=["perspective", "own-name", "service", "bytes"],
+)
+def test_attach_to_a_key_not_on_the_keyring_is_twisted_2_key_not_found(service, perspective, named):
+    """What a Twisted 2.x server sent: twisted.cred.error.KeyNotFound, a KeyError, Unauthorized."""
     realm = LegacyRealm(
         services=[{"name": "svc", "class": "legacy_services:EchoService", "perspectives": ["p"]}],
         identities=[{"name": "alice", "password": "secret", "keys": [["svc", "p"]]}],
     )
     connection = legacy_server(realm).connect()
     identity = old_login(connection, "alice", b"secret")
-    with LogCapture():
-        answer = connection.call(identity, "attach", "svc", perspective, pb.Referenceable())
-    assert isinstance(answer, pb.CopiedFailure)
+    with LogCapture() as events:
+        answer = connection.call(identity, "attach", service, perspective, pb.Referenceable())
+    assert remote_type(answer) == b"twisted.cred.error.KeyNotFound"
+    shown_service = "'nosuch'" if service == "nosuch" else "'svc'"
+    assert answer.value == f'No key for service "{shown_service}", perspective "{named}".'
+    # Old code traps it as Unauthorized, as KeyError, or by its 2.x class or name.
+    assert answer.check(Unauthorized) is Unauthorized
+    assert answer.check(KeyError) is KeyError
+    assert answer.check(KeyNotFound) is KeyNotFound
+    assert answer.check("twisted.cred.error.KeyNotFound")
+    # What 2.x sent, in Python 3's names, and two more of pbd's.
+    assert answer.parents == [
+        "twisted.cred.error.KeyNotFound",
+        "builtins.KeyError",
+        "builtins.LookupError",
+        "twisted.cred.error.Unauthorized",
+        "realms.legacy.LegacyError",
+        "twisted.spread.pb.Error",
+        "builtins.Exception",
+        "builtins.BaseException",
+        "builtins.object",
+    ]
+    # An expected refusal, the peer's mistake: nothing in the daemon's log.
+    assert events == []
+
+
+def test_only_an_identity_that_logged_in_can_be_told_key_not_found():
+    """Before the password, every name gets a challenge and a wrong answer gets None, as before."""
+    connection = legacy_server().connect()
+    root = connection.root()
+    for name in ("alice", "nobody"):
+        challenge, challenger = connection.call(root, "username", name)
+        assert not isinstance(challenge, pb.CopiedFailure)
+        assert connection.call(challenger, "respond", pb.respond(challenge, b"wrong")) is None
+    assert remote_type(connection.call(root, "attach", "svc", "alice", None)) == (
+        b"pbd.session.CallRefused"
+    )
 
 
 def test_an_auth_root_served_by_a_stock_broker_has_a_front_door_of_its_own():
