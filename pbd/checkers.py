@@ -115,7 +115,7 @@ class PasswordFileChecker(UserStoreChecker):
 
     def configWarnings(self) -> list[str]:
         return [
-            f"{self.path}: user {entry.user!r} has a {entry.scheme} hash, which cannot answer "
+            f"{self.path}: user {entry.user!r}: a hash in {entry.scheme} cannot answer "
             "PB's MD5 challenge or SCRAM: this user can log in only with plain, over TLS"
             for entry in self._entries.values()
             if entry.plain_only

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import glob
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,9 +50,28 @@ def check_user_name(user: str) -> None:
         )
 
 
-def real(path: Path) -> Path:
-    """Through any symbolic links: edit the file itself, not replace the link."""
-    return Path(os.path.realpath(path))
+def real(path: Path, must_exist: bool = False) -> Path:
+    """
+    Through any symbolic links: edit the file itself, not replace the link.
+
+    Checked before any lock is taken, so that a mistyped name leaves no
+    C{.lock} behind: the folder must exist, the file (if it exists, or
+    C{must_exist}) must be a regular file: reading a FIFO would wait forever.
+    """
+    resolved = Path(os.path.realpath(path))
+    if not resolved.parent.is_dir():
+        raise PasswordFileEditError(f"{path}: no such folder: {resolved.parent}")
+    try:
+        mode = resolved.stat().st_mode
+    except FileNotFoundError:
+        if must_exist:
+            raise PasswordFileEditError(f"{path}: no such file") from None
+        return resolved
+    except OSError as e:
+        raise PasswordFileEditError(f"{path}: cannot read: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise PasswordFileEditError(f"{path}: not a regular file; nothing changed")
+    return resolved
 
 
 @contextmanager
@@ -111,7 +131,7 @@ def set_password(path: Path, user: str, hashed: str) -> bool:
 
 
 def delete_user(path: Path, user: str) -> None:
-    path = real(path)
+    path = real(path, must_exist=True)
     with locked(path):
         lines = _read_lines(path)
         kept = [line for line in lines if _user_of(line) != user]
@@ -122,10 +142,8 @@ def delete_user(path: Path, user: str) -> None:
 
 def list_users(path: Path) -> list[tuple[str, str]]:
     """(user, scheme) for every user: never the hashes."""
-    path = real(path)
+    path = real(path, must_exist=True)
     with locked(path):
-        if not path.exists():
-            raise PasswordFileEditError(f"{path}: no such file")
         _read_lines(path)
         entries = parse_password_file(path.read_text(encoding="utf-8"))
     return [(entry.user, entry.scheme) for entry in entries.values()]

@@ -37,7 +37,7 @@ def test_a_user_only_plain_can_log_in_as_is_warned_about_at_check_and_start(tmp_
     _add_user(passwd, "ada", "--scheme", "argon2")
     config = echo_config([{"plugin": "passwd", "file": "users.passwd"}])
     expected = (
-        f"{passwd}: user 'ada' has a argon2 hash, which cannot answer PB's MD5 challenge or "
+        f"{passwd}: user 'ada': a hash in argon2 cannot answer PB's MD5 challenge or "
         "SCRAM: this user can log in only with plain, over TLS"
     )
     result = run_pbd("check-config", str(write_config(tmp_path, config)))

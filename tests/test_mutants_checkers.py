@@ -146,9 +146,9 @@ def test_the_warnings_name_every_user_only_plain_can_log_in_as(passwd):
     checker, path = passwd
     # sam's SCRAM verifier (pbd passwd's default) answers SCRAM: no warning.
     assert checker.configWarnings() == [
-        f"{path}: user 'pia' has a pbkdf2_sha256 hash, which cannot answer PB's MD5 "
+        f"{path}: user 'pia': a hash in pbkdf2_sha256 cannot answer PB's MD5 "
         "challenge or SCRAM: this user can log in only with plain, over TLS",
-        f"{path}: user 'pat' has a pbkdf2_sha256 hash, which cannot answer PB's MD5 "
+        f"{path}: user 'pat': a hash in pbkdf2_sha256 cannot answer PB's MD5 "
         "challenge or SCRAM: this user can log in only with plain, over TLS",
     ]
 

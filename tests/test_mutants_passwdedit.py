@@ -108,6 +108,31 @@ def test_list_of_a_missing_file_says_so(tmp_path):
     assert str(caught.value) == f"{path}: no such file"
 
 
+def test_a_missing_file_or_folder_is_named_and_leaves_no_lock_behind(tmp_path):
+    path = tmp_path / "nothing.passwd"
+    with pytest.raises(PasswordFileEditError) as caught:
+        delete_user(path, "ghost")
+    assert str(caught.value) == f"{path}: no such file"
+    elsewhere = tmp_path / "no-folder" / "users.passwd"
+    with pytest.raises(PasswordFileEditError) as caught:
+        set_password(elsewhere, "alice", hash_password("pw"))
+    assert str(caught.value) == f"{elsewhere}: no such folder: {elsewhere.parent}"
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_fifo_is_refused_instead_of_read_for_ever(tmp_path):
+    path = tmp_path / "users.passwd"
+    os.mkfifo(path)
+    for edit in (
+        lambda: list_users(path),
+        lambda: delete_user(path, "alice"),
+        lambda: set_password(path, "alice", hash_password("pw")),
+    ):
+        with pytest.raises(PasswordFileEditError) as caught:
+            edit()
+        assert str(caught.value) == f"{path}: not a regular file; nothing changed"
+
+
 def test_list_of_a_malformed_file_is_refused(tmp_path):
     path = tmp_path / "users.passwd"
     path.write_text("garbage\n")
