@@ -19,6 +19,7 @@ One daemon serves every block that talks to the demo config.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shlex
 import shutil
@@ -352,6 +353,46 @@ def _(block: Block, docs: Docs) -> None:
 def _(block: Block, docs: Docs) -> None:
     """Compared with the real output by the check of the config just before it."""
     assert docs.blocks["readme-config-errors"].line < block.line
+
+
+@sample("readme-json-log")
+def _(block: Block, docs: Docs) -> None:
+    """The command as shown, on a free port: the audit event arrives as one JSON line."""
+    folder = docs.scratch("json-log")
+    shutil.copytree(REPO / "config", folder / "config")
+    port = free_port()
+    config = folder / "config" / "pbd.yaml"
+    config.write_text(
+        config.read_text().replace("tcp:8787", f"tcp:{port}").replace("tcp:8788", "tcp:0")
+    )
+    argv = shlex.split(block.text.strip())
+    argv[0] = TWISTD
+    argv[argv.index("-c") + 1] = str(config)
+    daemon = docs.start(Daemon(config, command=argv))
+
+    def events() -> list[dict]:
+        return [json.loads(line) for line in daemon.lines if line.startswith("{")]
+
+    daemon.wait_for_line('"log_namespace"')
+    assert all(line.startswith("{") for line in daemon.lines), daemon.log
+    in_reactor.run(lambda: _anonymous_echo(port))
+    daemon.wait_for_line('"pbd_event": "login"')
+    (login,) = [event for event in events() if event.get("pbd_event") == "login"]
+    assert login["log_namespace"] == "pbd.audit"
+    assert (login["peer"], login["listener"], login["portal"]) == (
+        "127.0.0.1",
+        "listeners[0]",
+        "echo",
+    )
+    assert (login["mechanism"], login["result"]) == ("anonymous", "accepted")
+
+
+async def _anonymous_echo(port: int) -> None:
+    factory, avatar = await login(port)
+    try:
+        assert await avatar.callRemote("echo", "json") == "json"
+    finally:
+        factory.disconnect()
 
 
 # README.md: Connecting from Python ---------------------------------------------------
