@@ -270,7 +270,7 @@ class LoginSession:
         Like L{login}, for mechanisms with a step of their own before the
         portal: C{log_in()} fires with the realm's C{(interface, avatar, logout)}.
         """
-        d = self.attempt(portal.name, mechanism, user, log_in, guessable)
+        d = self.attempt(portal.name, mechanism, user, log_in, guessable, _log_out)
         d.addCallback(self._avatar, portal.name, mechanism, user)
         return d
 
@@ -281,6 +281,7 @@ class LoginSession:
         user: Any,
         log_in: Callable[[], Any],
         guessable: bool = True,
+        release: Callable[[Any], None] | None = None,
     ) -> defer.Deferred:
         """
         Run one login attempt: one at a time, throttled by the failures of
@@ -290,18 +291,24 @@ class LoginSession:
             audit line and, if C{guessable}, the throttle.
         @param guessable: whether the user's secret is something a peer
             could guess (a password: yes; a client certificate: no).
+        @param release: undoes what C{log_in()} fired with (the realm's
+            logout), for a login the cap on a user's connections refuses.
         @raise LoginRefused: when another attempt is under way.
         """
         if self._under_way:
             raise self.misuse(LoginRefused("one login at a time on a connection"))
-        refusal = self.door.connections.login_refusal(self.peer, _user_key(portal, user))
+        # The address's own cap, before any work. The user's is checked once
+        # the peer has proven it is that user: telling anyone else that a
+        # user is logged in would say the name exists.
+        refusal = self.door.connections.login_refusal(self.peer, None)
         if refusal is not None:
+            self.budgeted(lambda: audit.login(self.peer, portal, mechanism, user, False, refusal))
             raise LoginRefused(refusal)
         self._under_way = True
         keys = self._throttle_keys(portal, user if guessable else None)
         d = self.door.throttle.admit(keys)
         d.addCallback(lambda _: log_in())
-        d.addBoth(self._settled, portal, mechanism, user, keys)
+        d.addBoth(self._settled, portal, mechanism, user, keys, release)
         return d
 
     def _throttle_keys(self, portal: str, user: Any) -> list[Hashable]:
@@ -313,10 +320,25 @@ class LoginSession:
         return keys
 
     def _settled(
-        self, result: Any, portal: str, mechanism: str, user: Any, keys: list[Hashable]
+        self,
+        result: Any,
+        portal: str,
+        mechanism: str,
+        user: Any,
+        keys: list[Hashable],
+        release: Callable[[Any], None] | None,
     ) -> Any:
         self._under_way = False
         if not isinstance(result, Failure):
+            refusal = self.door.connections.login_refusal(self.peer, _user_key(portal, user))
+            if refusal is not None:
+                # Not a failure: the peer knew the secret. It is told why.
+                if release is not None:
+                    release(result)
+                self.budgeted(
+                    lambda: audit.login(self.peer, portal, mechanism, user, False, refusal)
+                )
+                return Failure(LoginRefused(refusal))
             self.budgeted(lambda: audit.login(self.peer, portal, mechanism, user, True))
             self._forgive(user)
             self.user, self.portal = user, portal
@@ -387,6 +409,11 @@ class LoginSession:
             logout()
 
         return self._avatars._cbLogin((interface, avatar, logged_out))
+
+
+def _log_out(result: tuple) -> None:
+    """Undo a realm's login: call the logout of its C{(interface, avatar, logout)}."""
+    result[2]()
 
 
 class _Avatars(JellyableAvatarMixin):

@@ -16,6 +16,7 @@ from twisted.spread import pb
 
 from pbd.checkers import MemoryChecker
 from pbd.limits import Limits
+from realms.echo import EchoRealm
 
 REFUSED = b"pbd.session.CallRefused"
 UNAUTHORIZED = b"twisted.cred.error.UnauthorizedLogin"
@@ -348,6 +349,41 @@ def test_logged_in_connections_are_capped_per_user_and_per_address():
     assert not isinstance(
         login(server.connect("10.0.0.2"), user=b"bob", password=b"pw"), pb.CopiedFailure
     )
+
+
+class CountingRealm(EchoRealm):
+    """The echo realm, counting the avatars it hands out and gets back."""
+
+    def __init__(self) -> None:
+        self.live = 0
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        interface, avatar, _ = super().requestAvatar(avatarId, mind, *interfaces)
+        self.live += 1
+
+        def logout() -> None:
+            self.live -= 1
+
+        return interface, avatar, logout
+
+
+def test_the_cap_on_a_users_logins_tells_only_that_user_and_is_audited():
+    realm = CountingRealm()
+    users = MemoryChecker(users={"alice": "secret"})
+    server = Server(Limits(logged_in_per_user=1), entries=[echo_portal([users], realm=realm)])
+    assert not isinstance(login(server.connect()), pb.CopiedFailure)
+    # A guesser learns nothing of alice's connections: a wrong password is just wrong.
+    guess = login(server.connect("10.0.0.9"), password=b"guess")
+    assert remote_type(guess) == b"twisted.cred.error.UnauthorizedLogin"
+    with LogCapture() as events:
+        refused = login(server.connect("10.0.0.2"))
+    assert remote_type(refused) == b"pbd.session.LoginRefused"
+    assert "this user has 1 connections logged in" in refused.value
+    audits = [e for e in events if e.get("log_namespace") == "pbd.audit"]
+    assert [(e["result"], e["reason"]) for e in audits] == [
+        ("refused", "this user has 1 connections logged in")
+    ]
+    assert realm.live == 1  # the refused login's avatar was given back
 
 
 def test_once_a_peer_is_to_be_dropped_nothing_more_it_sends_is_read():
