@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 
 # Where each endpoint type takes its interface (or path) when given by
@@ -151,10 +152,17 @@ def bound_address(description: str) -> BoundAddress | None:
 
 
 def _normal_host(host: str) -> str:
+    """An address as the socket would bind it: a host name resolved as bind() does."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
-        return host.lower()
+        pass
+    try:
+        # bind() takes the first address the resolver gives; so does this.
+        *_, address = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError):
+        return host.lower()  # Twisted will say what is wrong when it binds
+    return str(ipaddress.ip_address(address[0]))
 
 
 # Twisted's ssl: parser: ssl:PORT:privateKey:certKey:..., privateKey defaulting

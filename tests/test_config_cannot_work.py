@@ -215,6 +215,9 @@ def test_two_listeners_on_one_unix_socket(tmp_path):
         ("tcp:8787:interface=127.0.0.1", "tcp:8787", True),
         ("tcp:8787:interface=0.0.0.0", "ssl:8787:privateKey=k.pem", True),
         ("tcp:8787:interface=127.0.0.1", "tcp:8787:interface=127.0.0.2", False),
+        # A host name binds what the resolver gives first (here, as in /etc/hosts).
+        ("tcp:8787:interface=localhost", "tcp:8787:interface=127.0.0.1", True),
+        ("tcp:8787:interface=localhost", "tcp:8787:interface=127.0.0.2", False),
         ("tcp:8787:interface=127.0.0.1", "tcp:8788:interface=127.0.0.1", False),
         ("tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1", False),
         # Twisted leaves IPV6_V6ONLY off: :: takes the port on IPv4 addresses too.
