@@ -6,7 +6,8 @@ L{pbd.banana} (the same work with fewer copies); a peer sending garbage,
 or more than it may before logging in, is dropped with one log line and
 no traceback, and only that peer; a refused login is an everyday event,
 not a traceback. The login policy itself is the connection's
-L{LoginSession}'s.
+L{LoginSession}'s; on a listener that serves a root plugin, a session
+that needs no login.
 """
 
 from __future__ import annotations
