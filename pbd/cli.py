@@ -363,6 +363,9 @@ async def _call(arguments: argparse.Namespace, password: str | None, args: list)
     except client.NoAnswerError as e:
         print(f"pbd call: {e}", file=sys.stderr)
         return 1
+    except client.UnreadableAnswerError as e:
+        print(f"pbd call: {arguments.method} failed: {e}", file=sys.stderr)
+        return 1
     except (pb.PBConnectionLost, pb.DeadReferenceError):
         print(
             f"pbd call: the server closed the connection before answering {arguments.method}",

@@ -45,7 +45,7 @@ from twisted.internet import defer, endpoints, error, ssl
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.spread import pb
+from twisted.spread import jelly, pb
 from zope.interface import implementer
 
 from pbd import mechanisms
@@ -67,6 +67,7 @@ __all__ = [
     "ServerNotVerifiedError",
     "TLSFailedError",
     "URLError",
+    "UnreadableAnswerError",
     "call",
     "check_arguments",
     "choose_mechanism",
@@ -153,6 +154,10 @@ class NoAnswerError(ClientError):
 
 class ConnectionClosedError(ClientError):
     """The server closed the connection before the login was done."""
+
+
+class UnreadableAnswerError(ClientError):
+    """An answer holds an object of a class this side has not registered for unjellying."""
 
 
 class NoPortalsError(ClientError):
@@ -481,6 +486,24 @@ class _ClientBroker(FastDecoding, pb.Broker):
         self.handshake.happen(reason)
         self.greeting.happen(reason)
         super().connectionLost(reason)
+
+    def proto_answer(self, requestID: int, netResult: Any) -> None:
+        # Stock PB raises out of the wire when an answer holds a class this
+        # side has not registered: a traceback in the log, and a call that
+        # never ends. The call fails instead, saying why.
+        waiting: Any = self.waitingForAnswers  # a dict while connected
+        d = waiting.pop(requestID)
+        try:
+            result = self.unserialize(netResult)
+        except jelly.InsecureJelly as e:
+            d.errback(
+                UnreadableAnswerError(
+                    f"its answer cannot be read here: {_literal(str(e).rstrip('.'))} (a class "
+                    "this program has not registered with pb.setUnjellyableForClass)"
+                )
+            )
+            return
+        d.callback(result)
 
 
 class _ClientFactory(pb.PBClientFactory):

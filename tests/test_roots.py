@@ -226,6 +226,14 @@ def test_pbd_call_root_calls_a_roots_methods(served):
         "",
     )
     assert _call("--root", howto, "broken") == (1, "", "pbd call: broken failed: fall down go boom")
+    # A Copyable whose copy pbd call never registered: said, not a traceback and a wait.
+    assert _call("--root", howto, "pond") == (
+        1,
+        "",
+        "pbd call: pond failed: its answer cannot be read here: Module sample_roots not allowed "
+        "(in type sample_roots.Pond) (a class this program has not registered with "
+        "pb.setUnjellyableForClass)",
+    )
     # pbd's own login root, on a listener that serves portals
     assert _call("--root", f"pb://127.0.0.1:{served.echo}", "portals") == (0, '["echo"]', "")
 
