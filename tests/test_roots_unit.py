@@ -11,11 +11,16 @@ from __future__ import annotations
 import pytest
 from memory_pb import LogCapture, Server, remote_type
 from sample_roots import BrokenRoot, HowtoRoot, Note, Stowaway
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import formatEvent
 from twisted.spread import jelly, pb
+from twisted.test import iosim
 
 from pbd.broker import ServerFactory
+from pbd.directory import Directory, ListenerListing, PortalListing
+from pbd.errors import OptionError
 from pbd.limits import Limits
+from roots.directory import DirectoryError, DirectoryRoot
 
 LISTENER = "listeners[0]"
 
@@ -216,3 +221,75 @@ def test_a_root_whose_root_object_fails_refuses_connections_with_a_bounded_log()
     assert len(lines) == 20 and lines[0]["kind"] == "RuntimeError"
     assert len(_tracebacks(events)) == 1
     assert server.door.connections.count == 0  # none is left counted
+
+
+# -- the bundled directory root
+
+
+def _directory(**options) -> DirectoryRoot:
+    directory = Directory(
+        [PortalListing("echo", ("anonymous",)), PortalListing("ops", ("scram-sha-256",))],
+        [
+            ListenerListing("listeners[0]", "tcp:0", (), "directory", tls=False),
+            ListenerListing("listeners[1]", "tcp:8787", ("echo", "ops"), None, tls=False),
+            ListenerListing("listeners[2]", "tcp6:8789", ("echo",), None, tls=True),
+            ListenerListing("listeners[3]", "unix:/run/pbd.sock", ("echo",), None, tls=False),
+            ListenerListing("listeners[4]", "systemd:...", ("echo",), None, tls=False),
+        ],
+    )
+    directory.bound("listeners[1]", IPv4Address("TCP", "0.0.0.0", 8787))
+    directory.bound("listeners[2]", IPv6Address("TCP", "::", 8789))
+    directory.bound("listeners[3]", UNIXAddress(b"/run/pbd.sock"))
+    root = DirectoryRoot(**options)
+    root.useDirectory(directory)
+    return root
+
+
+class _Reached:
+    """A broker whose peer reached the directory at C{host}."""
+
+    def __init__(self, host: str) -> None:
+        family = IPv6Address if ":" in host else IPv4Address
+        self.transport = iosim.FakeTransport(None, False, hostAddress=family("TCP", host, 8786))
+
+
+@pytest.mark.parametrize(
+    ("reached", "urls"),
+    [
+        (
+            "192.0.2.7",
+            [
+                "pb://192.0.2.7:8787/echo",
+                "pbs://192.0.2.7:8789/echo",
+                "pb+unix:///run/pbd.sock#echo",
+            ],
+        ),
+        # 0.0.0.0 takes no IPv6 peers; :: takes both
+        ("2001:db8::7", ["pbs://[2001:db8::7]:8789/echo", "pb+unix:///run/pbd.sock#echo"]),
+    ],
+)
+def test_the_directory_gives_the_urls_this_peer_can_reach(reached, urls):
+    listing = _directory().rootObject(_Reached(reached))
+    # listeners[4] is not bound (yet): no URL
+    assert listing.remote_describe("echo") == {
+        "name": "echo",
+        "mechanisms": ["anonymous"],
+        "urls": urls,
+    }
+
+
+def test_the_directory_hides_what_it_is_told_to():
+    listing = _directory(hide=["ops"]).rootObject(_Reached("192.0.2.7"))
+    assert listing.remote_portals() == ["echo"]
+    with pytest.raises(DirectoryError, match="no portal named 'ops' here"):
+        listing.remote_describe("ops")
+
+
+@pytest.mark.parametrize(
+    ("hide", "message"),
+    [("ops", "must be a list of portal names"), (["ghost"], "no portal named 'ghost'")],
+)
+def test_the_directory_checks_its_option(hide, message):
+    with pytest.raises(OptionError, match=message) as raised:
+        _directory(hide=hide)
+    assert raised.value.option == "hide"
