@@ -1,5 +1,5 @@
 """
-Config objects to live objects: realms, checkers, portals and endpoints.
+Config objects to live objects: realms, checkers, portals, root plugins and endpoints.
 
 Everything an operator can get wrong short of a busy port is found here,
 and all of it is reported at once, with the config's shape problems.
@@ -18,17 +18,27 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.spread.flavors import IPBRoot
 from zope.interface import Interface
 
 from pbd import endpoint_strings, hashpool, mechanisms, pemfiles, plugins
 from pbd.broker import ServerFactory, TLSServerFactory
 from pbd.config import Config, ListenerConfig, PluginConfig, PortalConfig, TLSConfig
+from pbd.directory import Directory, ListenerListing, PortalListing
 from pbd.errors import ConfigError, OptionError, Problem
-from pbd.interfaces import ICheckerSource, IConfigWarnings, ILegacyAuthorizer, IUsesHashPool
+from pbd.interfaces import (
+    ICheckerSource,
+    IConfigWarnings,
+    ILegacyAuthorizer,
+    IUsesDirectory,
+    IUsesHashPool,
+)
 from pbd.portals import PortalEntry, make_portal
 from pbd.root import PortalRoot
 from pbd.session import FrontDoor
 from pbd.twisted_private import inherited_sockets
+
+ROOT_HINT = " (a root plugin is a twisted.spread.pb.Root subclass, or provides IPBRoot)"
 
 
 @dataclass(frozen=True)
@@ -49,10 +59,12 @@ class Assembly:
     checker_names: dict[str, list[str]] = field(default_factory=dict)
     # Per portal, the mechanisms it offers (plain only over TLS, as the root decides).
     mechanisms: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # Every realm and checker built, for the services that watch their files.
+    # Every realm, checker and root built, for the services that watch their files.
     plugins: list[Any] = field(default_factory=list)
     # What every listener's connections share: limits, throttle, hash pool.
     front_door: FrontDoor = field(default_factory=FrontDoor)
+    # What the daemon serves, for root plugins that show it.
+    directory: Directory = field(default_factory=lambda: Directory((), ()))
 
 
 def assemble(
@@ -91,6 +103,13 @@ def assemble(
         _plugin(realm, plugins.REALMS, IRealm, config, problems)
     for checker in config.loose.checkers:
         _plugin(checker, plugins.CHECKERS, ICredentialsChecker, config, problems)
+    for root_config in config.loose.roots:
+        _plugin(root_config, plugins.ROOTS, IPBRoot, config, problems, ROOT_HINT)
+    roots = {
+        listener.key_path: _root(listener.root, config, problems, assembly)
+        for listener in config.listeners
+        if listener.root is not None
+    }
     endpoints: dict[str, IStreamServerEndpoint | None] = {}
     parsed: list[tuple[str, str]] = []
     for key_path, description in [
@@ -112,6 +131,22 @@ def assemble(
             continue
         if listener_config.tls is not None and tls is None:
             continue
+        factory: Any
+        if listener_config.root is not None:
+            root_plugin = roots[listener_config.key_path]
+            if root_plugin is None:
+                continue
+            # No login: the session admits every call at once (pbd.session).
+            factory = ServerFactory(
+                root_plugin,
+                front_door=assembly.front_door,
+                listener=listener_config.key_path,
+                login_needed=False,
+            )
+            if tls is not None:
+                factory = TLSServerFactory(tls, False, factory)
+            assembly.listeners.append(Listener(listener_config, factory, endpoint))
+            continue
         if not _every_portal_can_log_in(listener_config, served, problems):
             continue
         # The old conversation is PB's MD5 challenge: only where pb-md5 is offered.
@@ -127,15 +162,59 @@ def assemble(
         root = PortalRoot(
             [portal.entry for portal in served], legacy if listener_config.legacy_login else None
         )
-        factory: Any = ServerFactory(
+        factory = ServerFactory(
             root, front_door=assembly.front_door, listener=listener_config.key_path
         )
         if tls is not None:
             factory = TLSServerFactory(tls, False, factory)
         assembly.listeners.append(Listener(listener_config, factory, endpoint))
+    assembly.directory = _directory(config, assembly)
+    for listener_config in config.listeners:
+        _show_directory(listener_config, roots.get(listener_config.key_path), assembly, problems)
     if problems:
         raise ConfigError(config.source, problems)
     return assembly
+
+
+def _root(spec: PluginConfig, config: Config, problems: list[Problem], assembly: Assembly) -> Any:
+    """A listener's root plugin, built once for all its connections."""
+    root = _plugin(spec, plugins.ROOTS, IPBRoot, config, problems, ROOT_HINT)
+    if root is not None:
+        if IConfigWarnings.providedBy(root):
+            assembly.warnings.extend(root.configWarnings())
+        assembly.plugins.append(root)
+    return root
+
+
+def _directory(config: Config, assembly: Assembly) -> Directory:
+    portals = [
+        PortalListing(name, assembly.mechanisms[name])
+        for name in config.portals
+        if name in assembly.mechanisms
+    ]
+    listeners = [
+        ListenerListing(
+            listener.key_path,
+            listener.endpoint,
+            listener.portals,
+            listener.root.plugin if listener.root is not None else None,
+            listener.tls is not None or _endpoint_type(listener.endpoint) == "ssl",
+        )
+        for listener in config.listeners
+    ]
+    return Directory(portals, listeners)
+
+
+def _show_directory(
+    listener: ListenerConfig, root: Any, assembly: Assembly, problems: list[Problem]
+) -> None:
+    if listener.root is None or not IUsesDirectory.providedBy(root):
+        return
+    try:
+        root.useDirectory(assembly.directory)
+    except OptionError as e:
+        key_path = listener.root.key_path
+        problems.append(Problem(f"{key_path}.{e.option}" if e.option else key_path, str(e)))
 
 
 def _hash_threads(
@@ -379,6 +458,7 @@ def _plugin(
     interface: type[Interface],
     config: Config,
     problems: list[Problem],
+    hint: str = "",
 ) -> Any:
     try:
         factory: Callable[..., Any] = plugins.find_plugin(group, spec.plugin)
@@ -400,7 +480,8 @@ def _plugin(
         problems.append(
             Problem(
                 f"{spec.key_path}.plugin",
-                f"{spec.plugin!r} does not provide {interface.__module__}.{interface.__name__}",
+                f"{spec.plugin!r} does not provide "
+                f"{interface.__module__}.{interface.__name__}{hint}",
             )
         )
         return None

@@ -6,7 +6,8 @@ L{pbd.banana} (the same work with fewer copies); a peer sending garbage,
 or more than it may before logging in, is dropped with one log line and
 no traceback, and only that peer; a refused login is an everyday event,
 not a traceback. The login policy itself is the connection's
-L{LoginSession}'s.
+L{LoginSession}'s; on a listener that serves a root plugin, a session
+that needs no login.
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ class Broker(FastDecoding, pb.Broker):
         if self.session.dropping:
             raise _DroppingError()
         self.session.called()
-        if not self.session.logged_in and (
+        if not self.session.admitted and (
             objectID is None or self.localObjectForID(objectID) is None
         ):
             self.session.refused("a call to no object")
@@ -269,16 +270,26 @@ class Broker(FastDecoding, pb.Broker):
         shown = message if len(message) <= 200 else message[:200] + "..."
 
         def write() -> None:
-            log.warn(
-                "a call to {method} by {user!r} from {peer}, portal {portal!r}, failed: "
-                "{kind}: {message}",
-                method=audit.escape(method),
-                user=audit.escape(session.user),
-                peer=str(session.peer),
-                portal=session.portal,
-                kind=failure.type.__name__,
-                message=shown,
-            )
+            if session.login_needed:
+                log.warn(
+                    "a call to {method} by {user!r} from {peer}, portal {portal!r}, failed: "
+                    "{kind}: {message}",
+                    method=audit.escape(method),
+                    user=audit.escape(session.user),
+                    peer=str(session.peer),
+                    portal=session.portal,
+                    kind=failure.type.__name__,
+                    message=shown,
+                )
+            else:
+                log.warn(
+                    "a call to {method} from {peer}, root of {listener}, failed: {kind}: {message}",
+                    method=audit.escape(method),
+                    peer=str(session.peer),
+                    listener=session.peer.listener,
+                    kind=failure.type.__name__,
+                    message=shown,
+                )
             if peer_log.traceback_due(failure):
                 log.failure("the first such failure here in a while", failure)
 
@@ -370,7 +381,29 @@ def _dispatch(target: Any, broker: Any, name: str, args: Any, kw: Any) -> Any:
         if method is None:
             raise pb.NoSuchMethod(f"No such method: remote_{name}")
         return broker.serialize(method(*args, **kw), target.perspective)
+    if _stock_dispatch(target, pb.ViewPoint):
+        # A Viewable's methods get the perspective it was sent for first
+        # (None through a root, which has no login).
+        perspective = target.perspective
+        args, kw = broker.unserialize(args, perspective), broker.unserialize(kw, perspective)
+        method = getattr(target.object, f"view_{name}")  # AttributeError, as stock
+        result = method(perspective, *args, **_text_keys(kw))
+        return broker.serialize(result, perspective, method, args, kw)
+    if _stock_dispatch(target, pb.RemoteCache):
+        # A Cacheable the peer sent us, telling its copy here of a change.
+        args, kw = broker.unserialize(args), _text_keys(broker.unserialize(kw))
+        method = getattr(target, f"observe_{name}")
+        return broker.serialize(method(*args, **kw), None, method, args, kw)
     return target.remoteMessageReceived(broker, name, args, kw)
+
+
+def _stock_dispatch(target: Any, kind: Any) -> bool:
+    """Is C{target} a C{kind} whose message dispatch is C{kind}'s own?"""
+    return (
+        isinstance(target, kind)
+        and "remoteMessageReceived" not in vars(target)
+        and type(target).remoteMessageReceived is kind.remoteMessageReceived
+    )
 
 
 def _stock_avatar(target: Any) -> pb.Avatar | None:
@@ -385,11 +418,7 @@ def _stock_avatar(target: Any) -> pb.Avatar | None:
 
 
 def _stock_referenceable(target: Any) -> bool:
-    return (
-        isinstance(target, pb.Referenceable)
-        and "remoteMessageReceived" not in vars(target)
-        and type(target).remoteMessageReceived is pb.Referenceable.remoteMessageReceived
-    )
+    return _stock_dispatch(target, pb.Referenceable)
 
 
 def _text_keys(kw: dict) -> dict:
@@ -403,6 +432,8 @@ class ServerFactory(pb.PBServerFactory):
     @param front_door: what the daemon's connections share (limits, the
         throttle, the hash pool); one of its own by default.
     @param listener: the listener's config key path, for the logs.
+    @param login_needed: C{False} for a listener that serves a root
+        plugin: its connections never log in (L{LoginSession.admitted}).
     """
 
     protocol = Broker
@@ -412,11 +443,13 @@ class ServerFactory(pb.PBServerFactory):
         root: Any,
         front_door: FrontDoor | None = None,
         listener: str = "",
+        login_needed: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(root, **kwargs)
         self.front_door = front_door or FrontDoor()
         self.listener = listener
+        self.login_needed = login_needed
 
     def buildProtocol(self, addr: Any) -> Broker | None:
         peer = Peer(_host(addr), self.listener)
@@ -438,9 +471,33 @@ class ServerFactory(pb.PBServerFactory):
         broker.maxNesting = limits.message_nesting
         broker.maxMessageItems = limits.message_items
         broker.maxMessageBytes = limits.message_bytes
-        broker.session = LoginSession(self.front_door, peer, broker)
-        broker.setNameForLocal("root", self.root.rootObject(broker))
+        broker.session = LoginSession(self.front_door, peer, broker, self.login_needed)
+        try:
+            root = self.root.rootObject(broker)
+        except Exception:
+            # A root plugin's bug: every new connection would log a traceback.
+            self._no_root(peer, Failure())
+            broker.session.disconnected()  # it never connected: forget it
+            return None
+        broker.setNameForLocal("root", root)
         return broker
+
+    def _no_root(self, peer: Peer, failure: Failure) -> None:
+        peer_log = self.front_door.peer_log
+
+        def write() -> None:
+            log.warn(
+                "refusing a connection from {peer} on {listener}: its root object failed: "
+                "{kind}: {message}",
+                peer=str(peer),
+                listener=self.listener,
+                kind=failure.type.__name__,
+                message=failure.getErrorMessage()[:200],
+            )
+            if peer_log.traceback_due(failure):
+                log.failure("the first such failure here in a while", failure)
+
+        peer_log.emit(peer, write)
 
 
 def _host(address: Any) -> str | None:

@@ -31,7 +31,13 @@ from pbd.passwdedit import (
 from pbd.reactor import the_reactor
 
 # How pbd call names pbd.client's arguments in its messages.
-CALL_OPTIONS = {"ca": "--ca", "certificate": "--cert", "key": "--key", "timeout": "--timeout"}
+CALL_OPTIONS = {
+    "ca": "--ca",
+    "certificate": "--cert",
+    "key": "--key",
+    "timeout": "--timeout",
+    "root": "--root",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,22 +112,31 @@ def _parser() -> argparse.ArgumentParser:
     passwd.set_defaults(run=edit_passwords)
     call = commands.add_parser(
         "call",
-        help="log in by URL and call one method of the avatar",
+        help="log in by URL and call one method of the avatar (or of a root, with --root)",
         description=(
             "Log in to URL (pb://[user@]host[:port][/portal], pbs://..., "
-            "pb+unix:///path.sock[#portal]) and call perspective_METHOD with ARGS. "
+            "pb+unix:///path.sock[#portal]) and call perspective_METHOD with ARGS; "
+            "with --root, call remote_METHOD of the root object the listener serves, "
+            "with no login (the URL names only the listener: pb://host[:port]). "
             'Each ARG is a JSON value (42, true, null, [1, 2], "42"); anything that is '
             "not JSON is a string (hello, yes). The result is printed as JSON, or as "
             "Python's repr when it is not JSON (bytes, tuples). The password comes from "
             "--password-stdin, else $PBD_PASSWORD, else a prompt."
         ),
     )
-    call.add_argument("url", metavar="URL", help="where to log in")
-    call.add_argument("method", metavar="METHOD", help="calls perspective_METHOD")
+    call.add_argument("url", metavar="URL", help="where to log in (with --root: the listener)")
+    call.add_argument(
+        "method", metavar="METHOD", help="calls perspective_METHOD (with --root: remote_METHOD)"
+    )
     call.add_argument(
         "args", metavar="ARGS", nargs="*", default=[], help="the arguments (optional)"
     )
     call.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    call.add_argument(
+        "--root",
+        action="store_true",
+        help="call the listener's root object, with no login (a listener that serves a root)",
+    )
     call.add_argument("--ca", type=Path, help="PEM file of the CA of a pbs:// server")
     call.add_argument(
         "--cert",
@@ -262,6 +277,12 @@ def call_method(arguments: argparse.Namespace) -> int:
 
     try:
         target = client.parse_url(arguments.url)
+        if arguments.root and (target.user is not None or target.portal is not None):
+            named = "a user" if target.user is not None else "a portal"
+            raise client.URLError(
+                f"{arguments.url!r}: names {named}, but --root logs in to nothing: "
+                "name only the listener (pb://host[:port])"
+            )
         client.check_arguments(target, arguments.ca, arguments.cert, arguments.key)
         if target.tls:
             client.read_tls_files(arguments.ca, arguments.cert, arguments.key)
@@ -313,19 +334,19 @@ async def _call(arguments: argparse.Namespace, password: str | None, args: list)
 
     from pbd import client
 
+    files = {"ca": arguments.ca, "certificate": arguments.cert, "key": arguments.key}
+    verify, timeout = not arguments.insecure, arguments.timeout
     try:
-        avatar = await client.login(
-            arguments.url,
-            password,
-            ca=arguments.ca,
-            certificate=arguments.cert,
-            key=arguments.key,
-            verify=not arguments.insecure,
-            timeout=arguments.timeout,
-        )
+        if arguments.root:
+            remote = await client.root(arguments.url, **files, verify=verify, timeout=timeout)
+        else:
+            remote = await client.login(
+                arguments.url, password, **files, verify=verify, timeout=timeout
+            )
     except client.ClientError as e:
+        reach = "connect to" if arguments.root else "log in to"
         print(
-            f"pbd call: cannot log in to {arguments.url}: {e.describe(CALL_OPTIONS)}",
+            f"pbd call: cannot {reach} {arguments.url}: {e.describe(CALL_OPTIONS)}",
             file=sys.stderr,
         )
         return 1
@@ -338,9 +359,12 @@ async def _call(arguments: argparse.Namespace, password: str | None, args: list)
         print(f"pbd call: cannot log in to {arguments.url}: {e}", file=sys.stderr)
         return 1
     try:
-        result = await client.call(avatar, arguments.method, *args, timeout=arguments.timeout)
+        result = await client.call(remote, arguments.method, *args, timeout=arguments.timeout)
     except client.NoAnswerError as e:
         print(f"pbd call: {e}", file=sys.stderr)
+        return 1
+    except client.UnreadableAnswerError as e:
+        print(f"pbd call: {arguments.method} failed: {e}", file=sys.stderr)
         return 1
     except (pb.PBConnectionLost, pb.DeadReferenceError):
         print(
@@ -352,7 +376,7 @@ async def _call(arguments: argparse.Namespace, password: str | None, args: list)
         print(f"pbd call: {arguments.method} failed: {e}", file=sys.stderr)
         return 1
     finally:
-        client.disconnect(avatar)
+        client.disconnect(remote)
     print(shown(result))
     return 0
 
@@ -428,11 +452,10 @@ def summary(assembly: Assembly) -> str:
     lines = [f"{config.source}: OK", "listeners:"]
     for listener in assembly.listeners:
         note = "" if listener.endpoint else "  (systemd socket: checked when systemd starts pbd)"
-        served = listener.config.portals
-        target = f"portal {served[0]}" if len(served) == 1 else f"portals {', '.join(served)}"
         tls = " + tls" if listener.config.tls is not None else ""
-        lines.append(f"  {listener.config.endpoint}{tls} -> {target}{note}")
-    lines.append("portals:")
+        lines.append(f"  {listener.config.endpoint}{tls} -> {listener.config.serves}{note}")
+    if config.portals:
+        lines.append("portals:")
     for name, portal in config.portals.items():
         checkers = ", ".join(assembly.checker_names[name])
         offered = ", ".join(assembly.mechanisms[name])

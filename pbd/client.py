@@ -10,6 +10,10 @@ store or a given CA), C{pb+unix:///path/to.sock[#portal]}. The default port
 is 8787 (the 2004 C{pb.portno}). A host name is resolved and each of its
 addresses tried, IPv6 and IPv4 (Twisted's C{HostnameEndpoint}).
 
+A listener that serves a root object has no login: L{root} reaches it by
+the URL of the listener alone (C{pb://host[:port]}), as
+C{PBClientFactory.getRootObject} does.
+
 The client asks the server which mechanisms it offers and uses the
 strongest it can: tls-client-cert > scram-sha-256 > plain (only over TLS)
 > pb-md5, or anonymous without a user name. It never sends a password in
@@ -37,7 +41,7 @@ from twisted.internet import defer, endpoints, error, ssl
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.spread import pb
+from twisted.spread import jelly, pb
 from zope.interface import implementer
 
 from pbd import mechanisms, pemfiles
@@ -54,10 +58,12 @@ __all__ = [
     "ConnectFailedError",
     "ConnectionClosedError",
     "NoAnswerError",
+    "NoPortalsError",
     "NoUsableMechanismError",
     "ServerNotVerifiedError",
     "TLSFailedError",
     "URLError",
+    "UnreadableAnswerError",
     "call",
     "check_arguments",
     "choose_mechanism",
@@ -65,6 +71,7 @@ __all__ = [
     "login",
     "parse_url",
     "read_tls_files",
+    "root",
 ]
 
 DEFAULT_PORT = 8787
@@ -86,6 +93,7 @@ class ClientError(Exception):
         "certificate": "certificate=",
         "key": "key=",
         "timeout": "timeout=",
+        "root": "pbd.client.root()",
     }
 
     def __init__(self, template: str, argument: str | None = None, path: Any = None) -> None:
@@ -142,6 +150,14 @@ class NoAnswerError(ClientError):
 
 class ConnectionClosedError(ClientError):
     """The server closed the connection before the login was done."""
+
+
+class UnreadableAnswerError(ClientError):
+    """An answer holds an object of a class this side has not registered for unjellying."""
+
+
+class NoPortalsError(ClientError):
+    """The listener answers no login: it serves a root object (see L{root})."""
 
 
 @dataclass(frozen=True)
@@ -414,6 +430,24 @@ class _ClientBroker(FastDecoding, pb.Broker):
         self.greeting.happen(reason)
         super().connectionLost(reason)
 
+    def proto_answer(self, requestID: int, netResult: Any) -> None:
+        # Stock PB raises out of the wire when an answer holds a class this
+        # side has not registered: a traceback in the log, and a call that
+        # never ends. The call fails instead, saying why.
+        waiting: Any = self.waitingForAnswers  # a dict while connected
+        d = waiting.pop(requestID)
+        try:
+            result = self.unserialize(netResult)
+        except jelly.InsecureJelly as e:
+            d.errback(
+                UnreadableAnswerError(
+                    f"its answer cannot be read here: {_literal(str(e).rstrip('.'))} (a class "
+                    "this program has not registered with pb.setUnjellyableForClass)"
+                )
+            )
+            return
+        d.callback(result)
+
 
 class _ClientFactory(pb.PBClientFactory):
     protocol = _ClientBroker
@@ -527,6 +561,56 @@ def login(
     return defer.ensureDeferred(
         _login(target, endpoint, reactor, timeout, credentials, client, verify, allowed)
     )
+
+
+def root(
+    url: str,
+    *,
+    ca: Path | str | None = None,
+    certificate: Path | str | None = None,
+    key: Path | str | None = None,
+    verify: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> defer.Deferred:
+    """
+    Connect to the URL's listener and fire with its root object, with no
+    login, as C{PBClientFactory.getRootObject} does: for a listener that
+    serves a root plugin (on one that serves portals, the root is pbd's
+    login root).
+
+    The URL names the listener and nothing more: C{pb://host[:port]},
+    C{pbs://host[:port]} or C{pb+unix:///path/to.sock}. Connecting, the
+    TLS handshake and the server's PB greeting each have C{timeout}
+    seconds; the other arguments are L{login}'s.
+
+    @raise URLError: the URL names a user or a portal (a root has no login).
+    @raise ArgumentError: as from L{login}.
+    @return: a Deferred of the root's C{RemoteReference}, or failing with
+        L{ConnectFailedError}, L{NoAnswerError}, L{ConnectionClosedError} or
+        L{TLSFailedError}.
+    """
+    target = parse_url(url)
+    if target.user is not None or target.portal is not None:
+        named = "a user" if target.user is not None else "a portal"
+        form = "pb+unix:///path/to.sock" if target.socket_path else f"{target.scheme}://host:port"
+        raise URLError(
+            f"{_literal(repr(url))}: names {named}, but a root has no login: "
+            f"name only the listener ({form})"
+        )
+    if not timeout > 0:
+        raise ArgumentError("{timeout} must be a number of seconds above 0")
+    check_arguments(target, ca, certificate, key)
+    files = read_tls_files(ca, certificate, key) if target.tls else TLSFiles(None, None)
+    reactor = the_reactor()
+    endpoint = _endpoint(target, reactor, files, verify, timeout)
+    return defer.ensureDeferred(_root(target, endpoint, reactor, timeout))
+
+
+async def _root(
+    target: Target, endpoint: IStreamClientEndpoint, clock: IReactorTime, timeout: float
+) -> pb.RemoteReference:
+    _, reference = await _connect(target, endpoint, clock, timeout)
+    return reference
 
 
 def _credentials(
@@ -674,6 +758,19 @@ def _ssl_reason(error: Exception) -> str:
     return "; ".join(reason for reason in reasons if reason) or str(error)
 
 
+async def _mechanisms(root: _Watched, target: Target) -> list[str]:
+    """What the portal offers this connection; a root object that is not pbd's says so."""
+    try:
+        return await root.callRemote("mechanisms", target.portal)
+    except pb.RemoteError as e:
+        if e.remoteType != b"twisted.spread.flavors.NoSuchMethod":
+            raise
+        raise NoPortalsError(
+            f"{_literal(target.where)} answers no login: it serves a root object, not "
+            "portals; reach the root with {root}"
+        ) from None
+
+
 def _who(target: Target, has: mechanisms.ClientCredentials) -> str:
     """Who a refused login tried to be, for its message."""
     if has.certificate:
@@ -701,7 +798,7 @@ async def _login(
 
     root = _Watched(stock_root, watch)
     try:
-        offered = await root.callRemote("mechanisms", target.portal)
+        offered = await _mechanisms(root, target)
         usable = [name for name in offered if allowed is None or name in allowed]
         if not usable and offered:
             raise NoUsableMechanismError(

@@ -59,18 +59,35 @@ class TLSConfig:
 
 @dataclass(frozen=True)
 class ListenerConfig:
+    """
+    One listener: it serves portals (logins), or a root plugin (no login),
+    never both.
+    """
+
     endpoint: str
-    # The portals served; the first is the one stock clients reach.
+    # The portals served; the first is the one stock clients reach. Empty
+    # when the listener serves a root.
     portals: tuple[str, ...]
     key_path: str
     # Serve the old (Twisted 1.x) login too, where a portal's realm speaks it.
     legacy_login: bool = True
     tls: TLSConfig | None = None
+    # The root plugin served instead of portals.
+    root: PluginConfig | None = None
 
     @property
     def portal(self) -> str:
         """The default portal: the one stock clients reach."""
         return self.portals[0]
+
+    @property
+    def serves(self) -> str:
+        """What it serves, as the logs and C{pbd check-config} say it."""
+        if self.root is not None:
+            return f"root {self.root.plugin}"
+        if len(self.portals) == 1:
+            return f"portal {self.portals[0]}"
+        return f"portals {', '.join(self.portals)}"
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,7 @@ class LooseParts:
 
     realms: tuple[PluginConfig, ...] = ()
     checkers: tuple[PluginConfig, ...] = ()
+    roots: tuple[PluginConfig, ...] = ()
     # (the listener's key path, its endpoint string)
     endpoints: tuple[tuple[str, str], ...] = ()
     tls: tuple[TLSConfig, ...] = ()
@@ -222,7 +240,7 @@ class _Reader:
 
     def config(self, document: Any, source: Path) -> Config:
         if document is None:
-            self.fail("", "the file is empty: it needs 'listeners' and 'portals'")
+            self.fail("", "the file is empty: it needs 'listeners' (and 'portals' for them)")
             return Config(source, (), problems=tuple(self.problems))
         allowed = {"listeners", "portals", "limits"}
         if isinstance(document, dict) and "login_timeout" in document:
@@ -230,7 +248,9 @@ class _Reader:
         top = self.mapping(document, "", allowed)
         if top is None:
             return Config(source, (), problems=tuple(self.problems))
-        portals = self.portals(self.required(top, "portals", ""))
+        if "portals" not in top and _names_portals(top.get("listeners")):
+            self.fail("portals", "missing: the listeners that serve portals need them")
+        portals = self.portals(top.get("portals"))
         listeners = self.listeners(self.required(top, "listeners", ""))
         limits = self.limits(top.get("limits", {}))
         if "login_timeout" in top:
@@ -380,7 +400,7 @@ class _Reader:
 
     def listener(self, item: Any, path: str) -> ListenerConfig | None:
         """The listener, if its whole entry is sound; else its sound parts go loose."""
-        allowed = {"endpoint", "portal", "portals", "legacy_login", "tls"}
+        allowed = {"endpoint", "portal", "portals", "root", "legacy_login", "tls"}
         if self.mapping(item, path, allowed) is None:
             return None
         problems_before = len(self.problems)
@@ -389,19 +409,45 @@ class _Reader:
             self.fail(f"{path}.legacy_login", f"must be true or false, not {_kind(legacy_login)}")
         endpoint = self.required(item, "endpoint", path)
         endpoint = None if endpoint is None else self.string(endpoint, f"{path}.endpoint")
-        names = self.listener_portals(item, path)
+        root = None
+        if "root" in item:
+            root = self.listener_root(item, path)
+            names: tuple[str, ...] = ()
+        else:
+            names = self.listener_portals(item, path)
         tls = self.tls(item["tls"], f"{path}.tls") if "tls" in item else None
         if tls is not None and endpoint is not None and endpoint.split(":")[0].strip() == "ssl":
             self.fail(f"{path}.tls", "an ssl: endpoint already speaks TLS: use tcp: with tls:")
             tls = None
-        if endpoint is None or not names or len(self.problems) > problems_before:
+        if endpoint is None or not (names or root) or len(self.problems) > problems_before:
             self.loose = replace(
                 self.loose,
                 endpoints=self.loose.endpoints + (((path, endpoint),) if endpoint else ()),
                 tls=self.loose.tls + ((tls,) if tls else ()),
+                roots=self.loose.roots + ((root,) if root else ()),
             )
             return None
-        return ListenerConfig(endpoint, names, path, legacy_login, tls)
+        return ListenerConfig(endpoint, names, path, legacy_login, tls, root)
+
+    def listener_root(self, item: dict, path: str) -> PluginConfig | None:
+        """
+        The root plugin a listener serves. Its connections never log in, so
+        portals and the old login beside it are a mistake, said as one.
+        """
+        root = self.plugin(item["root"], f"{path}.root")
+        for key in ("portal", "portals"):
+            if key in item:
+                self.fail(
+                    f"{path}.{key}",
+                    "a listener serves a root or portals, not both: a root has no login "
+                    "(serve the portals on a listener of their own)",
+                )
+        if "legacy_login" in item:
+            self.fail(
+                f"{path}.legacy_login",
+                "only for listeners that serve portals: a root has no login",
+            )
+        return root
 
     def listener_portals(self, item: dict, path: str) -> tuple[str, ...]:
         if "portal" in item and "portals" in item:
@@ -415,7 +461,7 @@ class _Reader:
                 self.fail(f"{path}.portals", "must be a non-empty list of portal names")
                 return ()
         else:
-            self.fail(f"{path}.portal", "missing")
+            self.fail(path, "give 'portal' (or 'portals') to serve, or a 'root'")
             return ()
         names = []
         for index, name in enumerate(values):
@@ -467,6 +513,13 @@ class _Reader:
             require is True,
             path,
         )
+
+
+def _names_portals(listeners: Any) -> bool:
+    """Whether any listener entry names a portal (or names no root: it should)."""
+    if not isinstance(listeners, list):
+        return True
+    return any(not isinstance(item, dict) or "root" not in item for item in listeners)
 
 
 def _join(path: str, key: str) -> str:

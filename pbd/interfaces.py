@@ -76,3 +76,19 @@ class IUsesHashPool(Interface):
 
     def useHashPool(pool) -> None:
         """Run slow checks in C{pool} from now on."""
+
+
+class IUsesDirectory(Interface):
+    """
+    A root plugin that shows what the daemon serves (the bundled C{directory}
+    root); pbd hands it the daemon's L{pbd.directory.Directory} once every
+    portal and listener is built, before anything is served.
+    """
+
+    def useDirectory(directory) -> None:
+        """
+        Keep C{directory} to answer from.
+
+        @raise pbd.errors.OptionError: when an option names something the
+            directory does not hold (reported at the option's key path).
+        """

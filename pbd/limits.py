@@ -52,6 +52,9 @@ class Limits:
     # Seconds a logged-in connection may send nothing before it is closed
     # (0: never; keepalive still finds dead peers).
     idle_timeout: float = field(default=0.0, metadata={"minimum": 0})
+    # Seconds a connection to a root listener (no login) may send nothing
+    # before it is closed (0: never); nothing else ends such a connection.
+    root_idle_timeout: float = field(default=300.0, metadata={"minimum": 0})
     # Calls of one connection awaiting their answers; past it, its further
     # calls wait unread until some are answered.
     calls_in_flight: int = 1000

@@ -1,11 +1,12 @@
 """
-Finding realm and checker plugins, and constructing them from their options.
+Finding realm, checker and root plugins, and constructing them from their options.
 
 A plugin is named either by an entry point in a group (C{echo} in
-C{pbd.realms}) or by a dotted path (C{package.module:Class}). It is any
-callable that takes its options as keyword arguments; one that also accepts
-a keyword C{config_dir} is given the config file's folder, so that it can
-resolve relative paths the way the operator expects.
+C{pbd.realms}, C{directory} in C{pbd.roots}) or by a dotted path
+(C{package.module:Class}). It is any callable that takes its options as
+keyword arguments; one that also accepts a keyword C{config_dir} is given
+the config file's folder, so that it can resolve relative paths the way
+the operator expects.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pbd.errors import OptionError
 
 REALMS = "pbd.realms"
 CHECKERS = "pbd.checkers"
+ROOTS = "pbd.roots"
 
 
 class PluginNotFoundError(LookupError):

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from pbd.assembly import Assembly, Listener
 from pbd.config import ListenerConfig
+from pbd.directory import Directory
 from pbd.endpoint_strings import bound_address
 from pbd.errors import ListenError
 from pbd.hashpool import HashPool
@@ -34,8 +35,10 @@ class ListenersService(Service):
     leaving it half-started.
     """
 
-    def __init__(self, listeners: Sequence[Listener]) -> None:
+    def __init__(self, listeners: Sequence[Listener], directory: Directory | None = None) -> None:
         self.listeners = tuple(listeners)
+        # Told where each listener listens, for root plugins that show it.
+        self.directory = directory
         self.ports: list[tuple[Listener, IListeningPort]] = []
         # The process that bound the ports, and so took their locks.
         self._bound_by: int | None = None
@@ -55,6 +58,8 @@ class ListenersService(Service):
                 self._close_all()
                 raise
             self.ports.append((listener, port))
+            if self.directory is not None:
+                self.directory.bound(listener.config.key_path, port.getHost())
         self._bound_by = os.getpid()
 
     def privilegedStartService(self) -> None:
@@ -67,15 +72,20 @@ class ListenersService(Service):
             for listener, port in self.ports:
                 _take_over_lock(listener, port, self._bound_by)
         for listener, port in self.ports:
-            others = listener.config.portals[1:]
+            config = listener.config
+            if config.root is not None:
+                served = f"root {config.root.plugin!r}"
+            else:
+                served = f"portal {config.portal!r}"
+            others = config.portals[1:]
             log.info(
-                "{key_path} ({endpoint}) serves portal {portal!r} on {address}{more}{tls}",
-                key_path=listener.config.key_path,
-                endpoint=listener.config.endpoint,
-                portal=listener.config.portal,
+                "{key_path} ({endpoint}) serves {served} on {address}{more}{tls}",
+                key_path=config.key_path,
+                endpoint=config.endpoint,
+                served=served,
                 address=describe_address(port.getHost()),
                 more=f" (and portals {', '.join(others)})" if others else "",
-                tls=" with TLS" if listener.config.tls is not None else "",
+                tls=" with TLS" if config.tls is not None else "",
             )
         log.info("pbd ready: {count} listener(s)", count=len(self.ports))
 
@@ -233,7 +243,7 @@ class DaemonService(MultiService):
         super().__init__()
         self.assembly = assembly
         HashingService(assembly.front_door.hash_pool).setServiceParent(self)
-        self.listeners = ListenersService(assembly.listeners)
+        self.listeners = ListenersService(assembly.listeners, assembly.directory)
         self.listeners.setServiceParent(self)
         reloadables = [p for p in assembly.plugins if IReloadable.providedBy(p)]
         ReloadService(reloadables).setServiceParent(self)

@@ -12,6 +12,12 @@ Before login a peer learns nothing from a failed call: whatever went
 wrong (an unknown method, wrong arguments, a bug), it gets L{CallRefused}
 with no exception text, the daemon logs one line, and after
 C{errors_before_login} such calls the connection is dropped.
+
+A listener that serves a root plugin has nothing to log in to: its
+sessions are L{admitted<LoginSession.admitted>} from the start, so the
+login's deadline and budgets do not apply, and C{root_idle_timeout} ends a
+quiet connection instead. Everything else (the message bounds, calls in
+flight, the connection caps, keepalive, the log budget) holds the same.
 """
 
 from __future__ import annotations
@@ -93,13 +99,19 @@ class LoginSession:
 
     @param broker: the connection; the session drops it, and makes avatars
         it can send.
+    @param login_needed: C{False} on a listener that serves a root plugin.
     """
 
-    def __init__(self, door: FrontDoor, peer: Peer, broker: pb.Broker) -> None:
+    def __init__(
+        self, door: FrontDoor, peer: Peer, broker: pb.Broker, login_needed: bool = True
+    ) -> None:
         self.door = door
         self.limits = door.limits
         self.peer = peer
         self.broker = broker
+        # False on a listener that serves a root object: nothing to log in to,
+        # so the login's deadline and budgets do not apply (L{admitted}).
+        self.login_needed = login_needed
         self.logged_in = False
         # Who logged in last on this connection, and where (for the logs).
         self.user: Any = None
@@ -116,22 +128,42 @@ class LoginSession:
         self._failed_keys: list[tuple[Any, list[Hashable]]] = []
         self._grace: Any = None
         self._idle_check: Any = None
+        self._idle_limit = 0.0
         self._avatars = _Avatars(broker)
         door.connections.opened(self)
+
+    @property
+    def admitted(self) -> bool:
+        """
+        May the peer call what the listener serves: logged in, or on a
+        listener that serves a root object and needs no login.
+        """
+        return self.logged_in or not self.login_needed
 
     # -- the connection's life
 
     def connected(self) -> None:
+        self._last_active = self.door.clock.seconds()
+        if not self.login_needed:
+            # Never logs in, so never meets the login deadline: a quiet peer
+            # is closed after root_idle_timeout instead.
+            self._watch_idle(self.limits.root_idle_timeout)
+            return
         timeout = self.limits.login_timeout
         self._deadline = self.door.clock.callLater(timeout, self._too_slow, timeout)
-        self._last_active = self.door.clock.seconds()
 
     def active(self) -> None:
         """The peer sent something (for the idle timeout)."""
         self._last_active = self.door.clock.seconds()
 
+    def _watch_idle(self, idle: float) -> None:
+        """Close the connection once the peer has sent nothing for C{idle} seconds (0: never)."""
+        self._idle_limit = idle
+        if idle:
+            self._idle_check = self.door.clock.callLater(idle, self._check_idle)
+
     def _check_idle(self) -> None:
-        idle = self.limits.idle_timeout
+        idle = self._idle_limit
         quiet = self.door.clock.seconds() - self._last_active
         if quiet >= idle:
             self._idle_check = None
@@ -191,7 +223,7 @@ class LoginSession:
         """
         @raise BudgetExceededError: past C{bytes_before_login}.
         """
-        if self.logged_in:
+        if self.admitted:
             return
         self._bytes += size
         if self._bytes > self.limits.bytes_before_login:
@@ -204,7 +236,7 @@ class LoginSession:
 
         @raise BudgetExceededError: past C{calls_before_login}.
         """
-        if self.logged_in:
+        if self.admitted:
             return
         self._calls += 1
         if self._calls > self.limits.calls_before_login:
@@ -216,7 +248,7 @@ class LoginSession:
         A call before login failed: count it, log one line, and return
         the error the peer gets.
         """
-        if not self.logged_in:
+        if not self.admitted:
             self.errors += 1
             self.budgeted(
                 lambda: log.info(
@@ -382,10 +414,7 @@ class LoginSession:
         if not self.logged_in:
             self.logged_in = True
             self._cancel_deadline()
-            if self.limits.idle_timeout:
-                self._idle_check = self.door.clock.callLater(
-                    self.limits.idle_timeout, self._check_idle
-                )
+            self._watch_idle(self.limits.idle_timeout)
 
     def audit_logout_on_disconnect(self, portal: str, mechanism: str, user: Any) -> None:
         """For logins without a realm's logout (the old conversation): audit the disconnect."""

@@ -51,6 +51,8 @@ from docsamples import (
 from passlib.hash import hex_md5
 from pb_client import login
 from pbd_daemon import BIN, PBD, READY, TWISTD, Daemon, run_twistd
+from twisted.internet import reactor
+from twisted.spread import pb
 
 from pbd import compat, plugins
 from pbd.limits import Limits
@@ -466,6 +468,96 @@ def _(block: Block, docs: Docs) -> None:
     dotted = re.search(r'without installing: "([^"]+)"', block.text).group(1)
     config.write_text(listener + block.text.replace("plugin: greeter", f'plugin: "{dotted}"'))
     assert_valid(config, PYTHONPATH=str(EXAMPLE_REALM))
+
+
+# README.md: Serving a root object -----------------------------------------------------
+
+DIRECTORY_CONFIG = REPO / "config" / "directory.yaml"
+
+
+@sample("readme-root-config")
+def _(block: Block, docs: Docs) -> None:
+    # test_bundled_configs checks the file; readme-root-call serves it.
+    assert_quoted_from(block, DIRECTORY_CONFIG)
+
+
+@sample("readme-root-call")
+def _(block: Block, docs: Docs) -> None:
+    """config/directory.yaml on free ports: 8786, 8787 and 8788 become the ports it got."""
+    folder = docs.scratch("root-call")
+    config = folder / "directory.yaml"
+    config.write_text(on_free_ports(DIRECTORY_CONFIG.read_text()))
+    daemon = docs.start(Daemon(config)).wait_until_ready()
+    listeners = yaml.safe_load(DIRECTORY_CONFIG.read_text())["listeners"]
+    shown = [int(listener["endpoint"].split(":")[1]) for listener in listeners]
+    real = [int(port) for port in re.findall(r"serves .* on 127\.0\.0\.1:(\d+)", daemon.log)]
+    ports = dict(zip(shown, real, strict=True))
+
+    def moved(text: str) -> str:
+        for shown_port, real_port in ports.items():
+            text = re.sub(rf"(?<=:){shown_port}\b", str(real_port), text)
+        return text
+
+    for command, output in session(block.text):
+        result = run_shell(moved(command), cwd=folder)
+        assert shown_lines(result.stdout) == [moved(line).rstrip() for line in output], command
+
+
+@sample("readme-root-plugin")
+def _(block: Block, docs: Docs) -> None:
+    """The plugin shown, served by the listener shown, to a stock client sending a Frog."""
+    folder = docs.scratch("root-plugin")
+    (folder / "pond.py").write_text(block.text)
+    config = folder / "pbd.yaml"
+    config.write_text(on_free_ports(docs.blocks["readme-root-plugin-config"].text))
+    daemon = docs.start(Daemon(config, env={"PYTHONPATH": str(folder)})).wait_until_ready()
+    port = int(re.search(r"serves root 'pond:PondRoot' on 127\.0\.0\.1:(\d+)", daemon.log)[1])
+
+    class Frog(pb.Copyable):  # a client's, as its module pond_client would define it
+        __module__ = "pond_client"
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    class Toad(Frog):  # registered by nobody
+        pass
+
+    pb.setUnjellyableForClass("pond.Pond", pb.RemoteCopy)  # the client's half
+
+    async def client() -> list:
+        factory = pb.PBClientFactory()
+        reactor.connectTCP("127.0.0.1", port, factory)
+        root = await factory.getRootObject()
+        results = [(await root.callRemote("pond")).frogs]
+        results.append(await root.callRemote("welcome", Frog("kermit")))
+        for frog in (Frog(""), Toad("warty")):
+            try:
+                await root.callRemote("welcome", frog)
+            except pb.RemoteError as e:
+                results.append(e.remoteType)
+        factory.disconnect()
+        return results
+
+    assert in_reactor.run(client) == [
+        7,
+        "welcome, kermit: 8 frogs",
+        b"pond.PondError",
+        b"twisted.spread.jelly.InsecureJelly",
+    ]
+
+
+@sample("readme-root-plugin-config")
+def _(block: Block, docs: Docs) -> None:
+    """Served by the check of the plugin above; a bad option is named by its key path."""
+    folder = docs.scratch("root-plugin-config")
+    (folder / "pond.py").write_text(docs.blocks["readme-root-plugin"].text)
+    (folder / "pbd.yaml").write_text(block.text)
+    assert "-> root pond:PondRoot" in assert_valid(folder / "pbd.yaml", PYTHONPATH=str(folder))
+    (folder / "pbd.yaml").write_text(block.text.replace("frogs: 7", "frogs: many"))
+    result = check_config(folder / "pbd.yaml", PYTHONPATH=str(folder))
+    assert result.stderr.splitlines()[0] == (
+        f"{folder}/pbd.yaml: listeners[0].root.frogs: must be a whole number of frogs"
+    )
 
 
 # docs/legacy.md ----------------------------------------------------------------------
