@@ -17,8 +17,9 @@ C{PBClientFactory.getRootObject} does.
 The client asks the server which mechanisms it offers and uses the
 strongest it can: tls-client-cert > scram-sha-256 > plain (only over TLS)
 > pb-md5, or anonymous without a user name. It never sends a password in
-the clear. Over a verified TLS connection, a user SCRAM refuses (whose
-stored hash is argon2 or bcrypt, not a SCRAM verifier) is tried with plain.
+the clear. A user SCRAM refuses (whose stored hash may not be a SCRAM
+verifier) is tried once more: with plain over a verified TLS connection
+(argon2, bcrypt), else with pb-md5 if offered (an MD5 hash).
 
 Nothing waits forever: connecting, the TLS handshake, the server's PB
 greeting, each answer during the login and a call made with L{call} must
@@ -46,8 +47,8 @@ from zope.interface import implementer
 
 from pbd import mechanisms, pemfiles
 from pbd.banana import FastDecoding
+from pbd.mechanisms import MD5, PLAIN, SCRAM, NoUsableMechanismError
 from pbd.mechanisms import MECHANISMS as MECHANISM_NAMES
-from pbd.mechanisms import PLAIN, SCRAM, NoUsableMechanismError
 from pbd.mechanisms.scram import ServerNotVerifiedError
 from pbd.reactor import the_reactor
 
@@ -778,6 +779,32 @@ def _who(target: Target, has: mechanisms.ClientCredentials) -> str:
     return target.user or "anonymous"
 
 
+def _after_scram(
+    mechanism: mechanisms.Mechanism,
+    usable: list[str],
+    target: Target,
+    has: mechanisms.ClientCredentials,
+    verify: bool,
+) -> mechanisms.Mechanism | None:
+    """
+    What to try when SCRAM refused: the user's stored hash may not be a
+    SCRAM verifier. One stored as argon2 or bcrypt can log in with plain,
+    over the TLS connection this client verified; one stored as an MD5
+    hash, with pb-md5 (which a clear-text peer could have made this client
+    use anyway, by offering nothing else).
+    """
+    if mechanism.name != SCRAM:
+        return None
+    for name in (PLAIN, MD5):
+        if name not in usable:
+            continue
+        try:
+            return _choose([name], target.tls, has.user, has.password, has.certificate, verify)
+        except NoUsableMechanismError:
+            continue
+    return None
+
+
 async def _login(
     target: Target,
     endpoint: IStreamClientEndpoint,
@@ -807,25 +834,24 @@ async def _login(
             )
         # Plain is never sent to a server we did not verify (the mechanism says so).
         mechanism = _choose(usable, target.tls, has.user, has.password, has.certificate, verify)
+        hint = ""
         try:
             return _unwatched(await mechanism.client_login(root, target.portal, has, client))
         except pb.RemoteError as e:
-            # A user whose stored hash is not a SCRAM verifier (argon2, bcrypt...)
-            # can still log in with plain, over the TLS connection we verified.
             refused = e.remoteType == b"twisted.cred.error.UnauthorizedLogin"
-            if not (refused and mechanism.name == SCRAM and PLAIN in usable):
-                raise
-            try:
-                plain = _choose(
-                    [PLAIN], target.tls, has.user, has.password, has.certificate, verify
+            if refused and mechanism.name == SCRAM and PLAIN in offered and not verify:
+                hint = (
+                    " (plain was not tried: the server was not verified, and a user "
+                    "stored as argon2 or bcrypt can log in only with plain)"
                 )
-            except NoUsableMechanismError:
-                raise e from None
-            return _unwatched(await plain.client_login(root, target.portal, has, client))
+            fallback = _after_scram(mechanism, usable, target, has, verify) if refused else None
+            if fallback is None:
+                raise
+            return _unwatched(await fallback.client_login(root, target.portal, has, client))
     except pb.RemoteError as e:
         transport.loseConnection()
         if e.remoteType == b"twisted.cred.error.UnauthorizedLogin":
-            raise UnauthorizedLogin(f"{_who(target, has)}: login refused") from None
+            raise UnauthorizedLogin(f"{_who(target, has)}: login refused{hint}") from None
         raise
     except (pb.PBConnectionLost, pb.DeadReferenceError):
         raise ConnectionClosedError(f"{where} closed the connection during the login") from None

@@ -368,3 +368,54 @@ def test_an_empty_standard_input_is_no_password():
     result = pbd_call("pb://alice@127.0.0.1:1", "whoami", password="")
     assert result.returncode == 1
     assert one_line(result) == "pbd call: no password on standard input (it ended)"
+
+
+# -- which mechanism: the stored hash decides what can serve a user
+
+
+@pytest.fixture
+def stored_users(start_daemon, tmp_path, authority):
+    """A password file with a hex_md5 and an argon2 user, on clear text and TLS."""
+    from pbd.passwdfile import hash_password
+
+    (tmp_path / "users.passwd").write_text(
+        f"old:{hash_password('old-pw', 'hex_md5')}\nnew:{hash_password('new-pw', 'argon2')}\n"
+    )
+    cert, key = authority.issue("server", "localhost", server=True)
+    config = echo_config([{"plugin": "passwd", "file": "users.passwd"}])
+    config["listeners"].append(
+        {"endpoint": LOOPBACK, "portal": "demo", "tls": {"certificate": cert.name, "key": key.name}}
+    )
+    daemon = start_daemon(config)
+    (_, _, clear), (_, _, secure) = daemon.addresses()
+    return int(clear.rsplit(":", 1)[1]), int(secure.rsplit(":", 1)[1])
+
+
+def test_a_user_stored_as_an_md5_hash_logs_in_with_pb_md5_after_scram_refuses(stored_users):
+    clear, _ = stored_users
+    result = pbd_call(f"pb://old@127.0.0.1:{clear}", "whoami", password="old-pw")
+    assert (result.returncode, result.stdout) == (0, '"old"\n'), result.stderr
+    wrong = pbd_call(f"pb://old@127.0.0.1:{clear}", "whoami", password="guess")
+    assert (
+        one_line(wrong)
+        == f"pbd call: cannot log in to pb://old@127.0.0.1:{clear}: old: login refused"
+    )
+
+
+def test_an_unverified_server_is_not_sent_plain_and_the_refusal_says_so(stored_users):
+    _, secure = stored_users
+    url = f"pbs://new@localhost:{secure}"
+    result = pbd_call(url, "whoami", "--insecure", password="new-pw")
+    assert one_line(result).endswith(
+        "new: login refused (plain was not tried: the server was not verified, and a user "
+        "stored as argon2 or bcrypt can log in only with plain)"
+    )
+
+
+def test_a_certificate_where_no_checker_takes_one_is_refused_not_anonymous(listeners, authority):
+    cert, key = authority.issue("carol", "carol")
+    url = f"pbs://localhost:{listeners['tls']}/demo"
+    ca = str(authority.path)
+    result = pbd_call(url, "whoami", "--ca", ca, "--cert", str(cert), "--key", str(key))
+    line = one_line(result)
+    assert "a client certificate logs in with tls-client-cert, not anonymously" in line, line

@@ -193,7 +193,8 @@ def test_unverified_tls_is_not_trusted_with_plain(served, passwd_checker, tls):
     url = f"pbs://ada@localhost:{port}"
     with LogCapture() as events, pytest.raises(UnauthorizedLogin):
         run(whoami, url, "ada-pw", verify=False)
-    assert login_events(events) == [("scram-sha-256", "refused")]
+    # Never plain: after SCRAM, only pb-md5 (which sends no password) is tried.
+    assert login_events(events) == [("scram-sha-256", "refused"), ("pb-md5", "refused")]
     # SCRAM needs no verified server: it proves itself.
     assert run(whoami, f"pbs://sam@localhost:{port}", "sam-pw", verify=False) == "sam"
 

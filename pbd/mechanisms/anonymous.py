@@ -21,6 +21,8 @@ class Anonymous(Mechanism):
     def client_refusal(self, credentials: ClientCredentials) -> str | None:
         if credentials.user is not None:
             return "anonymous is for URLs without a user name"
+        if credentials.certificate:
+            return "a client certificate logs in with tls-client-cert, not anonymously"
         return None
 
     def login(self, context: LoginContext, mind: Any, offered: bool) -> defer.Deferred:
