@@ -721,7 +721,10 @@ def _closed_early(target: Target, e: Exception, handshaken: bool) -> ClientError
     where = _literal(target.where)
     if isinstance(e, TLS_FAILURES):
         return tls_failure(target.where, e)
-    refusing = "it may be refusing connections from this address: too many connections"
+    refusing = (
+        "it may be refusing connections from this address (too many connections), "
+        "or not be a PB server"
+    )
     if target.tls and not handshaken:
         # A clear-text pbd listener drops a TLS hello as garbage, at times
         # before its own greeting has been read here.

@@ -129,8 +129,8 @@ def test_a_refused_connection_is_not_a_bare_closed_cleanly(start_daemon):
     assert result.returncode == 1
     assert one_line(result) == (
         f"pbd call: cannot log in to pb://127.0.0.1:{port}: 127.0.0.1:{port} closed the "
-        "connection before answering (it may be refusing connections from this address: "
-        "too many connections)"
+        "connection before answering (it may be refusing connections from this address "
+        "(too many connections), or not be a PB server)"
     )
 
 

@@ -238,7 +238,7 @@ def test_a_server_that_closes_before_greeting_may_be_refusing_this_address():
     assert isinstance(error, client.ConnectionClosedError)
     assert str(error) == (
         "127.0.0.1:8787 closed the connection before answering (it may be refusing "
-        "connections from this address: too many connections)"
+        "connections from this address (too many connections), or not be a PB server)"
     )
 
 
