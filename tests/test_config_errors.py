@@ -271,7 +271,7 @@ def test_check_config_warns_about_users_stock_pb_cannot_log_in_as(tmp_path):
     result = run_pbd("check-config", str(write_config(tmp_path, config)))
     assert result.returncode == 0, result.stderr
     assert "warning:" in result.stdout
-    assert "user 'alice' has a pbkdf2_sha256 hash, which cannot answer PB's MD5 challenge" in (
+    assert "user 'alice': a hash in pbkdf2_sha256 cannot answer PB's MD5 challenge" in (
         result.stdout
     )
 

@@ -85,7 +85,7 @@ def test_password_file_users_log_in_and_strong_hashes_are_refused_with_a_reason(
             ]
         )
     )
-    assert "user 'dave' has a sha512_crypt hash" in daemon.wait_for_line("config warning")
+    assert "user 'dave': a hash in sha512_crypt cannot" in daemon.wait_for_line("config warning")
 
     assert in_reactor.run(call_as, daemon.port("demo"), "carol", "carol-pw", "whoami") == "carol"
     with pytest.raises(pb.RemoteError):
