@@ -27,6 +27,8 @@ from twisted.spread import pb
 from pbd import audit
 from pbd.banana import FastDecoding, MessageTooLargeError
 from pbd.credentials import Peer
+from pbd.encoder import FastEncoding
+from pbd.plainjelly import PlainJelly
 from pbd.session import BudgetExceededError, FrontDoor, LoginSession
 from pbd.twisted_private import receive_message
 
@@ -47,7 +49,7 @@ class UnreadableDataError(Exception):
     """The peer sent something that is not PB."""
 
 
-class Broker(FastDecoding, pb.Broker):
+class Broker(FastDecoding, FastEncoding, PlainJelly, pb.Broker):
     """A server-side broker whose connection has a L{LoginSession}."""
 
     session: LoginSession
