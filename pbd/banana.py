@@ -181,8 +181,9 @@ class FastDecoding:
                     held_items = held_bytes = 0
         finally:
             self.buffer = buffer[position:]
-            self._held_items = held_items
-            self._held_bytes = held_bytes
+            if held_items != self._held_items or held_bytes != self._held_bytes:
+                self._held_items = held_items
+                self._held_bytes = held_bytes
 
 
 def _prefix_too_long(buffer: bytes, position: int, limit: int) -> banana.BananaError:

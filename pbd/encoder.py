@@ -26,6 +26,16 @@ _LIST, _INT, _STRING, _NEG, _FLOAT, _LONGINT, _LONGNEG, _VOCAB = (
     bytes((b,)) for b in range(0x80, 0x88)
 )
 _SIZE_LIMIT = banana.SIZE_LIMIT
+# Twisted's own (banana.setPrefixLimit(64) when it is imported); a program
+# that sets another gets Twisted's per-connection bounds instead.
+_PREFIX_LIMIT = 64
+_PREFIX_BOUNDS = (
+    "prefixLimit",
+    "_smallestLongInt",
+    "_smallestInt",
+    "_largestInt",
+    "_largestLongInt",
+)
 _LARGEST_INT = 2**31 - 1
 _SMALLEST_INT = -(2**31)
 _DOUBLE = struct.Struct("!d").pack
@@ -134,16 +144,43 @@ def _encode_subclass(
 
 
 class FastEncoding:
-    """Mix in before a L{banana.Banana} subclass (such as C{pb.Broker})."""
+    """
+    Mix in before a L{banana.Banana} subclass (such as C{pb.Broker}).
+
+    Every connection also shares what Twisted gives each its own copy of:
+    the outgoing vocabulary (never changed) and the bounds that follow from
+    the standard prefix limit (four ints of up to 448 bits).
+    """
 
     if TYPE_CHECKING:  # what the Banana it is mixed into provides
         transport: Any
         currentDialect: bytes | None
         outgoingSymbols: dict
-        _largestLongInt: int
+        outgoingVocabulary: dict
+
+    prefixLimit: int = _PREFIX_LIMIT
+    _smallestLongInt = -(2 ** (_PREFIX_LIMIT * 7)) + 1
+    _smallestInt = _SMALLEST_INT
+    _largestInt = _LARGEST_INT
+    _largestLongInt = 2 ** (_PREFIX_LIMIT * 7) - 1
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outgoingSymbols = self.outgoingVocabulary
+
+    def setPrefixLimit(self, limit: int) -> None:
+        if limit == _PREFIX_LIMIT:  # the class's values
+            for name in _PREFIX_BOUNDS:
+                self.__dict__.pop(name, None)
+        else:
+            super().setPrefixLimit(limit)  # type: ignore[misc]
 
     def sendEncoded(self, obj: Any) -> None:
         pieces: list[bytes] = []
         symbols = self.outgoingSymbols if self.currentDialect == b"pb" else None
         encode_into(obj, pieces.append, symbols, self._largestLongInt)
-        self.transport.write(b"".join(pieces))
+        self.write_message(b"".join(pieces))
+
+    def write_message(self, data: bytes) -> None:
+        """Where one encoded message goes: the transport, unless a subclass batches."""
+        self.transport.write(data)

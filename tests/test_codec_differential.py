@@ -110,6 +110,18 @@ def test_what_cannot_be_sent_is_refused_alike_and_nothing_is_written(value):
     assert fast[2] == []
 
 
+def test_the_shared_bounds_are_twisteds_and_a_program_may_set_its_own():
+    fast, stock = FastBanana(b"pb"), StockBanana(b"pb")
+    names = ("prefixLimit", "_smallestLongInt", "_smallestInt", "_largestInt", "_largestLongInt")
+    assert [getattr(fast, n) for n in names] == [getattr(stock, n) for n in names]
+    assert "_largestLongInt" not in vars(fast)  # shared, not one per connection
+    assert fast.outgoingSymbols == stock.outgoingSymbols
+    fast.setPrefixLimit(3)
+    stock.setPrefixLimit(3)
+    assert [getattr(fast, n) for n in names] == [getattr(stock, n) for n in names]
+    assert encoded(FastBanana, 2**30) == encoded(StockBanana, 2**30)
+
+
 def test_subclasses_encode_as_their_base_types():
     class Number(int):
         pass
