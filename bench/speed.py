@@ -333,6 +333,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer calls, one round")
     parser.add_argument("--rounds", type=int, help="rounds to take the median of")
     parser.add_argument("--profile", action="store_true", help="also profile both PB servers")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["stock", "pbd", "blocking", "rpyc", "floor"],
+        help="leave out a kind of client (repeatable)",
+    )
     arguments = parser.parse_args()
     sizes = QUICK if arguments.quick else FULL
     if arguments.rounds:
@@ -346,6 +353,7 @@ def main() -> None:
     )
     if not _has_rpyc():
         print("rpyc is not installed (pip install -e '.[bench]'): no RPyC figures")
+    PAIRS[:] = [pair for pair in PAIRS if pair.client not in arguments.skip]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pbd-speed-") as directory:
         servers = start_servers(Path(directory))

@@ -97,13 +97,16 @@ class FastDecoding:
         held_bytes = self._held_bytes
         try:
             while position < end:
-                # Most items have a one-digit prefix, or none: no search for those.
+                # Most items have a prefix of two digits at most: no search for those.
                 if buffer[position] >= 0x80:
                     type_at = position
                     number = 0
                 elif position + 1 < end and buffer[position + 1] >= 0x80:
                     type_at = position + 1
                     number = buffer[position]
+                elif position + 2 < end and buffer[position + 2] >= 0x80:  # request ids
+                    type_at = position + 2
+                    number = buffer[position] | buffer[position + 1] << 7
                 else:
                     found = search(buffer, position, min(end, position + prefix_limit + 1))
                     if found is None:

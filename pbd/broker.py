@@ -2,7 +2,9 @@
 PB's broker and server factory as pbd serves them: the wire, and its limits.
 
 The wire protocol is stock. What changes: incoming data is decoded by
-L{pbd.banana} (the same work with fewer copies); a peer sending garbage,
+L{pbd.banana} (the same work with fewer copies), messages encoded by
+L{pbd.encoder} and plain data jellied by L{pbd.plainjelly} (the same bytes,
+faster), and the answers to one read sent in one write; a peer sending garbage,
 or more than it may before logging in, is dropped with one log line and
 no traceback, and only that peer; a refused login is an everyday event,
 not a traceback. The login policy itself is the connection's
@@ -412,6 +414,8 @@ def _stock_referenceable(target: Any) -> bool:
 
 
 def _text_keys(kw: dict) -> dict:
+    if not kw:  # most calls
+        return kw
     return {(k.decode("utf-8") if isinstance(k, bytes) else k): v for k, v in kw.items()}
 
 

@@ -9,8 +9,9 @@ list and writes them to the transport once per message.
 
 It sends exactly what Twisted's would, refuses exactly what it would (too
 long, too large, not a Banana type) with the same L{banana.BananaError},
-and writes nothing for a message it refuses; C{tests/test_encoder_unit.py}
-checks both encoders against each other on generated values.
+and writes nothing for a message it refuses;
+C{tests/test_codec_differential.py} checks both encoders against each
+other on generated values.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ L{SecurityOptions}, does the whole value instead:
   - a tag the security options do not allow, a tag some code registered an
     unjellier for, or any s-expression not in the shape Jelly itself makes.
 
-C{tests/test_plainjelly_unit.py} checks both against Twisted's on
+C{tests/test_codec_differential.py} checks both against Twisted's on
 generated values and s-expressions.
 """
 
