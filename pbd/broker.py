@@ -29,10 +29,10 @@ from twisted.spread import pb
 from pbd import audit
 from pbd.banana import FastDecoding, MessageTooLargeError
 from pbd.credentials import Peer
-from pbd.encoder import FastEncoding
+from pbd.encoder import FastEncoding, OneWritePerRead
 from pbd.plainjelly import PlainJelly
 from pbd.session import BudgetExceededError, FrontDoor, LoginSession
-from pbd.twisted_private import receive_message, write_at_once
+from pbd.twisted_private import receive_message
 
 log = Logger()
 
@@ -51,7 +51,7 @@ class UnreadableDataError(Exception):
     """The peer sent something that is not PB."""
 
 
-class Broker(FastDecoding, FastEncoding, PlainJelly, pb.Broker):
+class Broker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker):
     """A server-side broker whose connection has a L{LoginSession}."""
 
     session: LoginSession
@@ -82,26 +82,9 @@ class Broker(FastDecoding, FastEncoding, PlainJelly, pb.Broker):
             with contextlib.suppress(OSError, AttributeError):
                 handle.setsockopt(socket.IPPROTO_TCP, option, value)
 
-    # The messages made while one read is decoded (the answers to its calls),
-    # sent together in one write when it is done.
-    _batch: list[bytes] | None = None
-
     def dataReceived(self, data: bytes) -> None:
         self.session.active()
-        batch: list[bytes] = []
-        self._batch = batch
-        try:
-            self._read(data)
-        finally:
-            self._batch = None
-            if batch and self.transport is not None:
-                write_at_once(self.transport, b"".join(batch) if len(batch) > 1 else batch[0])
-
-    def write_message(self, data: bytes) -> None:
-        if self._batch is not None:
-            self._batch.append(data)
-        else:
-            write_at_once(self.transport, data)
+        self._read(data)
 
     def _start_flow(self) -> None:
         """

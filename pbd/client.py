@@ -46,7 +46,7 @@ from zope.interface import implementer
 
 from pbd import mechanisms
 from pbd.banana import FastDecoding
-from pbd.encoder import FastEncoding
+from pbd.encoder import FastEncoding, OneWritePerRead
 from pbd.mechanisms import MECHANISMS as MECHANISM_NAMES
 from pbd.mechanisms import PLAIN, SCRAM, NoUsableMechanismError
 from pbd.mechanisms.scram import ServerNotVerifiedError
@@ -449,7 +449,7 @@ class _Once:
 
 
 @implementer(IHandshakeListener)
-class _ClientBroker(FastDecoding, FastEncoding, PlainJelly, pb.Broker):
+class _ClientBroker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker):
     """
     A stock client broker (with pbd's faster codec: the same bytes) that
     says when TLS and then PB are set up, or why the connection ended first

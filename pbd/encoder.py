@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.python.reflect import fullyQualifiedName
 from twisted.spread import banana
 
+from pbd.twisted_private import write_at_once
+
 _LIST, _INT, _STRING, _NEG, _FLOAT, _LONGINT, _LONGNEG, _VOCAB = (
     bytes((b,)) for b in range(0x80, 0x88)
 )
@@ -185,3 +187,34 @@ class FastEncoding:
     def write_message(self, data: bytes) -> None:
         """Where one encoded message goes: the transport, unless a subclass batches."""
         self.transport.write(data)
+
+
+class OneWritePerRead:
+    """
+    Mix in before L{FastEncoding}: the messages made while one read is
+    decoded (the answers to its calls, the calls its answers lead to) go
+    out together in one write when it is done; a message made at any other
+    time goes out at once. Both straight to the socket when nothing waits
+    in the transport's buffer (L{write_at_once}).
+    """
+
+    if TYPE_CHECKING:
+        transport: Any
+
+    _batch: list[bytes] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        batch: list[bytes] = []
+        self._batch = batch
+        try:
+            super().dataReceived(data)  # type: ignore[misc]
+        finally:
+            self._batch = None
+            if batch and self.transport is not None:
+                write_at_once(self.transport, b"".join(batch) if len(batch) > 1 else batch[0])
+
+    def write_message(self, data: bytes) -> None:
+        if self._batch is not None:
+            self._batch.append(data)
+        else:
+            write_at_once(self.transport, data)
