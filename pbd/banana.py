@@ -29,6 +29,8 @@ from twisted.spread import banana
 _TYPE_BYTE = re.compile(rb"[\x80-\xff]")
 _LIST, _INT, _STRING, _NEG, _FLOAT, _LONGINT, _LONGNEG, _VOCAB = range(0x80, 0x88)
 _DOUBLE = struct.Struct("!d")
+# Larger than any count a message can reach: the bound that is not set.
+_NO_LIMIT = 1 << 62
 
 
 class MessageTooLargeError(banana.BananaError):
@@ -46,6 +48,8 @@ class FastDecoding:
         currentDialect: bytes | None
 
         def gotItem(self, item: Any) -> None: ...
+
+        def callExpressionReceived(self, obj: Any) -> None: ...
 
     # While a long string arrives in pieces, the pieces wait here, unjoined,
     # until there are enough of them: joining on every read would copy the
@@ -78,83 +82,115 @@ class FastDecoding:
         end = len(buffer)
         position = 0
         list_stack = self.listStack
+        # Twisted's gotItem, inlined unless a subclass has its own.
+        inline_items = type(self).gotItem is banana.Banana.gotItem
         got_item = self.gotItem
+        expression_received = self.callExpressionReceived
         prefix_limit = self.prefixLimit
         size_limit = banana.SIZE_LIMIT
         search = _TYPE_BYTE.search
         bounded = self.maxNesting is not None
+        max_nesting = _NO_LIMIT if self.maxNesting is None else self.maxNesting
+        max_items = _NO_LIMIT if self.maxMessageItems is None else self.maxMessageItems
+        max_bytes = _NO_LIMIT if self.maxMessageBytes is None else self.maxMessageBytes
+        held_items = self._held_items
+        held_bytes = self._held_bytes
         try:
             while position < end:
-                found = search(buffer, position, min(end, position + prefix_limit + 1))
-                if found is None:
-                    if end - position > prefix_limit:
-                        raise banana.BananaError(
-                            f"Security precaution: more than {prefix_limit} bytes of prefix"
-                        )
-                    return
-                type_at = found.start()
-                if type_at == position + 1:
-                    number = buffer[position]
-                elif type_at == position:
+                # Most items have a prefix of two digits at most: no search for those.
+                if buffer[position] >= 0x80:
+                    type_at = position
                     number = 0
+                elif position + 1 < end and buffer[position + 1] >= 0x80:
+                    type_at = position + 1
+                    number = buffer[position]
+                elif position + 2 < end and buffer[position + 2] >= 0x80:  # request ids
+                    type_at = position + 2
+                    number = buffer[position] | buffer[position + 1] << 7
                 else:
+                    found = search(buffer, position, min(end, position + prefix_limit + 1))
+                    if found is None:
+                        if end - position > prefix_limit:
+                            raise _prefix_too_long(buffer, position, prefix_limit)
+                        return
+                    type_at = found.start()
                     number = 0
                     for shift, digit in enumerate(buffer[position:type_at]):
                         number |= digit << (7 * shift)
                 type_byte = buffer[type_at]
                 rest = type_at + 1
-                if bounded:
-                    self._hold(type_byte, number, len(list_stack))
-                if type_byte == _LIST:
-                    if number > size_limit:
-                        raise banana.BananaError("Security precaution: List too long.")
-                    list_stack.append((number, []))
-                    position = rest
-                elif type_byte == _STRING:
+                if bounded:  # this message's bounds, checked before the item is kept
+                    if type_byte == _LIST and len(list_stack) >= max_nesting:
+                        raise MessageTooLargeError(f"lists nested more than {max_nesting} deep")
+                    held_items += 1
+                    if type_byte == _STRING and number <= size_limit:  # else Banana refuses it
+                        held_bytes += number
+                    if held_items > max_items:
+                        raise MessageTooLargeError(f"a message of more than {max_items} items")
+                    if held_bytes > max_bytes:
+                        raise MessageTooLargeError(f"a message of more than {max_bytes} bytes")
+                if type_byte == _STRING:
                     if number > size_limit:
                         raise banana.BananaError("Security precaution: String too long.")
                     if end - rest < number:
                         self._awaiting = rest + number - position
                         if bounded:  # counted again when the whole string is here
-                            self._held_items -= 1
-                            self._held_bytes -= number
+                            held_items -= 1
+                            held_bytes -= number
                         return
                     position = rest + number
-                    got_item(buffer[rest:position])
-                elif type_byte in (_INT, _LONGINT):
+                    item: Any = buffer[rest:position]
+                elif type_byte == _LIST:
+                    if number > size_limit:
+                        raise banana.BananaError("Security precaution: List too long.")
+                    list_stack.append((number, []))
                     position = rest
-                    got_item(number)
-                elif type_byte in (_NEG, _LONGNEG):
-                    position = rest
-                    got_item(-number)
+                    if number:
+                        continue
+                    item = list_stack.pop()[1]
                 elif type_byte == _VOCAB:
                     position = rest
                     item = self.incomingVocabulary[number]
                     if self.currentDialect != b"pb":
                         raise NotImplementedError(f"Invalid item for pb protocol {item!r}")
-                    got_item(item)
+                elif type_byte in (_INT, _LONGINT):
+                    position = rest
+                    item = number
+                elif type_byte in (_NEG, _LONGNEG):
+                    position = rest
+                    item = -number
                 elif type_byte == _FLOAT:
                     if end - rest < 8:
                         return
                     position = rest + 8
-                    got_item(_DOUBLE.unpack_from(buffer, rest)[0])
+                    item = _DOUBLE.unpack_from(buffer, rest)[0]
                 else:
                     raise NotImplementedError(f"Invalid Type Byte {bytes([type_byte])!r}")
-                while list_stack and len(list_stack[-1][1]) == list_stack[-1][0]:
-                    got_item(list_stack.pop()[1])
+                # Deliver the item, and every list it completes.
+                while True:
+                    if not inline_items:
+                        got_item(item)
+                    elif list_stack:
+                        list_stack[-1][1].append(item)
+                    else:
+                        expression_received(item)
+                    if not list_stack:
+                        break
+                    expected, items = list_stack[-1]
+                    if len(items) != expected:
+                        break
+                    item = list_stack.pop()[1]
                 if bounded and not list_stack:
-                    self._held_items = self._held_bytes = 0
+                    held_items = held_bytes = 0
         finally:
             self.buffer = buffer[position:]
+            if held_items != self._held_items or held_bytes != self._held_bytes:
+                self._held_items = held_items
+                self._held_bytes = held_bytes
 
-    def _hold(self, type_byte: int, number: int, depth: int) -> None:
-        """Account for one more item of the message under way; refuse past the bounds."""
-        if type_byte == _LIST and self.maxNesting is not None and depth >= self.maxNesting:
-            raise MessageTooLargeError(f"lists nested more than {self.maxNesting} deep")
-        self._held_items += 1
-        if type_byte == _STRING and number <= banana.SIZE_LIMIT:  # else Banana refuses it
-            self._held_bytes += number
-        if self.maxMessageItems is not None and self._held_items > self.maxMessageItems:
-            raise MessageTooLargeError(f"a message of more than {self.maxMessageItems} items")
-        if self.maxMessageBytes is not None and self._held_bytes > self.maxMessageBytes:
-            raise MessageTooLargeError(f"a message of more than {self.maxMessageBytes} bytes")
+
+def _prefix_too_long(buffer: bytes, position: int, limit: int) -> banana.BananaError:
+    """Twisted's words: which depends on whether a type byte follows the prefix at all."""
+    if _TYPE_BYTE.search(buffer, position) is None:
+        return banana.BananaError(f"Security precaution: more than {limit} bytes of prefix")
+    return banana.BananaError(f"Security precaution: longer than {limit} bytes worth of prefix")

@@ -47,9 +47,11 @@ from zope.interface import implementer
 
 from pbd import mechanisms, pemfiles
 from pbd.banana import FastDecoding
+from pbd.encoder import FastEncoding, OneWritePerRead
 from pbd.mechanisms import MD5, PLAIN, SCRAM, NoUsableMechanismError
 from pbd.mechanisms import MECHANISMS as MECHANISM_NAMES
 from pbd.mechanisms.scram import ServerNotVerifiedError
+from pbd.plainjelly import PlainJelly
 from pbd.reactor import the_reactor
 
 __all__ = [
@@ -407,9 +409,9 @@ class _Once:
 
 
 @implementer(IHandshakeListener)
-class _ClientBroker(FastDecoding, pb.Broker):
+class _ClientBroker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker):
     """
-    A stock client broker (decoding without copies, L{pbd.banana}) that
+    A stock client broker (with pbd's faster codec: the same bytes) that
     says when TLS and then PB are set up, or why the connection ended first
     (the TLS layer tells the protocol why a handshake failed).
     """
@@ -828,36 +830,63 @@ async def _login(
 
     root = _Watched(stock_root, watch)
     try:
-        offered = await _mechanisms(root, target)
-        usable = [name for name in offered if allowed is None or name in allowed]
-        if not usable and offered:
-            raise NoUsableMechanismError(
-                f"the server offers {', '.join(offered)}; this client allows "
-                f"{', '.join(allowed or MECHANISM_NAMES)}"
-            )
-        # Plain is never sent to a server we did not verify (the mechanism says so).
-        mechanism = _choose(usable, target.tls, has.user, has.password, has.certificate, verify)
-        hint = ""
-        try:
-            return _unwatched(await mechanism.client_login(root, target.portal, has, client))
-        except pb.RemoteError as e:
-            refused = e.remoteType == b"twisted.cred.error.UnauthorizedLogin"
-            if refused and mechanism.name == SCRAM and PLAIN in offered and not verify:
-                hint = (
-                    " (plain was not tried: the server was not verified, and a user "
-                    "stored as argon2 or bcrypt can log in only with plain)"
-                )
-            fallback = _after_scram(mechanism, usable, target, has, verify) if refused else None
-            if fallback is None:
-                raise
-            return _unwatched(await fallback.client_login(root, target.portal, has, client))
+        return _unwatched(await log_in(root, target, has, client, verify, allowed))
     except pb.RemoteError as e:
         transport.loseConnection()
         if e.remoteType == b"twisted.cred.error.UnauthorizedLogin":
-            raise UnauthorizedLogin(f"{_who(target, has)}: login refused{hint}") from None
+            raise UnauthorizedLogin(f"{_who(target, has)}: login refused") from None
         raise
     except (pb.PBConnectionLost, pb.DeadReferenceError):
         raise ConnectionClosedError(f"{where} closed the connection during the login") from None
     except BaseException:
         transport.loseConnection()
         raise
+
+
+async def log_in(
+    root: Any,
+    target: Target,
+    has: mechanisms.ClientCredentials,
+    client: Any,
+    verify: bool,
+    allowed: tuple[str, ...] | None,
+) -> Any:
+    """
+    Log in on a connected root with the strongest mechanism both ends
+    allow: the one place that decides (also for L{pbd.blocking}).
+
+    @raise UnauthorizedLogin: the login was refused, saying who tried and,
+        where it helps, what was not tried.
+    """
+    offered = await _mechanisms(root, target)
+    usable = [name for name in offered if allowed is None or name in allowed]
+    if not usable and offered:
+        raise NoUsableMechanismError(
+            f"the server offers {', '.join(offered)}; this client allows "
+            f"{', '.join(allowed or MECHANISM_NAMES)}"
+        )
+    # Plain is never sent to a server we did not verify (the mechanism says so).
+    mechanism = _choose(usable, target.tls, has.user, has.password, has.certificate, verify)
+    refused = UnauthorizedLogin(f"{_who(target, has)}: login refused")
+    try:
+        return await mechanism.client_login(root, target.portal, has, client)
+    except pb.RemoteError as e:
+        if e.remoteType != _UNAUTHORIZED:
+            raise
+        if mechanism.name == SCRAM and PLAIN in offered and not verify:
+            refused = UnauthorizedLogin(
+                f"{_who(target, has)}: login refused (plain was not tried: the server was "
+                "not verified, and a user stored as argon2 or bcrypt can log in only with plain)"
+            )
+        fallback = _after_scram(mechanism, usable, target, has, verify)
+        if fallback is None:
+            raise refused from None
+    try:
+        return await fallback.client_login(root, target.portal, has, client)
+    except pb.RemoteError as e:
+        if e.remoteType != _UNAUTHORIZED:
+            raise
+        raise refused from None
+
+
+_UNAUTHORIZED = b"twisted.cred.error.UnauthorizedLogin"

@@ -7,6 +7,9 @@ Twisted, so an upgrade that moves one fails a test instead of a login.
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet import tcp
 from twisted.internet.endpoints import _SystemdParser
 from twisted.python.systemd import ListenFDs
 from twisted.spread.pb import Broker, _JellyableAvatarMixin
@@ -32,3 +35,33 @@ def inherited_sockets() -> ListenFDs:
     not C{os.environ}, is the truth.
     """
     return _SystemdParser._sddaemon
+
+
+def write_at_once(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to a TCP or Unix socket transport now, when nothing waits
+    in its buffer: what Twisted's C{write} would send on the reactor's next
+    turn, without that turn and the two epoll changes around it. What the
+    socket does not take, and every other transport (TLS), goes through
+    C{write}, with its buffering and flow control as ever.
+
+    Reads C{FileDescriptor}'s C{_tempDataBuffer} and C{_writeDisconnected}
+    and C{tcp.Connection}'s C{_aborting}: nothing is sent past
+    C{abortConnection} or C{loseWriteConnection}, and nothing overtakes
+    what is buffered.
+    """
+    if (
+        isinstance(transport, tcp.Connection)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._aborting
+        and not transport._writeDisconnected
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int):  # else the connection is lost, and write() will see it
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)

@@ -417,6 +417,23 @@ def _(block: Block, docs: Docs) -> None:
     assert result.stdout.splitlines() == ["hello"]
 
 
+@sample("readme-blocking-client")
+def _(block: Block, docs: Docs) -> None:
+    """As the fragment above: a program, against the TLS daemon, its CA trusted."""
+    daemon, ca = docs.tls
+    script = docs.scratch("blocking-client") / "client.py"
+    script.write_text(block.text.replace("pb.example.com", f"localhost:{daemon.port('echo')}"))
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=shell_environment(SSL_CERT_FILE=str(ca)),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["hello", "4950"]
+
+
 # README.md: Limits -------------------------------------------------------------------
 
 A_PORTAL = """\

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from twisted.python.systemd import ListenFDs
 from twisted.spread import pb
 from twisted.spread.jelly import IJellyable
@@ -60,3 +62,46 @@ def test_the_broker_dispatch_and_error_methods_pbd_uses():
             "fail",
             "requestID",
         ]
+
+
+class _Reactor:
+    """Just enough of a reactor for a transport that is never run."""
+
+    def __init__(self) -> None:
+        self.writers: list = []
+
+    def addWriter(self, writer) -> None:
+        self.writers.append(writer)
+
+    def removeWriter(self, writer) -> None:
+        pass
+
+    def addReader(self, reader) -> None:
+        pass
+
+    def removeReader(self, reader) -> None:
+        pass
+
+
+def test_writing_at_once_sends_now_only_when_nothing_waits_and_nothing_stops_it():
+    import socket
+
+    from twisted.internet import tcp
+
+    mine, peer = socket.socketpair()
+    with mine, peer:
+        reactor = _Reactor()
+        transport = tcp.Connection(mine, None, reactor)
+        transport.connected = True
+        twisted_private.write_at_once(transport, b"now")
+        assert peer.recv(100) == b"now" and reactor.writers == []
+        transport.write(b"buffered")  # waits for the reactor's turn
+        twisted_private.write_at_once(transport, b" after")
+        assert transport._tempDataBuffer == [b"buffered", b" after"]
+        transport._tempDataBuffer.clear()
+        transport._tempDataLen = 0
+        transport._aborting = True  # what abortConnection sets: nothing more goes out
+        twisted_private.write_at_once(transport, b"never")
+        peer.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            assert peer.recv(100) == b""

@@ -1,0 +1,372 @@
+"""
+Call speed, side by side in one run: stock PB, pbd, RPyC and the Twisted floor.
+
+Starts four servers as subprocesses on loopback ports: stock Twisted PB
+(C{raw_pb_server.py}), the real daemon (C{twistd -n pbd}, the C{echo} realm
+behind the C{memory} checker), RPyC's threaded server (C{rpyc_server.py},
+if C{rpyc} is installed: C{pip install -e '.[bench]'}) and a bare
+C{Int32StringReceiver} echo (C{floor_server.py}). Each client runs as its
+own process (C{speed_client.py}), one after the other, in rounds whose
+order alternates; rates are medians over the rounds, ratios the median of
+each round's ratio, server CPU the sum over all rounds per call.
+
+    python bench/speed.py              # about 2 minutes
+    python bench/speed.py --quick      # about 30 s
+    python bench/speed.py --profile    # also where a server's CPU per call goes
+
+Prints figures; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import pstats
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from calls import ServerProcess, _load
+
+HERE = Path(__file__).resolve().parent
+TWISTD = Path(sys.executable).parent / "twistd"
+CALL_PHASES = ["sequential", "pipelined", "big100k", "big1m"]
+LABELS = {
+    "sequential": "sequential 32-char echo, calls/s",
+    "pipelined": "100 outstanding, calls/s",
+    "big100k": "100 KB echo, MB/s",
+    "big1m": "1 MB echo (10 x 100 KB), MB/s",
+    "logins-md5": "pb-md5 logins/s (stock client)",
+    "logins-scram": "scram-sha-256 logins/s (pbd.client)",
+}
+# Logins come one after another from one address, much faster than the
+# front door lets a stranger in: this config lets them.
+PBD_CONFIG = """\
+listeners:
+  - endpoint: "tcp:0:interface=127.0.0.1"
+    portal: demo
+portals:
+  demo:
+    realm: {plugin: echo}
+    checkers:
+      - {plugin: memory, users: {alice: secret}}
+limits:
+  connections_per_second_per_address: 100000
+  connection_burst_per_address: 100000
+  unauthenticated_per_address: 100000
+  logged_in_per_user: 100000
+"""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int
+    warmup: int
+    sequential: int
+    pipelined: int
+    big100k: int
+    big1m: int
+    logins: int
+    idle: int
+
+
+FULL = Sizes(
+    rounds=3,
+    warmup=500,
+    sequential=4000,
+    pipelined=8000,
+    big100k=200,
+    big1m=20,
+    logins=200,
+    idle=200,
+)
+QUICK = Sizes(
+    rounds=1, warmup=200, sequential=1500, pipelined=3000, big100k=60, big1m=6, logins=60, idle=100
+)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One client kind against one server."""
+
+    name: str
+    server: str
+    client: str
+    phases: tuple[str, ...]
+
+
+PAIRS = [
+    Pair("stock PB", "raw", "stock", tuple(CALL_PHASES)),
+    Pair("pbd, stock client", "pbd", "stock", tuple(CALL_PHASES)),
+    Pair("pbd, pbd.client", "pbd", "pbd", tuple(CALL_PHASES)),
+    Pair("pbd, pbd.blocking", "pbd", "blocking", tuple(CALL_PHASES)),
+    Pair("RPyC", "rpyc", "rpyc", tuple(CALL_PHASES)),
+    Pair("Twisted floor", "floor", "floor", ("sequential", "pipelined")),
+    Pair("stock PB", "raw", "stock", ("logins-md5",)),
+    Pair("pbd, stock client", "pbd", "stock", ("logins-md5",)),
+    Pair("pbd, pbd.client", "pbd", "pbd", ("logins-scram",)),
+]
+
+
+def start_servers(directory: Path, profile: Path | None = None) -> dict[str, ServerProcess]:
+    config = directory / "pbd.yaml"
+    config.write_text(PBD_CONFIG)
+    profiled_raw = [] if profile is None else ["-m", "cProfile", "-o", str(profile / "raw.prof")]
+    profiled_pbd = (
+        []
+        if profile is None
+        else [f"--profile={profile / 'pbd.prof'}", "--profiler=cprofile", "--savestats"]
+    )
+    commands = {
+        "raw": (
+            [sys.executable, *profiled_raw, str(HERE / "raw_pb_server.py")],
+            r"raw PB serving on 127\.0\.0\.1:(\d+)",
+        ),
+        "pbd": (
+            [str(TWISTD), "-n", "--pidfile=", *profiled_pbd, "pbd", "-c", str(config)],
+            r"serves portal 'demo' on 127\.0\.0\.1:(\d+)",
+        ),
+        "floor": (
+            [sys.executable, str(HERE / "floor_server.py")],
+            r"floor serving on 127\.0\.0\.1:(\d+)",
+        ),
+    }
+    if _has_rpyc() and profile is None:
+        commands["rpyc"] = (
+            [sys.executable, str(HERE / "rpyc_server.py")],
+            r"rpyc serving on 127\.0\.0\.1:(\d+)",
+        )
+    servers: dict[str, ServerProcess] = {}
+    try:
+        for name, (command, pattern) in commands.items():
+            servers[name] = ServerProcess(name, command, re.compile(pattern), directory)
+        for server in servers.values():
+            server.wait_for_port()
+    except BaseException:
+        stop_servers(servers)
+        raise
+    return servers
+
+
+def stop_servers(servers: dict[str, ServerProcess]) -> None:
+    for server in servers.values():
+        if server.process.stdin:
+            server.process.stdin.close()  # raw PB and the floor stop cleanly (profiles saved)
+    for server in servers.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.process.wait(5)
+        server.stop()
+
+
+def _has_rpyc() -> bool:
+    try:
+        import rpyc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_client(pair: Pair, servers: dict[str, ServerProcess], sizes: Sizes) -> dict:
+    server = servers[pair.server]
+    command = [
+        sys.executable,
+        str(HERE / "speed_client.py"),
+        pair.client,
+        str(server.wait_for_port()),
+        str(server.process.pid),
+        json.dumps(sizes.__dict__),
+        ",".join(pair.phases),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{pair.name} client failed:\n{done.stdout}\n{done.stderr}")
+    return json.loads(lines[-1])
+
+
+def measure(servers: dict[str, ServerProcess], sizes: Sizes) -> None:
+    pairs = [pair for pair in PAIRS if pair.server in servers]
+    # Memory first, while each server is fresh: a server's heap only grows.
+    for name, server in (("stock PB", "raw"), ("pbd", "pbd")):
+        result = run_client(Pair(name, server, "stock", ("idle",)), servers, sizes)
+        per = result["idle"]["bytes_per_connection"]
+        print(f"server memory per idle logged-in connection, {name}: {per / 1024:,.1f} KiB")
+    results: dict[tuple[str, str], list[dict]] = {}
+    for number in range(1, sizes.rounds + 1):
+        order = pairs if number % 2 else pairs[::-1]
+        for pair in order:
+            result = run_client(pair, servers, sizes)
+            for phase, figures in result.items():
+                results.setdefault((pair.name, phase), []).append(figures)
+        print(f"round {number} done, {_load()}", flush=True)
+    report(results, [pair.name for pair in PAIRS if pair.server in servers])
+
+
+def report(results: dict[tuple[str, str], list[dict]], names: list[str]) -> None:
+    names = list(dict.fromkeys(names))
+    print()
+    print(f"{'median over the rounds':<38}" + "".join(f"{name:>19}" for name in names))
+    for phase, label in LABELS.items():
+        cells = []
+        for name in names:
+            runs = results.get((name, phase))
+            cells.append(f"{statistics.median(r['rate'] for r in runs):,.1f}" if runs else "-")
+        print(f"{label:<38}" + "".join(f"{cell:>19}" for cell in cells))
+    for side, key in (("server", "cpu"), ("client", "client_cpu")):
+        print()
+        print(f"{side + ' CPU per operation, us':<38}" + "".join(f"{name:>19}" for name in names))
+        for phase, label in LABELS.items():
+            cells = []
+            for name in names:
+                runs = results.get((name, phase))
+                if not runs:
+                    cells.append("-")
+                    continue
+                cpu = sum(r[key] for r in runs) / sum(r["operations"] for r in runs) * 1e6
+                cells.append(f"{cpu:,.0f}")
+            print(f"{label.split(',')[0]:<38}" + "".join(f"{cell:>19}" for cell in cells))
+    print()
+    print("ratios, median of each round's ratio:")
+    for left, right, phases in (
+        ("pbd, stock client", "stock PB", [*CALL_PHASES, "logins-md5"]),
+        ("pbd, pbd.client", "stock PB", CALL_PHASES),
+        ("pbd, pbd.client", "RPyC", CALL_PHASES),
+        ("pbd, pbd.blocking", "RPyC", CALL_PHASES),
+        ("pbd, pbd.client", "stock PB", ["logins-scram/logins-md5"]),
+    ):
+        shown = []
+        for phase in phases:
+            mine, theirs = (phase.split("/") * 2)[:2] if "/" in phase else (phase, phase)
+            a, b = results.get((left, mine)), results.get((right, theirs))
+            if a and b:
+                ratio = statistics.median(x["rate"] / y["rate"] for x, y in zip(a, b, strict=False))
+                shown.append(f"{phase} {ratio:.2f}")
+        if shown:
+            print(f"  {left} / {right}: {', '.join(shown)}")
+
+
+# -- where the CPU goes
+
+# Not the calls' CPU: waiting in epoll for the next call, and start-up.
+EXCLUDED = [
+    ("waiting in epoll", ("'poll' of 'select.epoll'",)),
+    ("start-up", ("importlib", "marshal", "compile", "__build_class__", "_imp.", "<frozen")),
+]
+CATEGORIES = [
+    ("Banana decode", ("pbd/banana.py", "spread/banana.py:180(dataReceived)", "b1282int")),
+    (
+        "Banana encode",
+        ("pbd/encoder.py", "spread/banana.py:316(sendEncoded)", "(_encode)", "int2b128"),
+    ),
+    ("unjelly", ("unjelly", "_Unjellier", "jelly.py:6", "jelly.py:7")),
+    ("jelly", ("jelly_plain", "jelly.py", "serialize")),
+    (
+        "dispatch (pb, pbd)",
+        ("spread/pb.py", "spread/flavors.py", "pbd/broker.py", "pbd/session.py"),
+    ),
+    ("socket send/recv", ("method 'send'", "method 'recv'", "writeSomeData", "doRead")),
+    (
+        "reactor and log wrappers",
+        ("twisted/internet", "twisted/python/log", "twisted/python/context", "twisted/logger"),
+    ),
+]
+
+
+def where_cpu_goes(profile: Path, label: str, calls: int) -> None:
+    stats = pstats.Stats(str(profile))
+    total = 0.0
+    shares: dict[str, float] = {}
+    rows = []
+    for (filename, line, function), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        key = f"{filename}:{line}({function})"
+        if any(any(n in key for n in needles) for _, needles in EXCLUDED):
+            continue
+        total += tottime
+        category = next(
+            (name for name, needles in CATEGORIES if any(n in key for n in needles)), "other"
+        )
+        shares[category] = shares.get(category, 0.0) + tottime
+        rows.append((tottime, key))
+    print(
+        f"\n{label}: profiled CPU per call {total / calls * 1e6:,.0f} us (cProfile inflates "
+        "it; waiting in epoll and start-up left out)"
+    )
+    for name, seconds in sorted(shares.items(), key=lambda item: -item[1]):
+        print(f"  {name:<28}{seconds / total:>6.0%}")
+    print("  top functions by own time:")
+    for tottime, key in sorted(rows, reverse=True)[:10]:
+        short = key.split("site-packages/")[-1].split("wt-speed/")[-1]
+        print(f"    {tottime / total:>5.0%}  {short}")
+
+
+def profile_run(sizes: Sizes) -> None:
+    # Enough calls that start-up is a small part of the profile.
+    sizes = Sizes(**{**sizes.__dict__, "sequential": 20_000})
+    with tempfile.TemporaryDirectory(prefix="pbd-speed-profile-") as directory:
+        folder = Path(directory)
+        servers = start_servers(folder, profile=folder)
+        try:
+            for pair in (
+                Pair("stock PB", "raw", "stock", ("sequential",)),
+                Pair("pbd", "pbd", "stock", ("sequential",)),
+            ):
+                run_client(pair, servers, sizes)
+        finally:
+            servers["pbd"].process.send_signal(signal.SIGTERM)
+            stop_servers(servers)
+        calls = sizes.sequential + sizes.warmup + 2
+        where_cpu_goes(folder / "raw.prof", "stock PB server, stock client, sequential", calls)
+        where_cpu_goes(folder / "pbd.prof", "pbd server, stock client, sequential", calls)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--quick", action="store_true", help="fewer calls, one round")
+    parser.add_argument("--rounds", type=int, help="rounds to take the median of")
+    parser.add_argument("--profile", action="store_true", help="also profile both PB servers")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["stock", "pbd", "blocking", "rpyc", "floor"],
+        help="leave out a kind of client (repeatable)",
+    )
+    arguments = parser.parse_args()
+    sizes = QUICK if arguments.quick else FULL
+    if arguments.rounds:
+        sizes = Sizes(**{**sizes.__dict__, "rounds": max(1, arguments.rounds)})
+    if not TWISTD.exists():
+        raise SystemExit(f"no twistd beside {sys.executable}: activate the venv with pbd installed")
+    print(
+        f"pbd bench/speed.py: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"loopback TCP, {_load()}",
+        flush=True,
+    )
+    if not _has_rpyc():
+        print("rpyc is not installed (pip install -e '.[bench]'): no RPyC figures")
+    PAIRS[:] = [pair for pair in PAIRS if pair.client not in arguments.skip]
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pbd-speed-") as directory:
+        servers = start_servers(Path(directory))
+        try:
+            measure(servers, sizes)
+        except KeyboardInterrupt:
+            raise SystemExit("interrupted") from None
+        finally:
+            stop_servers(servers)
+    if arguments.profile:
+        profile_run(sizes)
+    print(f"\n{time.monotonic() - started:.0f} s in all, {_load()}; servers stopped")
+
+
+if __name__ == "__main__":
+    main()
