@@ -18,6 +18,7 @@ import contextlib
 import socket
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.cred.error import LoginFailed
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -137,6 +138,18 @@ class Broker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker)
             self._start_flow()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(SSL.Error):
+            # The client sees OpenSSL's alert; the operator gets one line too
+            # (a missing or untrusted client certificate, an old TLS version).
+            peer, why = self.session.peer, _tls_reason(reason.value)
+            self.session.budgeted(
+                lambda: log.info(
+                    "TLS with {peer} on {listener} failed: {reason}",
+                    peer=str(peer),
+                    listener=peer.listener,
+                    reason=why,
+                )
+            )
         self.session.disconnected()
         super().connectionLost(reason)
 
@@ -353,6 +366,13 @@ class _GuardedCall:
             self.broker.call_failed(name, failure)
         # A call that wants no answer: nobody else will look at this failure.
         return failure if self.answer_required else None
+
+
+def _tls_reason(error: Exception) -> str:
+    """OpenSSL's reasons, without its error tuples: C{tlsv13 alert certificate required}."""
+    parts = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    reasons = [str(part[2]) for part in parts if isinstance(part, tuple) and len(part) == 3]
+    return "; ".join(reason for reason in reasons if reason) or str(error)[:200]
 
 
 class TLSServerFactory(TLSMemoryBIOFactory):

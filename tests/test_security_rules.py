@@ -201,6 +201,10 @@ def test_require_client_cert_refuses_a_client_without_one(start_daemon, passwd_f
     # sam's password is right: only the missing certificate keeps him out.
     with pytest.raises(client.TLSFailedError, match="certificate required"):
         in_reactor.run(whoami, f"pbs://sam@localhost:{port}", "sam-pw", ca=authority.path)
+    # The operator sees it too: one line, OpenSSL's reason without its tuples.
+    line = daemon.wait_for_line("TLS with 127.0.0.1 on listeners[0] failed")
+    assert "peer did not return a certificate" in line, line
+    assert "[(" not in line
 
 
 # -- the client verifies who it talks to
