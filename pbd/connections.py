@@ -64,6 +64,11 @@ class ConnectionTable:
         """Connections open and not on their way out."""
         return len(self._open) - len(self._leaving)
 
+    @property
+    def logged_in_count(self) -> int:
+        """Connections logged in."""
+        return len(self._logged_in)
+
     def waiting(self, address: str | None) -> int:
         return len(self._waiting.get(address, ()))
 

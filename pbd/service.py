@@ -16,11 +16,13 @@ from twisted.python.failure import Failure
 
 from pbd.assembly import Assembly, Listener
 from pbd.config import ListenerConfig
+from pbd.connections import ConnectionTable
 from pbd.directory import Directory
 from pbd.endpoint_strings import bound_address
 from pbd.errors import ListenError
 from pbd.hashpool import HashPool
 from pbd.interfaces import IReloadable
+from pbd.notify import Notifier, monotonic_usec
 from pbd.reactor import the_reactor
 
 log = Logger()
@@ -184,19 +186,27 @@ class ReloadService(Service):
     Logged-in users stay logged in; only new logins see the new data.
     """
 
-    def __init__(self, reloadables: Sequence[Any], interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        reloadables: Sequence[Any],
+        interval: float = 2.0,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.reloadables = tuple(reloadables)
         self.interval = interval
+        self.notifier = notifier or Notifier(None)
         self._poll: task.LoopingCall | None = None
         self._previous_handler: Any = None
 
     def startService(self) -> None:
         super().startService()
+        # SIGHUP is systemctl reload: answered (RELOADING=1, then READY=1)
+        # even when there is nothing to re-read, or systemd would wait.
+        self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
         if not self.reloadables:
             return
-        self._poll = task.LoopingCall(self._each, "reloadIfChanged")
+        self._poll = task.LoopingCall(self._poll_once)
         self._poll.start(self.interval, now=False)
-        self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
 
     def stopService(self) -> None:
         super().stopService()
@@ -209,12 +219,25 @@ class ReloadService(Service):
     def _on_sighup(self, signum: int, frame: Any) -> None:
         reactor = the_reactor()
 
-        reactor.callFromThread(self._each, "reload")
+        reactor.callFromThread(self.reload)
 
-    def _each(self, method: str) -> None:
+    def reload(self) -> defer.Deferred:
+        """Re-read everything now, telling the service manager before and after."""
+        self.notifier.notify("RELOADING=1", monotonic_usec())
+        d = self._each("reload")
+        d.addBoth(lambda _: self.notifier.notify("READY=1"))
+        return d
+
+    def _poll_once(self) -> None:
+        # Not waited for: a read that hangs must not stop the other files' polls.
+        self._each("reloadIfChanged")
+
+    def _each(self, method: str) -> defer.Deferred:
+        done = []
         for reloadable in self.reloadables:
             reload = reloadable.reload if method == "reload" else reloadable.reloadIfChanged
-            defer.maybeDeferred(reload).addErrback(_reload_failed, reloadable)
+            done.append(defer.maybeDeferred(reload).addErrback(_reload_failed, reloadable))
+        return defer.DeferredList(done)
 
 
 def _reload_failed(failure: Failure, plugin: Any) -> None:
@@ -236,14 +259,59 @@ class HashingService(Service):
         self.pool.stop()
 
 
+class NotifyService(Service):
+    """
+    Tells systemd (C{Type=notify}) that pbd is ready, once every other
+    service has started (listeners bound, portals built), what it is
+    doing meanwhile, and that it is stopping.
+    """
+
+    # How often the counts are looked at; a STATUS is sent only when they changed.
+    STATUS_INTERVAL = 1.0
+
+    def __init__(self, notifier: Notifier, connections: ConnectionTable) -> None:
+        self.notifier = notifier
+        self.connections = connections
+        self._status: task.LoopingCall | None = None
+        self._last = ""
+
+    def status(self) -> str:
+        return (
+            f"STATUS={self.connections.count} connection(s), "
+            f"{self.connections.logged_in_count} logged in"
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        self._last = self.status()
+        self.notifier.notify("READY=1", self._last)
+        self._status = task.LoopingCall(self._status_if_changed)
+        self._status.start(self.STATUS_INTERVAL, now=False)
+
+    def _status_if_changed(self) -> None:
+        status = self.status()
+        if status != self._last:
+            self._last = status
+            self.notifier.notify(status)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._status is not None and self._status.running:
+            self._status.stop()
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+
+
 class DaemonService(MultiService):
     """The service tree twistd runs for one config."""
 
-    def __init__(self, assembly: Assembly) -> None:
+    def __init__(self, assembly: Assembly, notifier: Notifier | None = None) -> None:
         super().__init__()
         self.assembly = assembly
+        notifier = notifier or Notifier.from_environment()
         HashingService(assembly.front_door.hash_pool).setServiceParent(self)
         self.listeners = ListenersService(assembly.listeners, assembly.directory)
         self.listeners.setServiceParent(self)
         reloadables = [p for p in assembly.plugins if IReloadable.providedBy(p)]
-        ReloadService(reloadables).setServiceParent(self)
+        ReloadService(reloadables, notifier=notifier).setServiceParent(self)
+        # Last, so that it starts after the others and stops before them.
+        NotifyService(notifier, assembly.front_door.connections).setServiceParent(self)
