@@ -111,6 +111,11 @@ class Broker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker)
             if not self._paused and self.transport is not None:
                 self.transport.resumeProducing()
 
+    @property
+    def calls_in_flight(self) -> int:
+        """The peer's calls awaiting their answers."""
+        return self._calls_in_flight
+
     def call_started(self) -> None:
         self._calls_in_flight += 1
         if self._calls_in_flight >= self.session.limits.calls_in_flight:

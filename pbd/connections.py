@@ -33,6 +33,9 @@ class Connection(Protocol):
 
     peer: Peer
 
+    @property
+    def calls_in_flight(self) -> int: ...
+
     def drop(self, reason: str) -> None: ...
 
 
@@ -63,6 +66,17 @@ class ConnectionTable:
     def count(self) -> int:
         """Connections open and not on their way out."""
         return len(self._open) - len(self._leaving)
+
+    def calls_in_flight(self) -> int:
+        """Calls of every open connection still awaiting their answers."""
+        return sum(connection.calls_in_flight for connection in self._open)
+
+    def drop_all(self, reason: str) -> int:
+        """Close every open connection; how many there were."""
+        connections = list(self._open)
+        for connection in connections:
+            connection.drop(reason)
+        return len(connections)
 
     @property
     def logged_in_count(self) -> int:

@@ -58,6 +58,9 @@ class Limits:
     # Calls of one connection awaiting their answers; past it, its further
     # calls wait unread until some are answered.
     calls_in_flight: int = 1000
+    # Seconds the calls in flight may take to finish when the daemon stops
+    # (SIGTERM), once it has stopped accepting; then every connection closes.
+    shutdown_timeout: float = field(default=5.0, metadata={"minimum": 0})
     # One incoming message, before or after login: how deep its lists nest,
     # how many items and how many bytes of strings it holds. Real PB calls
     # nest a few levels per level of user data; unjelly recurses over them.

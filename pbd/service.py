@@ -24,6 +24,7 @@ from pbd.hashpool import HashPool
 from pbd.interfaces import IReloadable
 from pbd.notify import Notifier, monotonic_usec
 from pbd.reactor import the_reactor
+from pbd.twisted_private import stopped_cleanly
 
 log = Logger()
 
@@ -315,3 +316,32 @@ class DaemonService(MultiService):
         ReloadService(reloadables, notifier=notifier).setServiceParent(self)
         # Last, so that it starts after the others and stops before them.
         NotifyService(notifier, assembly.front_door.connections).setServiceParent(self)
+
+    def stopService(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        """
+        Stop gracefully: stop accepting, let the calls in flight finish (up
+        to C{limits.shutdown_timeout}), close every connection, then stop
+        the rest (the hash pool last: logins under way still need it).
+        """
+        door = self.assembly.front_door
+        await self.listeners.stopService()
+        clock, connections = door.clock, door.connections
+        deadline = clock.seconds() + door.limits.shutdown_timeout
+        while connections.calls_in_flight() and clock.seconds() < deadline:
+            await task.deferLater(clock, SHUTDOWN_POLL, lambda: None)
+        unfinished = connections.calls_in_flight()
+        closed = connections.drop_all("the daemon is stopping")
+        log.info(
+            "stopping: {closed} connection(s) closed, {unfinished} call(s) unfinished",
+            closed=closed,
+            unfinished=unfinished,
+        )
+        await super().stopService()
+        stopped_cleanly(the_reactor())
+
+
+# How often a stopping daemon looks whether the calls in flight have finished.
+SHUTDOWN_POLL = 0.05

@@ -188,6 +188,12 @@ class LoginSession:
             self._deadline.cancel()
         self._deadline = None
 
+    @property
+    def calls_in_flight(self) -> int:
+        """The peer's calls still awaiting their answers."""
+        broker: Any = self.broker  # pbd.broker.Broker, which imports this module
+        return int(broker.calls_in_flight)
+
     def drop(self, reason: str) -> None:
         """Close the connection (after what is already written), with one log line."""
         if self.dropping:

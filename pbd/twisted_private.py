@@ -65,3 +65,15 @@ def write_at_once(transport: Any, data: bytes) -> None:
                 return
             data = data[sent:]
     transport.write(data)
+
+
+def stopped_cleanly(reactor: Any) -> None:
+    """
+    Forget the signal that stopped the reactor, so that twistd exits 0.
+
+    twistd re-raises a SIGTERM that stopped its reactor once it has
+    shut down (the reactor's C{_exitSignal},
+    C{twisted.internet.interfaces._ISupportsExitSignalCapturing}), so the
+    process dies of the signal. pbd's stop is graceful, and ends with 0.
+    """
+    reactor._exitSignal = None

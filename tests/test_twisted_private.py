@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 from twisted.python.systemd import ListenFDs
 from twisted.spread import pb
@@ -105,3 +106,20 @@ def test_writing_at_once_sends_now_only_when_nothing_waits_and_nothing_stops_it(
         peer.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             assert peer.recv(100) == b""
+
+
+def test_the_signal_twistd_re_raises_is_the_reactors_exit_signal():
+    from twisted.application import app
+    from twisted.internet import base
+
+    from pbd.twisted_private import stopped_cleanly
+
+    assert base.ReactorBase._exitSignal is None
+    assert "reactor._exitSignal" in inspect.getsource(app.ApplicationRunner.startReactor)
+
+    class Reactor:
+        _exitSignal = 15
+
+    reactor = Reactor()
+    stopped_cleanly(reactor)
+    assert reactor._exitSignal is None
