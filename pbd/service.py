@@ -317,6 +317,36 @@ class DaemonService(MultiService):
         # Last, so that it starts after the others and stops before them.
         NotifyService(notifier, assembly.front_door.connections).setServiceParent(self)
 
+    _signalled = False
+
+    def startService(self) -> None:
+        super().startService()
+        the_reactor().callWhenRunning(self._one_stop_per_signal)
+
+    def _one_stop_per_signal(self) -> None:
+        """
+        A second SIGTERM or Ctrl-C while the calls in flight finish says so
+        in one line; Twisted's own handler would try to stop the stopping
+        reactor again and log a ReactorNotRunning traceback.
+        """
+        for number in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(number)
+            if callable(handler):
+                signal.signal(number, self._first_only(handler))
+
+    def _first_only(self, handler: Any) -> Any:
+        def handle(number: int, frame: Any) -> None:
+            if self._signalled:
+                log.info(
+                    "already stopping: waiting for the calls in flight "
+                    "(at most limits.shutdown_timeout seconds)"
+                )
+                return
+            self._signalled = True
+            handler(number, frame)
+
+        return handle
+
     def stopService(self) -> defer.Deferred:
         return defer.ensureDeferred(self._stop())
 

@@ -109,3 +109,27 @@ def test_a_new_connection_is_refused_once_stopping(slow_daemon):
 
     assert in_reactor.run(late_connection) == "refused"
     assert daemon.process.wait(30) == 0
+
+
+def test_a_second_signal_while_stopping_says_so_in_one_line(slow_daemon):
+    daemon = slow_daemon(shutdown_timeout=30)
+
+    async def call_then_terminate_twice() -> object:
+        factory = pb.PBClientFactory()
+        reactor.connectTCP("127.0.0.1", _port(daemon), factory, timeout=10)
+        root = await factory.getRootObject()
+        answer = root.callRemote("slow", 1.5)
+        await root.callRemote("slow", 0)
+        os.kill(daemon.process.pid, signal.SIGTERM)
+        await in_reactor.sleep(0.3)
+        os.kill(daemon.process.pid, signal.SIGINT)  # Ctrl-C, impatient
+        try:
+            return await answer
+        finally:
+            factory.disconnect()
+
+    assert in_reactor.run(call_then_terminate_twice) == "done"
+    assert daemon.process.wait(30) == 0
+    daemon.wait_for_line("stopping:")
+    assert "already stopping: waiting for the calls in flight" in daemon.log
+    assert "Traceback" not in daemon.log and "ReactorNotRunning" not in daemon.log
