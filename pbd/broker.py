@@ -85,7 +85,6 @@ class Broker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker)
                 handle.setsockopt(socket.IPPROTO_TCP, option, value)
 
     def dataReceived(self, data: bytes) -> None:
-        self.session.active()
         self._read(data)
 
     def _start_flow(self) -> None:
@@ -177,6 +176,9 @@ class Broker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker)
         if not self.currentDialect and obj not in self.knownDialects:
             # Stock Banana would log a line for every further item of the message.
             raise UnreadableDataError("the peer did not choose the pb dialect")
+        # Active once a whole message is in: a peer that trickles bytes of a
+        # message it never finishes stays idle, and cannot hold what it sent.
+        self.session.active()
         super().callExpressionReceived(obj)
 
     def _abort(self, reason: str) -> None:

@@ -49,10 +49,10 @@ class Limits:
     # A peer whose link died silently is found by TCP keepalive: probes
     # after this many idle seconds, every 10 s, 6 of them unanswered.
     keepalive_idle: int = 60
-    # Seconds a logged-in connection may send nothing before it is closed
+    # Seconds a logged-in connection may send no whole message before it is closed
     # (0: never; keepalive still finds dead peers).
     idle_timeout: float = field(default=0.0, metadata={"minimum": 0})
-    # Seconds a connection to a root listener (no login) may send nothing
+    # Seconds a connection to a root listener (no login) may send no whole message
     # before it is closed (0: never); nothing else ends such a connection.
     root_idle_timeout: float = field(default=300.0, metadata={"minimum": 0})
     # Calls of one connection awaiting their answers; past it, its further

@@ -153,7 +153,7 @@ class LoginSession:
         self._deadline = self.door.clock.callLater(timeout, self._too_slow, timeout)
 
     def active(self) -> None:
-        """The peer sent something (for the idle timeout)."""
+        """The peer sent a whole message (for the idle timeouts)."""
         self._last_active = self.door.clock.seconds()
 
     def _watch_idle(self, idle: float) -> None:

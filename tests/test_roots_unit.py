@@ -82,6 +82,21 @@ def test_a_quiet_peer_of_a_root_is_closed_after_root_idle_timeout():
     assert line["reason"] == "nothing received in 300 s" and line["listener"] == LISTENER
 
 
+def test_a_peer_trickling_a_message_it_never_finishes_is_still_idle():
+    """Only whole messages count as activity: a slow-loris peer cannot hold its bytes."""
+    server = _serving()
+    connection = server.connect()
+    connection.root()  # the dialect is chosen; PB is talking
+    broker = connection.server
+    broker.dataReceived(b"\x68\x07\x80")  # a list of 1,000 items: never finished
+    for _ in range(10):
+        server.clock.advance(29)
+        broker.dataReceived(b"\x01\x81")  # one more item, the int 1
+    assert not connection.dropped
+    server.clock.advance(300 - 290 + 1)
+    assert connection.dropped
+
+
 def test_root_idle_timeout_0_lets_a_quiet_peer_stay():
     server = _serving(limits=Limits(root_idle_timeout=0))
     connection = server.connect()
