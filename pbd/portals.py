@@ -29,7 +29,9 @@ class CheckerChain:
     every mechanism: its yes logs the user in, its no is final, even where
     a later checker knows the same name with another password. A checker
     that cannot say whether it knows a name (a third-party one) is asked
-    in its turn before that: its yes wins, its no passes the turn on. So a
+    in its turn before that: its yes wins, its no passes the turn on (after
+    the store's no, it is still asked, its yes ignored: a refusal costs the
+    same whether a store knows the name or not). So a
     user has one password per portal, and SCRAM, which must pick one stored
     verifier before it sees the proof, agrees with the others
     (L{pbd.mechanisms.scram.verifier_for} follows the same rule).
@@ -68,7 +70,7 @@ class CheckerChain:
         name = user_name(credentials)
         owner = owner_of(self.checkers, name)
         reasons: list[str] = []
-        # Why the owner said no, once it has: no one after it is asked.
+        # Why the owner said no, once it has: no one after it can say yes.
         owner_said: str | None = None
         for checker, understands in zip(self.checkers, understood, strict=True):
             if checker is owner and not understands:
@@ -86,6 +88,10 @@ class CheckerChain:
                     if checker is owner:
                         owner_said = reason
                     reasons.append(reason)
+            else:
+                # Asked as for an unknown name, its yes ignored: skipping it
+                # would make a known name's refusal the quicker one.
+                await _refusal(defer.maybeDeferred(checker.requestAvatarId, credentials))
         # The login session writes the reason to the audit log; the peer
         # is told only that the login was refused.
         raise error.UnauthorizedLogin(owner_said or "; ".join(dict.fromkeys(reasons)))
