@@ -67,6 +67,7 @@ class AuthChallenger(AnsweredOnce):
     def remote_respond(self, response: Any) -> defer.Deferred:
         self.answer_once("challenge")
         d = self.session.attempt(PORTAL, MECHANISM, self.name, lambda: self._check(response))
+        d.addCallback(self._logged_in)
         # The old protocol answers a wrong password with None, not an error.
         d.addErrback(lambda failure: failure.trap(UnauthorizedLogin) and None)
         return d
@@ -81,8 +82,12 @@ class AuthChallenger(AnsweredOnce):
             raise UnauthorizedLogin(
                 f"no identity {self.name!r}" if identity is None else "wrong password"
             )
-        self.session.audit_logout_on_disconnect(PORTAL, MECHANISM, self.name)
         return IdentityWrapper(self.session.broker, identity)
+
+    def _logged_in(self, wrapper: IdentityWrapper) -> IdentityWrapper:
+        # Only a login the session let in (past its caps) has a logout to audit.
+        self.session.audit_logout_on_disconnect(PORTAL, MECHANISM, self.name)
+        return wrapper
 
 
 class IdentityWrapper(pb.Referenceable):

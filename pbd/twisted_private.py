@@ -52,6 +52,8 @@ def write_at_once(transport: Any, data: bytes) -> None:
     """
     if (
         isinstance(transport, tcp.Connection)
+        # After startTLS, writeSomeData would put clear text on the socket.
+        and not getattr(transport, "TLS", False)
         and transport.connected
         and not transport.disconnecting
         and not transport._aborting

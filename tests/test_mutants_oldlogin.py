@@ -277,3 +277,19 @@ def test_an_auth_root_served_by_a_stock_broker_has_a_front_door_of_its_own():
     old_login(connect(), "alice", b"wrong")
     assert root._door is door
     assert door.throttle.failures(("user", "(legacy)", "alice")) == pytest.approx(2, abs=0.01)
+
+
+def test_an_old_login_refused_by_the_per_user_cap_audits_no_logout():
+    from pbd.limits import Limits
+
+    server = legacy_server()
+    server.door.limits = server.door.connections.limits = Limits(logged_in_per_user=1)
+    first = server.connect()
+    assert isinstance(old_login(first, "alice", b"secret"), pb.RemoteReference)
+    with LogCapture() as events:
+        second = server.connect()
+        refused = old_login(second, "alice", b"secret")
+        second.server.transport.loseConnection()
+        second.pump.flush()
+    assert remote_type(refused) == REFUSED
+    assert [e["pbd_event"] for e in events if e.get("pbd_event")] == ["login"]
