@@ -289,6 +289,21 @@ def call_method(arguments: argparse.Namespace) -> int:
     except client.ClientError as e:
         print(f"pbd call: {e.describe(CALL_OPTIONS)}", file=sys.stderr)
         return 2
+    # Options that would be silently ignored are mistakes: say so.
+    if arguments.password_stdin and target.user is None:
+        print(
+            "pbd call: --password-stdin: the URL names no user to give a password for "
+            "(pb://USER@host/...)",
+            file=sys.stderr,
+        )
+        return 2
+    if arguments.insecure and arguments.ca is not None:
+        print(
+            "pbd call: --insecure skips verifying the server, so --ca would not be used: "
+            "give one of them",
+            file=sys.stderr,
+        )
+        return 2
     password = None
     if target.user is not None:
         password = _call_password(arguments.password_stdin)

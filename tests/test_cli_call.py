@@ -419,3 +419,27 @@ def test_a_certificate_where_no_checker_takes_one_is_refused_not_anonymous(liste
     result = pbd_call(url, "whoami", "--ca", ca, "--cert", str(cert), "--key", str(key))
     line = one_line(result)
     assert "a client certificate logs in with tls-client-cert, not anonymously" in line, line
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["pb://127.0.0.1:1", "--password-stdin"],
+            "pbd call: --password-stdin: the URL names no user to give a password for "
+            "(pb://USER@host/...)",
+        ),
+        (
+            ["pbs://alice@127.0.0.1:1", "--insecure", "--ca", "CA"],
+            "pbd call: --insecure skips verifying the server, so --ca would not be used: "
+            "give one of them",
+        ),
+    ],
+)
+def test_options_that_would_be_ignored_are_refused(options, message, authority):
+    options = [str(authority.path) if option == "CA" else option for option in options]
+    result = subprocess.run(
+        [PBD, "call", *options, "whoami"], capture_output=True, text=True, timeout=60, input=""
+    )
+    assert result.returncode == 2
+    assert one_line(result) == message
