@@ -388,7 +388,15 @@ async def _call(arguments: argparse.Namespace, password: str | None, args: list)
         )
         return 1
     except (pb.Error, pb.RemoteError) as e:
-        print(f"pbd call: {arguments.method} failed: {e}", file=sys.stderr)
+        hint = ""
+        refused = isinstance(e, pb.RemoteError) and e.remoteType == b"pbd.session.CallRefused"
+        if arguments.root and refused:
+            # pbd's login root refuses every call but a login's.
+            hint = (
+                f" ({arguments.url} serves portals, not a root object: log in with "
+                "pb://USER@host[:port]/PORTAL, without --root)"
+            )
+        print(f"pbd call: {arguments.method} failed: {e}{hint}", file=sys.stderr)
         return 1
     finally:
         client.disconnect(remote)

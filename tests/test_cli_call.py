@@ -443,3 +443,13 @@ def test_options_that_would_be_ignored_are_refused(options, message, authority):
     )
     assert result.returncode == 2
     assert one_line(result) == message
+
+
+def test_root_against_a_portal_listener_says_to_log_in_instead(listeners):
+    url = f"pb://127.0.0.1:{listeners['clear']}"
+    result = pbd_call("--root", url, "whoami")
+    assert result.returncode == 1
+    assert one_line(result) == (
+        f"pbd call: whoami failed: refused ({url} serves portals, not a root object: "
+        "log in with pb://USER@host[:port]/PORTAL, without --root)"
+    )
