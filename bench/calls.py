@@ -47,7 +47,7 @@ WINDOW = 100
 PHASE_TIMEOUT = 120
 
 # Logins come one after another from one address, much faster than the
-# front door lets a stranger in: this config lets them (as bench/speed.py's).
+# front door lets a stranger in: this config lets them (bench/speed.py uses this one too).
 PBD_CONFIG = """\
 listeners:
   - endpoint: "tcp:0:interface=127.0.0.1"

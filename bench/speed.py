@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from calls import ServerProcess, _load
+from calls import PBD_CONFIG, ServerProcess, _load
 
 HERE = Path(__file__).resolve().parent
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -48,23 +48,6 @@ LABELS = {
     "logins-md5": "pb-md5 logins/s (stock client)",
     "logins-scram": "scram-sha-256 logins/s (pbd.client)",
 }
-# Logins come one after another from one address, much faster than the
-# front door lets a stranger in: this config lets them.
-PBD_CONFIG = """\
-listeners:
-  - endpoint: "tcp:0:interface=127.0.0.1"
-    portal: demo
-portals:
-  demo:
-    realm: {plugin: echo}
-    checkers:
-      - {plugin: memory, users: {alice: secret}}
-limits:
-  connections_per_second_per_address: 100000
-  connection_burst_per_address: 100000
-  unauthenticated_per_address: 100000
-  logged_in_per_user: 100000
-"""
 
 
 @dataclass(frozen=True)
