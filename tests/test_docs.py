@@ -400,11 +400,10 @@ async def _anonymous_echo(port: int) -> None:
 # README.md: Connecting from Python ---------------------------------------------------
 
 
-@sample("readme-client-fragment")
-def _(block: Block, docs: Docs) -> None:
-    """Run as a program against a TLS daemon whose CA the system trust store holds."""
+def run_against_the_tls_daemon(block: Block, docs: Docs, name: str) -> list[str]:
+    """Run a client program of the README against the TLS daemon, its CA trusted: its lines."""
     daemon, ca = docs.tls
-    script = docs.scratch("client-fragment") / "client.py"
+    script = docs.scratch(name) / "client.py"
     script.write_text(block.text.replace("pb.example.com", f"localhost:{daemon.port('echo')}"))
     result = subprocess.run(
         [sys.executable, str(script)],
@@ -414,24 +413,17 @@ def _(block: Block, docs: Docs) -> None:
         env=shell_environment(SSL_CERT_FILE=str(ca)),  # OpenSSL's trust store: this CA
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["hello"]
+    return result.stdout.splitlines()
+
+
+@sample("readme-client-fragment")
+def _(block: Block, docs: Docs) -> None:
+    assert run_against_the_tls_daemon(block, docs, "client-fragment") == ["hello"]
 
 
 @sample("readme-blocking-client")
 def _(block: Block, docs: Docs) -> None:
-    """As the fragment above: a program, against the TLS daemon, its CA trusted."""
-    daemon, ca = docs.tls
-    script = docs.scratch("blocking-client") / "client.py"
-    script.write_text(block.text.replace("pb.example.com", f"localhost:{daemon.port('echo')}"))
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=shell_environment(SSL_CERT_FILE=str(ca)),
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["hello", "4950"]
+    assert run_against_the_tls_daemon(block, docs, "blocking-client") == ["hello", "4950"]
 
 
 # README.md: Limits -------------------------------------------------------------------
