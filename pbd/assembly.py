@@ -65,6 +65,8 @@ class Assembly:
     front_door: FrontDoor = field(default_factory=FrontDoor)
     # What the daemon serves, for root plugins that show it.
     directory: Directory = field(default_factory=lambda: Directory((), ()))
+    # Where the metrics are served (config.metrics), if anywhere.
+    metrics_endpoint: IStreamServerEndpoint | None = None
 
 
 def assemble(
@@ -115,12 +117,15 @@ def assemble(
     for key_path, description in [
         *((listener.key_path, listener.endpoint) for listener in config.listeners),
         *config.loose.endpoints,
+        *([(config.metrics.key_path, config.metrics.endpoint)] if config.metrics else []),
     ]:
         problems_before = len(problems)
         endpoints[key_path] = _endpoint(description, key_path, reactor, problems, check_only)
         if len(problems) == problems_before:
             parsed.append((key_path, description))
     _clashes(parsed, problems)
+    if config.metrics is not None:
+        assembly.metrics_endpoint = endpoints[config.metrics.key_path]
     for tls_config in config.loose.tls:
         _tls_options(tls_config, problems)
     for listener_config in config.listeners:
@@ -297,9 +302,12 @@ def _clashes(endpoints: list[tuple[str, str]], problems: list[Problem]) -> None:
         seen.append((key_path, address))
 
 
-def _in_order(item: tuple[str, str]) -> int:
-    """listeners[12] after listeners[2]."""
-    return int(item[0].removeprefix("listeners[").rstrip("]"))
+def _in_order(item: tuple[str, str]) -> tuple[int, str]:
+    """listeners[12] after listeners[2]; other endpoints (metrics) after them all."""
+    key_path = item[0]
+    if key_path.startswith("listeners["):
+        return (int(key_path.removeprefix("listeners[").rstrip("]")), "")
+    return (1 << 30, key_path)
 
 
 def _endpoint_type(description: str) -> str:

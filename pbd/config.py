@@ -91,6 +91,14 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Where the Prometheus metrics are served over HTTP (L{pbd.metrics})."""
+
+    endpoint: str
+    key_path: str = "metrics"
+
+
+@dataclass(frozen=True)
 class LooseParts:
     """
     The sound parts of entries that have a problem elsewhere (a realm whose
@@ -126,6 +134,8 @@ class Config:
     # Shape problems, reported by pbd.assembly with the problems it finds.
     problems: tuple[Problem, ...] = ()
     loose: LooseParts = field(default_factory=LooseParts)
+    # None: no metrics listener.
+    metrics: MetricsConfig | None = None
 
     @property
     def login_timeout(self) -> float:
@@ -242,7 +252,7 @@ class _Reader:
         if document is None:
             self.fail("", "the file is empty: it needs 'listeners' (and 'portals' for them)")
             return Config(source, (), problems=tuple(self.problems))
-        allowed = {"listeners", "portals", "limits"}
+        allowed = {"listeners", "portals", "limits", "metrics"}
         if isinstance(document, dict) and "login_timeout" in document:
             allowed.add("login_timeout")  # the old place of limits.login_timeout
         top = self.mapping(document, "", allowed)
@@ -253,6 +263,7 @@ class _Reader:
         portals = self.portals(top.get("portals"))
         listeners = self.listeners(self.required(top, "listeners", ""))
         limits = self.limits(top.get("limits", {}))
+        metrics = self.metrics(top["metrics"]) if "metrics" in top else None
         if "login_timeout" in top:
             self.warnings.append(
                 "login_timeout: moved to limits.login_timeout; the old key still works"
@@ -272,7 +283,17 @@ class _Reader:
             tuple(self.warnings),
             tuple(self.problems),
             self.loose,
+            metrics,
         )
+
+    def metrics(self, value: Any) -> MetricsConfig | None:
+        body = self.mapping(value, "metrics", {"endpoint"})
+        if body is None:
+            return None
+        endpoint = self.required(body, "endpoint", "metrics")
+        if endpoint is None or self.string(endpoint, "metrics.endpoint") is None:
+            return None
+        return MetricsConfig(endpoint)
 
     def limits(self, value: Any) -> Limits:
         if value is None:

@@ -92,3 +92,39 @@ class IUsesDirectory(Interface):
         @raise pbd.errors.OptionError: when an option names something the
             directory does not hold (reported at the option's key path).
         """
+
+
+class ILifecycle(Interface):
+    """
+    A realm, checker or root plugin that wants to know when the daemon
+    starts, reloads and stops. Every method is optional to implement as a
+    no-op, but all three must exist; plugins without this interface are
+    simply not told.
+
+    Each hook runs on the event loop and may return a Deferred. A hook
+    that raises (or whose Deferred fails) is logged once with the plugin's
+    key path; it never stops the daemon, a reload or a shutdown.
+    """
+
+    def started() -> Any:
+        """
+        The reactor is running and every listener is bound (also called on
+        a plugin first built by a reload, once the reload is in force).
+        """
+
+    def reloaded(options: Any) -> Any:
+        """
+        A reload changed this plugin's options; the plugin keeps serving
+        with the new ones (without this interface it would be replaced by a
+        new instance built from them). C{options} is what the constructor
+        would be given, already validated. Called once the new config is in
+        force; a hook that fails leaves the plugin to carry on as it can.
+        """
+
+    def stopping(deadline: float) -> Any:
+        """
+        The daemon is stopping: listeners are closed, calls in flight are
+        finishing. Flush and close by C{deadline} (in the reactor's
+        C{seconds()}); a Deferred still unfired then is abandoned and the
+        connections are closed.
+        """

@@ -80,12 +80,15 @@ def _import_dotted(name: str) -> Callable[..., Any]:
     return target
 
 
-def construct(factory: Callable[..., Any], options: Mapping[str, Any], config_dir: Path) -> Any:
+def check_options(
+    factory: Callable[..., Any], options: Mapping[str, Any], config_dir: Path
+) -> dict[str, Any]:
     """
-    Call a plugin factory with its options.
+    Validate a plugin's options without building it.
 
-    @raise OptionError: when the options do not fit the factory's signature,
-        or the factory itself rejects them.
+    @return: the keyword arguments the factory would be called with (what
+        L{pbd.interfaces.ILifecycle.reloaded} is given).
+    @raise OptionError: when the options do not fit the factory.
     """
     keywords = dict(options)
     try:
@@ -96,6 +99,17 @@ def construct(factory: Callable[..., Any], options: Mapping[str, Any], config_di
         if _accepts(signature, "config_dir"):
             keywords["config_dir"] = config_dir
         _check_fits(signature, keywords)
+    return keywords
+
+
+def construct(factory: Callable[..., Any], options: Mapping[str, Any], config_dir: Path) -> Any:
+    """
+    Call a plugin factory with its options.
+
+    @raise OptionError: when the options do not fit the factory's signature,
+        or the factory itself rejects them.
+    """
+    keywords = check_options(factory, options, config_dir)
     try:
         return factory(**keywords)
     except OptionError:
