@@ -30,9 +30,11 @@ from pbd.interfaces import (
     ICheckerSource,
     IConfigWarnings,
     ILegacyAuthorizer,
+    ILifecycle,
     IUsesDirectory,
     IUsesHashPool,
 )
+from pbd.lifecycle import BuiltPlugin
 from pbd.portals import PortalEntry, make_portal
 from pbd.root import PortalRoot
 from pbd.session import FrontDoor
@@ -44,9 +46,11 @@ ROOT_HINT = " (a root plugin is a twisted.spread.pb.Root subclass, or provides I
 @dataclass(frozen=True)
 class Listener:
     config: ListenerConfig
-    factory: ServerFactory
+    factory: ServerFactory | TLSServerFactory
     # None when only checking a systemd endpoint outside systemd.
     endpoint: IStreamServerEndpoint | None
+    # The portals it serves (None for a root listener), for a reload to update.
+    portal_root: PortalRoot | None = None
 
 
 @dataclass
@@ -59,14 +63,26 @@ class Assembly:
     checker_names: dict[str, list[str]] = field(default_factory=dict)
     # Per portal, the mechanisms it offers (plain only over TLS, as the root decides).
     mechanisms: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # Every realm, checker and root built, for the services that watch their files.
-    plugins: list[Any] = field(default_factory=list)
+    # Every realm, checker and root plugin, by key path.
+    built: dict[str, BuiltPlugin] = field(default_factory=dict)
+    # Built by this assembly, not kept from the config in force (they are
+    # told started() once this assembly is).
+    fresh: list[BuiltPlugin] = field(default_factory=list)
+    # Kept from the config in force with new options, for reloaded(options).
+    reoptioned: list[tuple[BuiltPlugin, Any]] = field(default_factory=list)
     # What every listener's connections share: limits, throttle, hash pool.
     front_door: FrontDoor = field(default_factory=FrontDoor)
     # What the daemon serves, for root plugins that show it.
     directory: Directory = field(default_factory=lambda: Directory((), ()))
     # Where the metrics are served (config.metrics), if anywhere.
     metrics_endpoint: IStreamServerEndpoint | None = None
+    # A reload's: the plugins of the config in force, by key path, to keep.
+    previous_plugins: Mapping[str, BuiltPlugin] = field(default_factory=dict)
+
+    @property
+    def plugins(self) -> list[Any]:
+        """Every realm, checker and root plugin, for the services that watch their files."""
+        return [plugin.instance for plugin in self.built.values()]
 
 
 def assemble(
@@ -75,6 +91,7 @@ def assemble(
     *,
     check_only: bool = False,
     environment: Mapping[str, str] | None = None,
+    in_force: Assembly | None = None,
 ) -> Assembly:
     """
     Build every portal and endpoint the config describes.
@@ -87,10 +104,18 @@ def assemble(
         checked when the sockets are really inherited.
     @param environment: where C{PBD_HASH_THREADS} is read (the process's
         environment by default).
+    @param in_force: for a reload, the assembly serving now: its front
+        door (connections, throttle, hash pool) carries on, and each plugin
+        whose key path, plugin and options are unchanged is kept, as is one
+        with new options that takes them (L{ILifecycle}). Nothing of
+        C{in_force} changes here: the reload applies the result.
     @raise ConfigError: listing every problem found, the config's shape
         problems first.
     """
-    assembly = Assembly(config, front_door=FrontDoor(config.limits, reactor))
+    if in_force is None:
+        assembly = Assembly(config, front_door=FrontDoor(config.limits, reactor))
+    else:
+        assembly = Assembly(config, front_door=in_force.front_door, previous_plugins=in_force.built)
     assembly.warnings.extend(config.warnings)
     problems: list[Problem] = list(config.problems)
     _hash_threads(os.environ if environment is None else environment, assembly, problems)
@@ -172,7 +197,7 @@ def assemble(
         )
         if tls is not None:
             factory = TLSServerFactory(tls, False, factory)
-        assembly.listeners.append(Listener(listener_config, factory, endpoint))
+        assembly.listeners.append(Listener(listener_config, factory, endpoint, root))
     assembly.directory = _directory(config, assembly)
     for listener_config in config.listeners:
         _show_directory(listener_config, roots.get(listener_config.key_path), assembly, problems)
@@ -183,11 +208,9 @@ def assemble(
 
 def _root(spec: PluginConfig, config: Config, problems: list[Problem], assembly: Assembly) -> Any:
     """A listener's root plugin, built once for all its connections."""
-    root = _plugin(spec, plugins.ROOTS, IPBRoot, config, problems, ROOT_HINT)
-    if root is not None:
-        if IConfigWarnings.providedBy(root):
-            assembly.warnings.extend(root.configWarnings())
-        assembly.plugins.append(root)
+    root = _plugin(spec, plugins.ROOTS, IPBRoot, config, problems, ROOT_HINT, assembly)
+    if root is not None and IConfigWarnings.providedBy(root):
+        assembly.warnings.extend(root.configWarnings())
     return root
 
 
@@ -323,9 +346,9 @@ class _BuiltPortal:
 def _portal(
     portal_config: PortalConfig, config: Config, problems: list[Problem], assembly: Assembly
 ) -> _BuiltPortal | None:
-    realm = _plugin(portal_config.realm, plugins.REALMS, IRealm, config, problems)
+    realm = _plugin(portal_config.realm, plugins.REALMS, IRealm, config, problems, "", assembly)
     checkers = [
-        _plugin(checker, plugins.CHECKERS, ICredentialsChecker, config, problems)
+        _plugin(checker, plugins.CHECKERS, ICredentialsChecker, config, problems, "", assembly)
         for checker in portal_config.checkers
     ]
     for plugin in [realm, *checkers]:
@@ -333,7 +356,6 @@ def _portal(
             assembly.warnings.extend(plugin.configWarnings())
     if realm is None or None in checkers:
         return None
-    assembly.plugins.extend([realm, *checkers])
     names = [checker.plugin for checker in portal_config.checkers]
     if ICheckerSource.providedBy(realm):
         own = realm.credentialsCheckers()
@@ -467,13 +489,30 @@ def _plugin(
     config: Config,
     problems: list[Problem],
     hint: str = "",
+    assembly: Assembly | None = None,
 ) -> Any:
+    """
+    Build (or, in a reload, keep) the plugin C{spec} names; recorded in
+    C{assembly}'s plugins when given, else only checked.
+    """
+    kept = assembly.previous_plugins.get(spec.key_path) if assembly is not None else None
+    if kept is not None and kept.plugin == spec.plugin and kept.options == spec.options:
+        assert assembly is not None
+        assembly.built[spec.key_path] = kept
+        return kept.instance
     try:
         factory: Callable[..., Any] = plugins.find_plugin(group, spec.plugin)
     except plugins.PluginNotFoundError as e:
         problems.append(Problem(f"{spec.key_path}.plugin", str(e)))
         return None
     try:
+        if kept is not None and kept.plugin == spec.plugin and ILifecycle.providedBy(kept.instance):
+            assert assembly is not None
+            options = plugins.check_options(factory, spec.options, config.directory)
+            built = BuiltPlugin(spec.key_path, spec.plugin, spec.options, kept.instance)
+            assembly.built[spec.key_path] = built
+            assembly.reoptioned.append((built, options))
+            return kept.instance
         instance = plugins.construct(factory, spec.options, config.directory)
     except OptionError as e:
         path = f"{spec.key_path}.{e.option}" if e.option else spec.key_path
@@ -493,6 +532,10 @@ def _plugin(
             )
         )
         return None
+    if assembly is not None:
+        built = BuiltPlugin(spec.key_path, spec.plugin, spec.options, instance)
+        assembly.built[spec.key_path] = built
+        assembly.fresh.append(built)
     return instance
 
 

@@ -47,13 +47,16 @@ def descriptor_capacity() -> int:
     return max(16, soft - DESCRIPTOR_HEADROOM)
 
 
+def _connection_rate(limits: Limits) -> tuple[float, int]:
+    return limits.connections_per_second_per_address, limits.connection_burst_per_address
+
+
 class ConnectionTable:
     def __init__(self, clock: Any, limits: Limits) -> None:
+        self.clock = clock
         self.limits = limits
         self.capacity = limits.connections or descriptor_capacity()
-        self._rate = TokenBuckets(
-            clock, limits.connections_per_second_per_address, limits.connection_burst_per_address
-        )
+        self._rate = TokenBuckets(clock, *_connection_rate(limits))
         self._open: set[Connection] = set()
         self._leaving: set[Connection] = set()
         # Not logged in (yet), by address, oldest first.
@@ -61,6 +64,16 @@ class ConnectionTable:
         self._logged_in: dict[Connection, tuple[str | None, Hashable | None]] = {}
         self._by_address: Counter[str | None] = Counter()
         self._by_user: Counter[Hashable] = Counter()
+
+    def use_limits(self, limits: Limits) -> None:
+        """
+        Admit by these limits from now on (a reload). Connections already
+        open stay; the per-address rate starts afresh if it changed.
+        """
+        if _connection_rate(limits) != _connection_rate(self.limits):
+            self._rate = TokenBuckets(self.clock, *_connection_rate(limits))
+        self.limits = limits
+        self.capacity = limits.connections or descriptor_capacity()
 
     @property
     def count(self) -> int:

@@ -38,16 +38,17 @@ __all__ = ["LoginRefused", "PortalRoot", "RootObject"]
 class RootObject(SessionReferenceable):
     """One connection's root: logins to the listener's portals."""
 
-    def __init__(
-        self,
-        entries: Sequence[PortalEntry],
-        session: LoginSession,
-        legacy: ILegacyAuthorizer | None = None,
-    ) -> None:
-        self.entries = {entry.name: entry for entry in entries}
-        self.default = entries[0]
+    def __init__(self, served: PortalRoot, session: LoginSession) -> None:
+        # Read at each login, not copied: a reload reaches connections that
+        # have not logged in yet.
+        self.served = served
         self.session = session
+        legacy = served.legacy
         self._old = OldLogin(legacy, session) if legacy is not None else None
+
+    @property
+    def entries(self) -> dict[str, PortalEntry]:
+        return self.served.entries
 
     # -- what is on offer
 
@@ -67,8 +68,12 @@ class RootObject(SessionReferenceable):
         )
 
     def _entry(self, portal: Any) -> PortalEntry:
+        if not self.entries:
+            raise self.session.misuse(
+                LoginRefused("this listener no longer serves portals (the config was reloaded)")
+            )
         if portal is None:
-            return self.default
+            return next(iter(self.entries.values()))
         entry = self.entries.get(portal) if isinstance(portal, str) else None
         if entry is None:
             raise self.session.misuse(
@@ -149,8 +154,20 @@ class PortalRoot:
     def __init__(
         self, entries: Sequence[PortalEntry], legacy: ILegacyAuthorizer | None = None
     ) -> None:
-        self.entries = tuple(entries)
+        self.serve(entries, legacy)
+
+    def serve(self, entries: Sequence[PortalEntry], legacy: ILegacyAuthorizer | None) -> None:
+        """
+        Serve these portals from now on, to new logins on connections
+        already open too (a reload); the first is the one stock clients reach.
+        """
+        # dicts keep order: the first entry is the default portal.
+        self.entries = {entry.name: entry for entry in entries}
         self.legacy = legacy
 
+    def retire(self) -> None:
+        """Serve nothing more: the listener is gone or serves something else now."""
+        self.serve((), None)
+
     def rootObject(self, broker: Broker) -> RootObject:
-        return RootObject(self.entries, broker.session, self.legacy)
+        return RootObject(self, broker.session)

@@ -1,27 +1,28 @@
-"""The daemon's service: every listener bound at once, or the daemon does not start."""
+"""
+The daemon's service tree: listeners, the hash pool, file watching,
+systemd notification, and what happens on SIGHUP (reload the whole
+config) and SIGTERM (stop gracefully).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer, task, unix
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pbd.assembly import Assembly, Listener
-from pbd.config import ListenerConfig
+from pbd import lifecycle
+from pbd.assembly import Assembly, assemble
+from pbd.config import load_config
 from pbd.connections import ConnectionTable
-from pbd.directory import Directory
-from pbd.endpoint_strings import bound_address
-from pbd.errors import ListenError
+from pbd.errors import ConfigError, ListenError
 from pbd.hashpool import HashPool
 from pbd.interfaces import IReloadable
+from pbd.listeners import ListenersService
 from pbd.notify import Notifier, monotonic_usec
 from pbd.reactor import the_reactor
 from pbd.twisted_private import stopped_cleanly
@@ -29,183 +30,20 @@ from pbd.twisted_private import stopped_cleanly
 log = Logger()
 
 
-class ListenersService(Service):
+class FileWatchService(Service):
     """
-    Listens on every configured endpoint.
-
-    Binding happens in L{listen}, before the reactor runs, so that a busy
-    port or an unreadable socket stops the daemon with a message instead of
-    leaving it half-started.
+    Re-reads the files plugins depend on (password files) when they change,
+    polled every few seconds. Logged-in users stay logged in; only new
+    logins see the new data.
     """
 
-    def __init__(self, listeners: Sequence[Listener], directory: Directory | None = None) -> None:
-        self.listeners = tuple(listeners)
-        # Told where each listener listens, for root plugins that show it.
-        self.directory = directory
-        self.ports: list[tuple[Listener, IListeningPort]] = []
-        # The process that bound the ports, and so took their locks.
-        self._bound_by: int | None = None
-
-    def listen(self) -> None:
-        """
-        Bind every listener, or none.
-
-        @raise ListenError: naming the listener that failed and why.
-        """
-        if self.ports:
-            return
-        for listener in self.listeners:
-            try:
-                port = _listen_now(listener)
-            except ListenError:
-                self._close_all()
-                raise
-            self.ports.append((listener, port))
-            if self.directory is not None:
-                self.directory.bound(listener.config.key_path, port.getHost())
-        self._bound_by = os.getpid()
-
-    def privilegedStartService(self) -> None:
-        self.listen()
-        super().privilegedStartService()
-
-    def startService(self) -> None:
-        super().startService()
-        if self._bound_by is not None and self._bound_by != os.getpid():
-            for listener, port in self.ports:
-                _take_over_lock(listener, port, self._bound_by)
-        for listener, port in self.ports:
-            config = listener.config
-            if config.root is not None:
-                served = f"root {config.root.plugin!r}"
-            else:
-                served = f"portal {config.portal!r}"
-            others = config.portals[1:]
-            log.info(
-                "{key_path} ({endpoint}) serves {served} on {address}{more}{tls}",
-                key_path=config.key_path,
-                endpoint=config.endpoint,
-                served=served,
-                address=describe_address(port.getHost()),
-                more=f" (and portals {', '.join(others)})" if others else "",
-                tls=" with TLS" if config.tls is not None else "",
-            )
-        log.info("pbd ready: {count} listener(s)", count=len(self.ports))
-
-    def stopService(self) -> defer.Deferred:
-        super().stopService()
-        return self._close_all()
-
-    def _close_all(self) -> defer.Deferred:
-        closing = [defer.maybeDeferred(port.stopListening) for _, port in self.ports]
-        self.ports = []
-        return defer.gatherResults(closing, consumeErrors=True)
-
-
-def _listen_now(listener: Listener) -> IListeningPort:
-    config = listener.config
-    if listener.endpoint is None:
-        raise ListenError(f"{config.key_path} ({config.endpoint}): no endpoint to listen on")
-    outcome: list[Any] = []
-    listener.endpoint.listen(listener.factory).addBoth(outcome.append)
-    if not outcome:
-        raise ListenError(
-            f"{config.key_path} ({config.endpoint}): this endpoint does not listen at once; "
-            "pbd only serves endpoints that bind synchronously"
-        )
-    result = outcome[0]
-    if isinstance(result, Failure):
-        reason = result.getErrorMessage()
-        raise ListenError(
-            f"{config.key_path} ({config.endpoint}): cannot listen: {reason}{_lock_holder(config)}"
-        )
-    return result
-
-
-def _lock_holder(config: ListenerConfig) -> str:
-    """Who holds a Unix socket's lock, said after a failed listen; else nothing."""
-    address = bound_address(config.endpoint)
-    if address is None or address.kind != "unix":
-        return ""
-    lock = f"{address.host}.lock"
-    try:
-        holder = os.readlink(lock)
-    except OSError:
-        return ""
-    return f" ({lock} names PID {holder}: is another daemon serving this socket?)"
-
-
-def _take_over_lock(listener: Listener, port: IListeningPort, bound_by: int) -> None:
-    """
-    Make a Unix socket's lock name this process, not the one that bound it.
-
-    twistd binds (in L{pbd.tap}) before it daemonizes, so Twisted's lock, a
-    symlink whose target is the PID (L{twisted.python.lockfile}), names the
-    process that exits once the daemon has started: a second daemon would
-    find that PID dead, break the lock and take the socket's path away from
-    the first. twistd's first process exits only once the daemon has
-    started, after this, so the lock never names a dead process; the new
-    link replaces the old in one rename.
-    """
-    if not isinstance(port, unix.Port) or port.lockFile is None:
-        return
-    name = os.fsencode(port.lockFile.name)
-    try:
-        holder = os.fsdecode(os.readlink(name))
-    except OSError as e:
-        holder = f"none ({e.strerror})"
-    if holder != str(bound_by):
-        log.warn(
-            "{key_path}: the lock {lock} names PID {holder}, not this daemon",
-            key_path=listener.config.key_path,
-            lock=os.fsdecode(name),
-            holder=holder,
-        )
-        return
-    replacement = name + b".%d.new" % os.getpid()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(replacement)
-    os.symlink(str(os.getpid()), replacement)
-    os.replace(replacement, name)
-
-
-def describe_address(address: Any) -> str:
-    """C{127.0.0.1:8787}, C{[::1]:8787} or a socket path, as an operator writes them."""
-    host = getattr(address, "host", None)
-    if host is not None:
-        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
-    name = getattr(address, "name", None)
-    if isinstance(name, bytes):
-        name = name.decode("utf-8", "replace")
-    return str(name) if name is not None else str(address)
-
-
-class ReloadService(Service):
-    """
-    Re-reads the files plugins depend on: when they change (polled), and on SIGHUP.
-
-    Logged-in users stay logged in; only new logins see the new data.
-    """
-
-    def __init__(
-        self,
-        reloadables: Sequence[Any],
-        interval: float = 2.0,
-        notifier: Notifier | None = None,
-    ) -> None:
+    def __init__(self, reloadables: Sequence[Any], interval: float = 2.0) -> None:
         self.reloadables = tuple(reloadables)
         self.interval = interval
-        self.notifier = notifier or Notifier(None)
         self._poll: task.LoopingCall | None = None
-        self._previous_handler: Any = None
 
     def startService(self) -> None:
         super().startService()
-        # SIGHUP is systemctl reload: answered (RELOADING=1, then READY=1)
-        # even when there is nothing to re-read, or systemd would wait.
-        self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
-        if not self.reloadables:
-            return
         self._poll = task.LoopingCall(self._poll_once)
         self._poll.start(self.interval, now=False)
 
@@ -213,32 +51,22 @@ class ReloadService(Service):
         super().stopService()
         if self._poll is not None and self._poll.running:
             self._poll.stop()
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGHUP, self._previous_handler)
-            self._previous_handler = None
 
-    def _on_sighup(self, signum: int, frame: Any) -> None:
-        reactor = the_reactor()
-
-        reactor.callFromThread(self.reload)
-
-    def reload(self) -> defer.Deferred:
-        """Re-read everything now, telling the service manager before and after."""
-        self.notifier.notify("RELOADING=1", monotonic_usec())
-        d = self._each("reload")
-        d.addBoth(lambda _: self.notifier.notify("READY=1"))
-        return d
+    def reread(self, reloadables: Sequence[Any]) -> defer.Deferred:
+        """Re-read these plugins' files now, changed or not (SIGHUP)."""
+        return _each(reloadables, "reload")
 
     def _poll_once(self) -> None:
         # Not waited for: a read that hangs must not stop the other files' polls.
-        self._each("reloadIfChanged")
+        _each(self.reloadables, "reloadIfChanged")
 
-    def _each(self, method: str) -> defer.Deferred:
-        done = []
-        for reloadable in self.reloadables:
-            reload = reloadable.reload if method == "reload" else reloadable.reloadIfChanged
-            done.append(defer.maybeDeferred(reload).addErrback(_reload_failed, reloadable))
-        return defer.DeferredList(done)
+
+def _each(reloadables: Sequence[Any], method: str) -> defer.Deferred:
+    done = []
+    for reloadable in reloadables:
+        reload = reloadable.reload if method == "reload" else reloadable.reloadIfChanged
+        done.append(defer.maybeDeferred(reload).addErrback(_reload_failed, reloadable))
+    return defer.DeferredList(done)
 
 
 def _reload_failed(failure: Failure, plugin: Any) -> None:
@@ -303,25 +131,122 @@ class NotifyService(Service):
 
 
 class DaemonService(MultiService):
-    """The service tree twistd runs for one config."""
+    """
+    The service tree twistd runs for one config file, kept in force across
+    reloads.
+
+    @ivar assembly: what the config in force built.
+    @ivar retired: plugins a reload replaced; they may still serve users
+        logged in before it, and are told C{stopping} with the rest.
+    """
 
     def __init__(self, assembly: Assembly, notifier: Notifier | None = None) -> None:
         super().__init__()
         self.assembly = assembly
-        notifier = notifier or Notifier.from_environment()
+        self.retired: list[lifecycle.BuiltPlugin] = []
+        self.notifier = notifier or Notifier.from_environment()
         HashingService(assembly.front_door.hash_pool).setServiceParent(self)
         self.listeners = ListenersService(assembly.listeners, assembly.directory)
         self.listeners.setServiceParent(self)
-        reloadables = [p for p in assembly.plugins if IReloadable.providedBy(p)]
-        ReloadService(reloadables, notifier=notifier).setServiceParent(self)
+        self.files = FileWatchService(_reloadables(assembly))
+        self.files.setServiceParent(self)
         # Last, so that it starts after the others and stops before them.
-        NotifyService(notifier, assembly.front_door.connections).setServiceParent(self)
+        NotifyService(self.notifier, assembly.front_door.connections).setServiceParent(self)
+        self._reloading: defer.Deferred | None = None
+        self._reload_again = False
+        self._previous_sighup: Any = None
 
     _signalled = False
 
     def startService(self) -> None:
+        # Before the children start: "pbd ready" and READY=1 invite a reload.
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
         super().startService()
-        the_reactor().callWhenRunning(self._one_stop_per_signal)
+        the_reactor().callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        self._one_stop_per_signal()
+        lifecycle.tell_started(self.assembly.fresh, self.assembly.front_door.clock)
+
+    # -- reloading
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        the_reactor().callFromThread(self.reload)
+
+    def reload(self) -> defer.Deferred:
+        """
+        Read the config file again and put it in force whole, or keep the
+        one in force (SIGHUP, C{systemctl reload}). A reload asked for while
+        one runs runs once more after it.
+
+        @return: a Deferred firing with C{"ok"}, C{"rejected"} (the file has
+            problems, or a new listener cannot bind: all logged) or
+            C{"failed"} (a bug: logged with its traceback).
+        """
+        if self._reloading is not None and not self._reloading.called:
+            self._reload_again = True
+            return self._reloading
+        self._reloading = defer.ensureDeferred(self._reload_until_settled())
+        return self._reloading
+
+    async def _reload_until_settled(self) -> str:
+        while True:
+            self._reload_again = False
+            self.notifier.notify("RELOADING=1", monotonic_usec())
+            try:
+                result = await self._reload_once()
+            except Exception:
+                log.failure("reloading the config failed")
+                result = "failed"
+            self.notifier.notify("READY=1", f"STATUS=reload {result}")
+            if not self._reload_again:
+                return result
+
+    async def _reload_once(self) -> str:
+        in_force = self.assembly
+        source = in_force.config.source
+        reactor = the_reactor()
+        log.info("reloading {source}", source=str(source))
+        try:
+            assembly = assemble(load_config(source), reactor, in_force=in_force)
+        except ConfigError as e:
+            for line in e.report().splitlines():
+                log.error("{line}", line=line)
+            return _rejected(source)
+        try:
+            newly_bound = self.listeners.bind_new(assembly.listeners)
+        except ListenError as e:
+            log.error("{source}: {error}", source=str(source), error=str(e))
+            return _rejected(source)
+        # From here on the new config is in force.
+        in_force.front_door.use_limits(assembly.config.limits)
+        stopped = self.listeners.serve(assembly.listeners, newly_bound, assembly.directory)
+        self.assembly = assembly
+        kept = {id(plugin.instance) for plugin in assembly.built.values()}
+        self.retired.extend(p for p in in_force.built.values() if id(p.instance) not in kept)
+        self.files.reloadables = tuple(_reloadables(assembly))
+        for warning in assembly.warnings:
+            log.warn("config warning: {warning}", warning=warning)
+        await stopped
+        clock = in_force.front_door.clock
+        lifecycle.tell_started(assembly.fresh, clock)
+        lifecycle.tell_reloaded(assembly.reoptioned, clock)
+        # What SIGHUP always meant: the files of the plugins kept are read again.
+        fresh = {id(plugin.instance) for plugin in assembly.fresh}
+        await self.files.reread([p for p in self.files.reloadables if id(p) not in fresh])
+        log.info(
+            "reloaded {source}: {listeners} listener(s), {portals} portal(s); plugins: "
+            "{kept} kept, {reoptioned} given new options, {fresh} built anew",
+            source=str(source),
+            listeners=len(assembly.listeners),
+            portals=len(assembly.portals),
+            kept=len(assembly.built) - len(assembly.fresh) - len(assembly.reoptioned),
+            reoptioned=len(assembly.reoptioned),
+            fresh=len(assembly.fresh),
+        )
+        return "ok"
+
+    # -- stopping
 
     def _one_stop_per_signal(self) -> None:
         """
@@ -348,19 +273,25 @@ class DaemonService(MultiService):
         return handle
 
     def stopService(self) -> defer.Deferred:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
         """
-        Stop gracefully: stop accepting, let the calls in flight finish (up
-        to C{limits.shutdown_timeout}), close every connection, then stop
-        the rest (the hash pool last: logins under way still need it).
+        Stop gracefully: stop accepting, tell the plugins, let the calls in
+        flight and the plugins' C{stopping} hooks finish (up to
+        C{limits.shutdown_timeout}), close every connection, then stop the
+        rest (the hash pool last: logins under way still need it).
         """
         door = self.assembly.front_door
         await self.listeners.stopService()
         clock, connections = door.clock, door.connections
         deadline = clock.seconds() + door.limits.shutdown_timeout
-        while connections.calls_in_flight() and clock.seconds() < deadline:
+        plugins = [*self.assembly.built.values(), *self.retired]
+        told = lifecycle.tell_stopping(plugins, deadline, clock)
+        while (connections.calls_in_flight() or not told.called) and clock.seconds() < deadline:
             await task.deferLater(clock, SHUTDOWN_POLL, lambda: None)
         unfinished = connections.calls_in_flight()
         closed = connections.drop_all("the daemon is stopping")
@@ -371,6 +302,18 @@ class DaemonService(MultiService):
         )
         await super().stopService()
         stopped_cleanly(the_reactor())
+
+
+def _reloadables(assembly: Assembly) -> list[Any]:
+    return [plugin for plugin in assembly.plugins if IReloadable.providedBy(plugin)]
+
+
+def _rejected(source: Any) -> str:
+    log.error(
+        "reload rejected: {source} has the problems above; the config in force is unchanged",
+        source=str(source),
+    )
+    return "rejected"
 
 
 # How often a stopping daemon looks whether the calls in flight have finished.

@@ -87,6 +87,18 @@ class FrontDoor:
         self.peer_log = PeerLog(clock)
         self.connections = ConnectionTable(clock, self.limits)
 
+    def use_limits(self, limits: Limits) -> None:
+        """
+        Apply these limits to what comes next (a reload): new connections,
+        new logins, new password checks. Each connection keeps the limits
+        it was opened with; the throttle keeps its records.
+        """
+        self.limits = limits
+        self.throttle.limits = limits
+        self.connections.use_limits(limits)
+        self.hash_pool.max_pending = limits.password_checks
+        self.hash_pool.max_pending_per_address = limits.password_checks_per_address
+
     def suspect(self, address: Any) -> bool:
         """Has this address failed more than its free failures lately?"""
         failures = self.throttle.failures(("address", address))

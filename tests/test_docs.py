@@ -23,6 +23,7 @@ import json
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,7 +51,7 @@ from docsamples import (
 )
 from passlib.hash import hex_md5
 from pb_client import login
-from pbd_daemon import BIN, PBD, READY, TWISTD, Daemon, run_twistd
+from pbd_daemon import BIN, PBD, READY, TWISTD, Daemon, run_twistd, write_config
 from twisted.internet import reactor
 from twisted.spread import pb
 
@@ -553,6 +554,31 @@ def _(block: Block, docs: Docs) -> None:
         b"pond.PondError",
         b"twisted.spread.jelly.InsecureJelly",
     ]
+
+
+@sample("readme-lifecycle-hooks")
+def _(block: Block, docs: Docs) -> None:
+    """The realm shown, served: a reload hands it new options, a stop lets it save."""
+    folder = docs.scratch("lifecycle-hooks")
+    (folder / "scores.py").write_text(block.text)
+    config = {
+        "listeners": [{"endpoint": "tcp:0:interface=127.0.0.1", "portal": "game"}],
+        "portals": {
+            "game": {
+                "realm": {"plugin": "scores:ScoreRealm"},
+                "checkers": [{"plugin": "anonymous"}],
+            }
+        },
+    }
+    path = write_config(folder, config)
+    daemon = docs.start(Daemon(path, env={"PYTHONPATH": str(folder)})).wait_until_ready()
+    config["portals"]["game"]["realm"]["board"] = "other.db"
+    write_config(folder, config)
+    daemon.process.send_signal(signal.SIGHUP)
+    assert "1 given new options, 0 built anew" in daemon.wait_for_line("reloaded ")
+    assert daemon.stop() == 0
+    assert "saved 0 score(s)" in daemon.log
+    assert "hook failed" not in daemon.log
 
 
 @sample("readme-root-plugin-config")

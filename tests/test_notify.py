@@ -58,7 +58,7 @@ def test_ready_after_the_listeners_then_reloading_and_stopping(start_daemon, man
     reloading = manager.next()
     assert reloading[0] == "RELOADING=1"
     assert reloading[1].startswith("MONOTONIC_USEC=") and int(reloading[1].split("=")[1]) > 0
-    assert manager.next() == ["READY=1"]
+    assert manager.next() == ["READY=1", "STATUS=reload ok"]
 
     daemon.stop()
     assert manager.until("STOPPING=1") == ["STOPPING=1", "STATUS=stopping"]
