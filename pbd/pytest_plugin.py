@@ -225,6 +225,23 @@ class Daemon:
         self.wait_for_line(READY_LINE, max(0.0, deadline - time.monotonic()))
         return self
 
+    def wait_for_notice(self, notice: str, start: int = 0, timeout: float = 20) -> int:
+        """
+        Wait until the daemon has sent C{notice} (a line such as
+        C{"STATUS=0 connection(s), 0 logged in"}) to NOTIFY_SOCKET, at or
+        after index C{start} of L{notices}; return its index.
+        """
+
+        def found() -> int | None:
+            for index in range(start, len(self.notices)):
+                if self.notices[index] == notice:
+                    return index + 1
+            return None
+
+        with self._changed:
+            index: int = self._wait(found, f"sending {notice!r}", timeout)
+            return index - 1
+
     def listening(self) -> list[Listening]:
         """Every bound listener, in config order."""
         with self._changed:
