@@ -11,7 +11,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
-from twisted.spread.pb import IUsernameMD5Password
+from twisted.spread.pb import IPerspective, IUsernameMD5Password
 from zope.interface import implementer
 
 from pbd.credentials import IScramVerified, IUserStore
@@ -144,3 +144,36 @@ class PortalEntry:
     # The mechanisms the portal offers, strongest first (before the
     # connection narrows them: plain only over TLS, and so on).
     mechanisms: tuple[str, ...]
+
+
+class RealmAnswerError(Exception):
+    """A realm's C{requestAvatar} answered something PB cannot log a user in with."""
+
+
+def checked_avatar(entry: PortalEntry, answer: Any) -> tuple[Any, Any, Any]:
+    """
+    The realm's C{(interface, avatar, logout)}, checked before the user
+    counts as logged in: a realm that answers anything else is a bug the
+    operator must see named, not a login that half succeeds.
+
+    @raise RealmAnswerError: naming the realm and what it answered (its
+        logout, if it gave one, is called).
+    """
+    realm = type(entry.portal.realm)
+    named = f"the realm of portal {entry.name!r} ({realm.__module__}.{realm.__qualname__})"
+    if not (isinstance(answer, tuple) and len(answer) == 3):
+        shown = type(answer).__name__
+        raise RealmAnswerError(
+            f"{named} answered requestAvatar with an object of type {shown}, "
+            "not (pb.IPerspective, avatar, logout)"
+        )
+    interface, _avatar, logout = answer
+    if not callable(logout):
+        raise RealmAnswerError(f"{named} answered requestAvatar with a logout that is not callable")
+    if interface is not IPerspective:
+        logout()
+        shown = getattr(interface, "__identifier__", None) or repr(interface)
+        raise RealmAnswerError(
+            f"{named} answered requestAvatar for the interface {shown}, not pb.IPerspective"
+        )
+    return answer

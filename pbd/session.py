@@ -38,6 +38,7 @@ from pbd.credentials import Peer
 from pbd.hashpool import HashPool
 from pbd.limits import Limits
 from pbd.peerlog import PeerLog
+from pbd.portals import RealmAnswerError, checked_avatar
 from pbd.reactor import the_reactor
 from pbd.throttle import Throttle
 from pbd.twisted_private import JellyableAvatarMixin
@@ -193,7 +194,11 @@ class LoginSession:
 
     def _too_slow(self, timeout: float) -> None:
         self._deadline = None
-        self.drop(f"no login in {timeout:g} s")
+        if self._under_way:
+            # Most likely a realm (or checker) whose Deferred never fires: say so.
+            self.drop(f"no login in {timeout:g} s (a login attempt never finished)")
+        else:
+            self.drop(f"no login in {timeout:g} s")
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -320,7 +325,11 @@ class LoginSession:
         Like L{login}, for mechanisms with a step of their own before the
         portal: C{log_in()} fires with the realm's C{(interface, avatar, logout)}.
         """
-        d = self.attempt(portal.name, mechanism, user, log_in, guessable, _log_out)
+
+        def checked() -> defer.Deferred:
+            return defer.maybeDeferred(log_in).addCallback(lambda a: checked_avatar(portal, a))
+
+        d = self.attempt(portal.name, mechanism, user, checked, guessable, _log_out)
         d.addCallback(self._avatar, portal.name, mechanism, user)
         return d
 
@@ -406,12 +415,30 @@ class LoginSession:
             # A realm's own refusal, meant for the peer.
             reason, answer = str(result.value), result.value
         else:
-            log.failure("a login to portal {portal!r} failed", result, portal=portal)
+            self._log_broken_login(portal, result)
             reason, answer = "internal error (logged above)", CallRefused("refused")
         self.budgeted(lambda: audit.login(self.peer, portal, mechanism, user, False, reason))
         if self.failures >= self.limits.failed_logins_per_connection and not self.logged_in:
             self.drop(f"{self.failures} failed logins")
         return Failure(answer)
+
+    def _log_broken_login(self, portal: str, failure: Failure) -> None:
+        """A checker or realm failed: one line, the traceback once per place in the code."""
+        peer_log = self.door.peer_log
+
+        def write() -> None:
+            log.warn(
+                "a login to portal {portal!r} from {peer} failed: {kind}: {message}",
+                portal=portal,
+                peer=str(self.peer),
+                kind=failure.type.__name__,
+                message=failure.getErrorMessage()[:300],
+            )
+            # A wrong answer is said in full above; its traceback would show pbd's code.
+            if not failure.check(RealmAnswerError) and peer_log.traceback_due(failure):
+                log.failure("the first such failure here in a while", failure)
+
+        self.budgeted(write)
 
     def _forgive(self, user: Any) -> None:
         """

@@ -1,16 +1,22 @@
-"""Two users of the chat realm see each other through their client objects (minds)."""
+"""
+Two users of the chat realm see each other through their client objects
+(minds). A real daemon from the C{pbd_daemon} fixture, as a realm author
+would test a realm; blocking clients, whose minds hear the server's calls
+while a call of theirs waits (so a call after an event has them in order).
+"""
 
 from __future__ import annotations
 
-import in_reactor
+import time
+
 import pytest
-from pb_client import Mailbox, login
+from pb_client import Mailbox
+from twisted.cred.error import UnauthorizedLogin
 from twisted.spread import pb
 
 
 def chat_config(**realm_options):
     return {
-        "listeners": [{"endpoint": "tcp:0:interface=127.0.0.1", "portal": "chat"}],
         "portals": {
             "chat": {
                 "realm": {"plugin": "chat", **realm_options},
@@ -23,72 +29,65 @@ def chat_config(**realm_options):
     }
 
 
-def test_two_users_see_each_others_messages_and_departures(start_daemon):
-    port = start_daemon(chat_config(rooms=["lobby"])).port("chat")
+def test_two_users_see_each_others_messages_and_departures(pbd_daemon):
+    daemon = pbd_daemon(chat_config(rooms=["lobby"]))
+    alice_inbox, bob_inbox = Mailbox(), Mailbox()
+    with (
+        daemon.login("alice", "a-pw", client=alice_inbox) as alice,
+        daemon.login("bob", "b-pw", client=bob_inbox) as bob,
+    ):
+        assert alice.call("join", "lobby") == ["alice"]
+        assert bob.call("join", "lobby") == ["alice", "bob"]
 
-    async def session():
-        alice_inbox, bob_inbox = Mailbox(), Mailbox()
-        alice_factory, alice = await login(port, "alice", "a-pw", client=alice_inbox)
-        bob_factory, bob = await login(port, "bob", "b-pw", client=bob_inbox)
-        try:
-            assert await alice.callRemote("join", "lobby") == ["alice"]
-            assert await bob.callRemote("join", "lobby") == ["alice", "bob"]
-            await alice_inbox.wait_for(("joined", "lobby", "bob"))
+        alice.call("say", "lobby", "hello bob")
+        bob.call("say", "lobby", "hi alice")
+        bob.close()
+        # Bob's departure reaches the server in its own time; once he is
+        # gone from the members, alice's mind has heard "left" before the answer.
+        deadline = time.monotonic() + 20
+        while alice.call("members", "lobby") != ["alice"]:
+            assert time.monotonic() < deadline, "bob never left"
 
-            await alice.callRemote("say", "lobby", "hello bob")
-            await bob_inbox.wait_for(("message", "lobby", "alice", "hello bob"))
-            await bob.callRemote("say", "lobby", "hi alice")
-            await alice_inbox.wait_for(("message", "lobby", "bob", "hi alice"))
-            # The sender hears its own message too: every member sees one order.
-            await alice_inbox.wait_for(("message", "lobby", "alice", "hello bob"))
-
-            bob_factory.disconnect()
-            await alice_inbox.wait_for(("left", "lobby", "bob"))
-            return await alice.callRemote("members", "lobby")
-        finally:
-            alice_factory.disconnect()
-            bob_factory.disconnect()
-
-    assert in_reactor.run(session) == ["alice"]
-
-
-def test_rooms_open_on_join_and_close_when_empty(start_daemon):
-    port = start_daemon(chat_config(rooms=["lobby"])).port("chat")
-
-    async def session():
-        inbox = Mailbox()
-        factory, alice = await login(port, "alice", "a-pw", client=inbox)
-        try:
-            await alice.callRemote("join", "games")
-            opened = await alice.callRemote("rooms")
-            await alice.callRemote("leave", "games")
-            closed = await alice.callRemote("rooms")
-            return opened, closed
-        finally:
-            factory.disconnect()
-
-    assert in_reactor.run(session) == (["games", "lobby"], ["lobby"])
+    # Everyone sees one order, the sender its own messages too.
+    assert alice_inbox.events == [
+        ("joined", "lobby", "alice"),
+        ("joined", "lobby", "bob"),
+        ("message", "lobby", "alice", "hello bob"),
+        ("message", "lobby", "bob", "hi alice"),
+        ("left", "lobby", "bob"),
+    ]
+    assert bob_inbox.events == [
+        ("joined", "lobby", "bob"),
+        ("message", "lobby", "alice", "hello bob"),
+        ("message", "lobby", "bob", "hi alice"),
+    ]
 
 
-def test_refusals_reach_the_client_as_pb_errors(start_daemon):
-    port = start_daemon(chat_config(rooms=["lobby"], allow_new_rooms=False)).port("chat")
+def test_rooms_open_on_join_and_close_when_empty(pbd_daemon):
+    daemon = pbd_daemon(chat_config(rooms=["lobby"]))
 
-    async def attempt(method, *args):
-        factory, alice = await login(port, "alice", "a-pw", client=Mailbox())
-        try:
-            await alice.callRemote(method, *args)
-        finally:
-            factory.disconnect()
+    with daemon.login("alice", "a-pw", client=Mailbox()) as alice:
+        alice.call("join", "games")
+        assert alice.call("rooms") == ["games", "lobby"]
+        alice.call("leave", "games")
+        assert alice.call("rooms") == ["lobby"]
 
-    with pytest.raises(pb.RemoteError, match="no such room: 'games'"):
-        in_reactor.run(attempt, "join", "games")
+
+def test_refusals_reach_the_client_as_pb_errors(pbd_daemon):
+    daemon = pbd_daemon(chat_config(rooms=["lobby"], allow_new_rooms=False))
+
+    def attempt(method, *args):
+        return daemon.call(method, *args, user="alice", password="a-pw", client=Mailbox())
+
+    with pytest.raises(pb.RemoteError, match="no such room: 'games'") as raised:
+        attempt("join", "games")
+    assert raised.value.remoteType == b"realms.chat.ChatError"
     with pytest.raises(pb.RemoteError, match="join room 'lobby' before speaking"):
-        in_reactor.run(attempt, "say", "lobby", "hello?")
+        attempt("say", "lobby", "hello?")
 
 
-def test_anonymous_users_cannot_chat(start_daemon):
-    port = start_daemon(chat_config()).port("chat")
+def test_anonymous_users_cannot_chat(pbd_daemon):
+    daemon = pbd_daemon(chat_config())
 
-    with pytest.raises(pb.RemoteError) as raised:
-        in_reactor.run(login, port, None, None, Mailbox())
-    assert raised.value.remoteType == b"twisted.cred.error.UnauthorizedLogin"
+    with pytest.raises(UnauthorizedLogin, match="login refused"):
+        daemon.call("rooms", client=Mailbox())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shlex
 import shutil
@@ -478,6 +479,27 @@ def _(block: Block, docs: Docs) -> None:
     dotted = re.search(r'without installing: "([^"]+)"', block.text).group(1)
     config.write_text(listener + block.text.replace("plugin: greeter", f'plugin: "{dotted}"'))
     assert_valid(config, PYTHONPATH=str(EXAMPLE_REALM))
+
+
+@sample("readme-realm-pytest")
+def _(block: Block, docs: Docs) -> None:
+    """The example test file passes under pytest, the example realm beside it."""
+    folder = docs.scratch("realm-pytest")
+    (folder / "test_greeter.py").write_text(block.text)
+    shutil.copytree(EXAMPLE_REALM / "pbd_greeter", folder / "pbd_greeter")
+    # Only the pbd plugin: not pbd's conftest, nor the outer run's options.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_greeter.py"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
 
 
 # README.md: Serving a root object -----------------------------------------------------

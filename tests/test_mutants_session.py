@@ -187,8 +187,11 @@ def test_a_realm_that_breaks_is_logged_and_the_peer_told_nothing():
         answer = login(server.connect())
     assert remote_type(answer) == REFUSED
     assert answer.value == "refused"
+    (line,) = [e for e in events if "a login to portal" in formatEvent(e)]
+    assert formatEvent(line) == (
+        "a login to portal 'demo' from 10.0.0.1 failed: RuntimeError: bug in the realm"
+    )
     (failure,) = [e for e in events if e.get("log_failure") is not None]
-    assert formatEvent(failure) == "a login to portal 'demo' failed"
     assert failure["log_failure"].check(RuntimeError)
     (audit,) = [e for e in events if e.get("pbd_event") == "login"]
     assert (audit["result"], audit["reason"]) == ("refused", "internal error (logged above)")

@@ -1,13 +1,14 @@
-"""A third-party realm (docs/example-realm) loaded by dotted path into a real daemon."""
+"""
+A third-party realm (docs/example-realm) loaded by dotted path into a real
+daemon (the C{pbd_daemon} fixture, as its author would test it).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import in_reactor
 from configs import echo_config
-from pb_client import login
 from pbd_daemon import run_pbd, write_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "example-realm"
@@ -20,23 +21,13 @@ def greeter_config(**options):
     return config
 
 
-def test_example_realm_serves_its_avatar(start_daemon):
-    daemon = start_daemon(greeter_config(greeting="Ahoy"), env=ON_PATH)
+def test_example_realm_serves_its_avatar(pbd_daemon):
+    daemon = pbd_daemon(greeter_config(greeting="Ahoy"), pythonpath=[EXAMPLE])
 
-    async def session():
-        factory, alice = await login(daemon.port("demo"), "alice", "secret")
-        try:
-            first = await alice.callRemote("greet")
-            second = await alice.callRemote("greet")
-            return first, second, await alice.callRemote("online")
-        finally:
-            factory.disconnect()
-
-    assert in_reactor.run(session) == (
-        "Ahoy, alice! (greeting #1)",
-        "Ahoy, alice! (greeting #2)",
-        1,
-    )
+    with daemon.login("alice", "secret") as alice:
+        assert alice.call("greet") == "Ahoy, alice! (greeting #1)"
+        assert alice.call("greet") == "Ahoy, alice! (greeting #2)"
+        assert alice.call("online") == 1
 
 
 def test_example_realm_option_errors_name_the_option(tmp_path):
