@@ -22,6 +22,7 @@ from pbd.endpoint_strings import bound_address
 from pbd.errors import ListenError
 from pbd.hashpool import HashPool
 from pbd.interfaces import IReloadable
+from pbd.metrics import MetricsService
 from pbd.notify import Notifier, monotonic_usec
 from pbd.reactor import the_reactor
 from pbd.twisted_private import stopped_cleanly
@@ -312,6 +313,15 @@ class DaemonService(MultiService):
         HashingService(assembly.front_door.hash_pool).setServiceParent(self)
         self.listeners = ListenersService(assembly.listeners, assembly.directory)
         self.listeners.setServiceParent(self)
+        # Only when the config has a metrics: section; the daemon counts anyway.
+        self.metrics: MetricsService | None = None
+        if assembly.metrics_endpoint is not None and assembly.config.metrics is not None:
+            self.metrics = MetricsService(
+                assembly.metrics_endpoint,
+                assembly.front_door.metrics.registry,
+                assembly.config.metrics.endpoint,
+            )
+            self.metrics.setServiceParent(self)
         reloadables = [p for p in assembly.plugins if IReloadable.providedBy(p)]
         ReloadService(reloadables, notifier=notifier).setServiceParent(self)
         # Last, so that it starts after the others and stops before them.
