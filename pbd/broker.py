@@ -176,7 +176,7 @@ class Broker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker)
             pass  # the rest of what the peer sent goes unread
         except (BudgetExceededError, MessageTooLargeError) as e:
             self.metrics.refused(e.limit)
-            self._abort(str(e))
+            self._abort(str(e), e.limit)
         except Exception as e:
             self._abort(f"unreadable PB data: {type(e).__name__}: {str(e)[:200]}")
 
@@ -210,8 +210,11 @@ class Broker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker)
         self.session.active()
         super().callExpressionReceived(obj)
 
-    def _abort(self, reason: str) -> None:
-        """Drop the connection at once, unread and unanswered, with one log line."""
+    def _abort(self, reason: str, limit: str | None = None) -> None:
+        """
+        Drop the connection at once, unread and unanswered, with one log line
+        (with the limits: key that dropped it, if one did).
+        """
         peer = self.session.peer
         self.session.budgeted(
             lambda: log.warn(
@@ -219,6 +222,7 @@ class Broker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker)
                 peer=str(peer),
                 listener=peer.listener,
                 reason=reason,
+                limit=limit,
             )
         )
         self.transport.abortConnection()

@@ -242,6 +242,7 @@ class LoginSession:
                 peer=str(self.peer),
                 listener=self.peer.listener,
                 reason=reason,
+                limit=limit,
             )
         )
         # Later, so that the answer being sent still goes out first.
