@@ -14,7 +14,7 @@ import pytest
 from configs import LOOPBACK, echo_config
 from memory_pb import Server
 from pb_client import login
-from pbd_daemon import run_twistd, write_config
+from pbd_daemon import run_pbd, run_twistd, write_config
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.cred.credentials import UsernamePassword
@@ -171,6 +171,14 @@ def test_a_busy_metrics_port_stops_the_daemon_with_one_line(tmp_path):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"{tmp_path / 'pbd.yaml'}: metrics.endpoint ({busy}): cannot listen")
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_check_config_shows_the_metrics_endpoint(tmp_path):
+    endpoint = "tcp:9787:interface=127.0.0.1"
+    config_path = write_config(tmp_path, {**echo_config(), "metrics": {"endpoint": endpoint}})
+    result = run_pbd("check-config", str(config_path))
+    assert result.returncode == 0, result.stderr
+    assert f"metrics:\n  {endpoint} -> http /metrics (Prometheus)\n" in result.stdout
 
 
 # -- in memory
