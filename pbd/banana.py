@@ -36,6 +36,11 @@ _NO_LIMIT = 1 << 62
 class MessageTooLargeError(banana.BananaError):
     """A message nests too deep, or holds too much, to be decoded."""
 
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        # The limits: key that refused it (pbd_refusals_total's label).
+        self.limit = limit
+
 
 class FastDecoding:
     """Mix in before a L{banana.Banana} subclass (such as C{pb.Broker})."""
@@ -121,14 +126,20 @@ class FastDecoding:
                 rest = type_at + 1
                 if bounded:  # this message's bounds, checked before the item is kept
                     if type_byte == _LIST and len(list_stack) >= max_nesting:
-                        raise MessageTooLargeError(f"lists nested more than {max_nesting} deep")
+                        raise MessageTooLargeError(
+                            f"lists nested more than {max_nesting} deep", "message_nesting"
+                        )
                     held_items += 1
                     if type_byte == _STRING and number <= size_limit:  # else Banana refuses it
                         held_bytes += number
                     if held_items > max_items:
-                        raise MessageTooLargeError(f"a message of more than {max_items} items")
+                        raise MessageTooLargeError(
+                            f"a message of more than {max_items} items", "message_items"
+                        )
                     if held_bytes > max_bytes:
-                        raise MessageTooLargeError(f"a message of more than {max_bytes} bytes")
+                        raise MessageTooLargeError(
+                            f"a message of more than {max_bytes} bytes", "message_bytes"
+                        )
                 if type_byte == _STRING:
                     if number > size_limit:
                         raise banana.BananaError("Security precaution: String too long.")

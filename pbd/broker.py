@@ -32,6 +32,7 @@ from pbd import audit
 from pbd.banana import FastDecoding, MessageTooLargeError
 from pbd.credentials import Peer
 from pbd.encoder import FastEncoding, OneWritePerRead
+from pbd.metrics import BEFORE_LOGIN, ROOT, CallMeter, ListenerMeter, Metrics, PortalMeter
 from pbd.plainjelly import PlainJelly
 from pbd.session import BudgetExceededError, FrontDoor, LoginSession
 from pbd.twisted_private import receive_message
@@ -60,6 +61,11 @@ class Broker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker)
     # TCP, TLS or Unix: what each offers beyond ITransport is asked for at use.
     transport: Any
     factory: Any
+    # The daemon's metrics, and this listener's meter of connections and bytes.
+    metrics: Metrics
+    meter: ListenerMeter
+    # The meters of calls on the portal this connection calls now.
+    _calls: PortalMeter | None = None
 
     # Why reading is paused: "writes" (the peer does not read its answers),
     # "calls" (too many of its calls await their answers).
@@ -163,14 +169,37 @@ class Broker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker)
                 return
             if not self._flowing:
                 self._start_flow()
+            self.meter.bytes_in += len(data)
             self.session.received(len(data))
             super().dataReceived(data)
         except _DroppingError:
             pass  # the rest of what the peer sent goes unread
         except (BudgetExceededError, MessageTooLargeError) as e:
-            self._abort(str(e))
+            self.metrics.refused(e.limit)
+            self._abort(str(e), e.limit)
         except Exception as e:
             self._abort(f"unreadable PB data: {type(e).__name__}: {str(e)[:200]}")
+
+    def write_message(self, data: bytes) -> None:
+        self.meter.bytes_out += len(data)
+        super().write_message(data)
+
+    def call_meter(self, name: str, target: Any) -> CallMeter:
+        """
+        Where a call to C{name} on C{target} is counted: the portal the
+        connection is logged in to (L{BEFORE_LOGIN} before, L{ROOT} on a
+        root listener), and the method if C{target} answers to it.
+        """
+        session = self.session
+        if session.logged_in:
+            portal = session.portal or BEFORE_LOGIN
+        else:
+            portal = BEFORE_LOGIN if session.login_needed else ROOT
+        calls = self._calls
+        if calls is None or calls.name != portal:
+            calls = self._calls = self.metrics.portal(portal)
+        meter = calls.methods.get(name)
+        return meter if meter is not None else calls.method(name, lambda: _answers(target, name))
 
     def callExpressionReceived(self, obj: Any) -> None:
         if not self.currentDialect and obj not in self.knownDialects:
@@ -181,8 +210,11 @@ class Broker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker)
         self.session.active()
         super().callExpressionReceived(obj)
 
-    def _abort(self, reason: str) -> None:
-        """Drop the connection at once, unread and unanswered, with one log line."""
+    def _abort(self, reason: str, limit: str | None = None) -> None:
+        """
+        Drop the connection at once, unread and unanswered, with one log line
+        (with the limits: key that dropped it, if one did).
+        """
         peer = self.session.peer
         self.session.budgeted(
             lambda: log.warn(
@@ -190,6 +222,7 @@ class Broker(OneWritePerRead, FastDecoding, FastEncoding, PlainJelly, pb.Broker)
                 peer=str(peer),
                 listener=peer.listener,
                 reason=reason,
+                limit=limit,
             )
         )
         self.transport.abortConnection()
@@ -353,19 +386,36 @@ class _GuardedCall:
 
     def remoteMessageReceived(self, broker: Any, message: Any, args: Any, kw: Any) -> Any:
         name = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        meter = self.broker.call_meter(name, self.target)
+        timer = self.broker.metrics.timer
+        started = timer()
         try:
             result = _dispatch(self.target, broker, name, args, kw)
         except (pb.Error, LoginFailed):
+            meter.errored(timer() - started, meant_for_peer=True)
             raise
         except Exception:
+            meter.errored(timer() - started, meant_for_peer=False)
             failure = Failure()
             self.broker.call_failed(name, failure)
             return defer.fail(failure) if self.answer_required else None
         if isinstance(result, defer.Deferred):
+            result.addBoth(self._timed, meter, timer, started)
             result.addErrback(self._failed, name)
             if self.answer_required:
                 self.broker.call_started()
                 result.addBoth(self.broker.call_answered)
+        else:
+            meter.answered(timer() - started)
+        return result
+
+    @staticmethod
+    def _timed(result: Any, meter: CallMeter, timer: Any, started: float) -> Any:
+        if isinstance(result, Failure):
+            meant_for_peer = bool(result.check(pb.Error, LoginFailed))
+            meter.errored(timer() - started, meant_for_peer=meant_for_peer)
+        else:
+            meter.answered(timer() - started)
         return result
 
     def _failed(self, failure: Failure, name: str) -> Failure | None:
@@ -428,6 +478,23 @@ def _dispatch(target: Any, broker: Any, name: str, args: Any, kw: Any) -> Any:
     return target.remoteMessageReceived(broker, name, args, kw)
 
 
+def _answers(target: Any, name: str) -> bool:
+    """
+    Does the object a call reached have a method C{name} to dispatch to?
+    Asked once per name and portal, so that the names a peer makes up are
+    not counted one by one (L{pbd.metrics.PortalMeter.method}).
+    """
+    avatar = _stock_avatar(target)
+    if avatar is not None:
+        return callable(getattr(avatar, f"perspective_{name}", None))
+    if isinstance(target, pb.ViewPoint):
+        return callable(getattr(target.object, f"view_{name}", None))
+    return any(
+        callable(getattr(target, prefix + name, None))
+        for prefix in ("remote_", "perspective_", "observe_")
+    )
+
+
 def _stock_dispatch(target: Any, kind: Any) -> bool:
     """Is C{target} a C{kind} whose message dispatch is C{kind}'s own?"""
     return (
@@ -483,6 +550,7 @@ class ServerFactory(pb.PBServerFactory):
         self.front_door = front_door or FrontDoor()
         self.listener = listener
         self.login_needed = login_needed
+        self.meter = self.front_door.metrics.listener(listener)
 
     def buildProtocol(self, addr: Any) -> Broker | None:
         peer = Peer(_host(addr), self.listener)
@@ -500,6 +568,7 @@ class ServerFactory(pb.PBServerFactory):
             return None
         broker = self.protocol(isClient=False, security=self.security)
         broker.factory = self
+        broker.metrics, broker.meter = self.front_door.metrics, self.meter
         limits = self.front_door.limits
         broker.maxNesting = limits.message_nesting
         broker.maxMessageItems = limits.message_items

@@ -485,6 +485,8 @@ def summary(assembly: Assembly) -> str:
         lines.append(
             f"  {name}: realm {portal.realm.plugin}; checkers {checkers}; mechanisms {offered}"
         )
+    if config.metrics is not None:
+        lines += ["metrics:", f"  {config.metrics.endpoint} -> http /metrics (Prometheus)"]
     served_portals = {name for listener in assembly.listeners for name in listener.config.portals}
     for name in config.portals:
         if name not in served_portals:

@@ -16,11 +16,14 @@ from __future__ import annotations
 import resource
 from collections import Counter
 from collections.abc import Hashable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pbd.buckets import TokenBuckets
 from pbd.credentials import Peer
 from pbd.limits import Limits
+
+if TYPE_CHECKING:
+    from pbd.metrics import Metrics
 
 # Descriptors kept for listeners, log files, password files and threads,
 # and for the connections Twisted accepts in one go (up to 100) while those
@@ -52,9 +55,15 @@ def _connection_rate(limits: Limits) -> tuple[float, int]:
 
 
 class ConnectionTable:
-    def __init__(self, clock: Any, limits: Limits) -> None:
+    """
+    @param metrics: told of connections opened and closed (by listener),
+        and of each refusal (by limit); none by default.
+    """
+
+    def __init__(self, clock: Any, limits: Limits, metrics: Metrics | None = None) -> None:
         self.clock = clock
         self.limits = limits
+        self.metrics = metrics
         self.capacity = limits.connections or descriptor_capacity()
         self._rate = TokenBuckets(clock, *_connection_rate(limits))
         self._open: set[Connection] = set()
@@ -108,11 +117,15 @@ class ConnectionTable:
         if peer.address is not None:
             if not self._rate.take(peer.address):
                 rate = self.limits.connections_per_second_per_address
+                self._refused("connections_per_second_per_address")
                 return f"more than {rate:g} new connections a second from {peer}"
             waiting = self.waiting(peer.address)
             if waiting >= self.limits.unauthenticated_per_address:
+                self._refused("unauthenticated_per_address")
                 return f"{waiting} connections from {peer} have not logged in"
         if self.count >= self.capacity:
+            # Refused, or another dropped to make room: the total did either way.
+            self._refused("connections")
             victim = self._eviction_candidate()
             if victim is None:
                 return f"{self.count} connections open, every one logged in: the daemon is full"
@@ -127,9 +140,15 @@ class ConnectionTable:
             return None
         return next(iter(crowded[1]))
 
+    def _refused(self, limit: str) -> None:
+        if self.metrics is not None:
+            self.metrics.refused(limit)
+
     def opened(self, connection: Connection) -> None:
         self._open.add(connection)
         self._waiting.setdefault(connection.peer.address, {})[connection] = None
+        if self.metrics is not None:
+            self.metrics.connection_opened(connection.peer.listener)
 
     def login_refusal(self, peer: Peer, user: Hashable | None) -> str | None:
         """Why a login as C{user} (a hashable key, or None) may not be added, or L{None}."""
@@ -137,8 +156,10 @@ class ConnectionTable:
             peer.address is not None
             and self._by_address[peer.address] >= self.limits.logged_in_per_address
         ):
+            self._refused("logged_in_per_address")
             return f"{peer} has {self.limits.logged_in_per_address} connections logged in"
         if user is not None and self._by_user[user] >= self.limits.logged_in_per_user:
+            self._refused("logged_in_per_user")
             return f"this user has {self.limits.logged_in_per_user} connections logged in"
         return None
 
@@ -155,6 +176,8 @@ class ConnectionTable:
     def closed(self, connection: Connection) -> None:
         self._forget_waiting(connection)
         self._forget_logged_in(connection)
+        if connection in self._open and self.metrics is not None:
+            self.metrics.connection_closed(connection.peer.listener)
         self._open.discard(connection)
         self._leaving.discard(connection)
 

@@ -23,7 +23,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, threads
@@ -31,6 +31,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from pbd.reactor import the_reactor
+
+if TYPE_CHECKING:
+    from pbd.metrics import Metrics
 
 # Linux niceness is per thread, and inherited by the threads argon2 starts
 # for its lanes.
@@ -41,6 +44,11 @@ Submit = Callable[..., defer.Deferred]
 
 class BusyError(UnauthorizedLogin):
     """Too many password checks are under way (in all, or from one address)."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        # The limits: key that refused it (pbd_refusals_total's label).
+        self.limit = limit
 
 
 def default_size() -> int:
@@ -80,6 +88,7 @@ class HashPool:
         their own to decide when each check finishes.
     @param suspect: tells whether an address has failed too often lately;
         its checks wait until those of the others have had their turn.
+    @ivar metrics: told of each check refused (the daemon's front door sets it).
     """
 
     def __init__(
@@ -101,12 +110,25 @@ class HashPool:
         self._turns: deque = deque()
         self._suspect_turns: deque = deque()
         self._pending: dict[Any, int] = {}
+        # The sum of _pending, kept so that a scrape (from another thread) reads one int.
+        self._pending_total = 0
         self._running = 0
+        self.metrics: Metrics | None = None
 
     @property
     def pending(self) -> int:
         """Checks waiting or running."""
-        return sum(self._pending.values())
+        return self._pending_total
+
+    @property
+    def running(self) -> int:
+        """Checks running now."""
+        return self._running
+
+    @property
+    def queued(self) -> int:
+        """Checks waiting for a thread."""
+        return self._pending_total - self._running
 
     def start(self) -> None:
         """Start the pool's own threads (the daemon's service does, at start-up)."""
@@ -132,10 +154,13 @@ class HashPool:
             (L{None} for peers without an address, who share one queue).
         """
         if self.pending >= self.max_pending:
-            return defer.fail(BusyError(f"{self.pending} password checks under way"))
+            return self._busy(f"{self.pending} password checks under way", "password_checks")
         if self._pending.get(address, 0) >= self.max_pending_per_address:
-            return defer.fail(BusyError(f"{address} has too many password checks under way"))
+            return self._busy(
+                f"{address} has too many password checks under way", "password_checks_per_address"
+            )
         self._pending[address] = self._pending.get(address, 0) + 1
+        self._pending_total += 1
         done: defer.Deferred = defer.Deferred()
         queue = self._queues.get(address)
         if queue is None:
@@ -144,6 +169,11 @@ class HashPool:
         queue.append((function, args, done))
         self._dispatch()
         return done
+
+    def _busy(self, message: str, limit: str) -> defer.Deferred:
+        if self.metrics is not None:
+            self.metrics.refused(limit)
+        return defer.fail(BusyError(message, limit))
 
     def _take_turn(self, address: Any) -> None:
         suspect = self.suspect is not None and self.suspect(address)
@@ -166,6 +196,7 @@ class HashPool:
     def _finished(self, result: Any, address: Any, done: defer.Deferred) -> None:
         self._running -= 1
         self._pending[address] -= 1
+        self._pending_total -= 1
         if not self._pending[address]:
             del self._pending[address]
         self._dispatch()

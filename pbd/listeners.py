@@ -106,7 +106,7 @@ class ListenersService(Service):
         self.bound = bound
         self.directory = directory
         self._tell_directory()
-        return _stop_listening([each.port for each in gone])
+        return stop_listening([each.port for each in gone])
 
     def _tell_directory(self) -> None:
         if self.directory is None:
@@ -131,7 +131,7 @@ class ListenersService(Service):
         super().stopService()
         ports = [each.port for each in self.bound.values()]
         self.bound = {}
-        return _stop_listening(ports)
+        return stop_listening(ports)
 
 
 def log_serving(listener: Listener, port: IListeningPort, verb: str = "serves") -> None:
@@ -208,7 +208,7 @@ def _bind_all(listeners: Sequence[tuple[str, Listener]]) -> dict[str, _BoundList
         try:
             port = _listen_now(listener, factory)
         except ListenError:
-            _stop_listening([each.port for each in bound.values()])
+            stop_listening([each.port for each in bound.values()])
             raise
         each = _BoundListener(listener, port, factory)
         if listener.portal_root is not None:
@@ -232,7 +232,7 @@ def _serve_in_place(roots: weakref.WeakSet[PortalRoot], new: PortalRoot | None) 
         roots.add(new)
 
 
-def _stop_listening(ports: Sequence[IListeningPort]) -> defer.Deferred:
+def stop_listening(ports: Sequence[IListeningPort]) -> defer.Deferred:
     closing = [defer.maybeDeferred(port.stopListening) for port in ports]
     return defer.gatherResults(closing, consumeErrors=True)
 

@@ -22,7 +22,8 @@ from pbd.connections import ConnectionTable
 from pbd.errors import ConfigError, ListenError
 from pbd.hashpool import HashPool
 from pbd.interfaces import IReloadable
-from pbd.listeners import ListenersService
+from pbd.listeners import ListenersService, stop_listening
+from pbd.metrics import MetricsService
 from pbd.notify import Notifier, monotonic_usec
 from pbd.reactor import the_reactor
 from pbd.twisted_private import stopped_cleanly
@@ -150,6 +151,10 @@ class DaemonService(MultiService):
         self.listeners.setServiceParent(self)
         self.files = FileWatchService(_reloadables(assembly))
         self.files.setServiceParent(self)
+        # Only when the config has a metrics: section; the daemon counts anyway.
+        self.metrics = _metrics_service(assembly)
+        if self.metrics is not None:
+            self.metrics.setServiceParent(self)
         # Last, so that it starts after the others and stops before them.
         NotifyService(self.notifier, assembly.front_door.connections).setServiceParent(self)
         self._reloading: defer.Deferred | None = None
@@ -198,6 +203,7 @@ class DaemonService(MultiService):
             except Exception:
                 log.failure("reloading the config failed")
                 result = "failed"
+            self.assembly.front_door.metrics.reload_finished(result)
             self.notifier.notify("READY=1", f"STATUS=reload {result}")
             if not self._reload_again:
                 return result
@@ -213,12 +219,28 @@ class DaemonService(MultiService):
             for line in e.report().splitlines():
                 log.error("{line}", line=line)
             return _rejected(source)
+        metrics_moved = _metrics_endpoint(assembly) != _metrics_endpoint(in_force)
+        metrics = _metrics_service(assembly) if metrics_moved else self.metrics
         try:
             newly_bound = self.listeners.bind_new(assembly.listeners)
+            if metrics_moved and metrics is not None:
+                try:
+                    metrics.listen()
+                except ListenError:
+                    stop_listening([each.port for each in newly_bound.values()])
+                    raise
         except ListenError as e:
             log.error("{source}: {error}", source=str(source), error=str(e))
             return _rejected(source)
         # From here on the new config is in force.
+        if metrics_moved:
+            if self.metrics is not None:
+                stopping = self.metrics.disownServiceParent()
+                if stopping is not None:
+                    await stopping
+            self.metrics = metrics
+            if metrics is not None:
+                metrics.setServiceParent(self)
         in_force.front_door.use_limits(assembly.config.limits)
         stopped = self.listeners.serve(assembly.listeners, newly_bound, assembly.directory)
         self.assembly = assembly
@@ -302,6 +324,21 @@ class DaemonService(MultiService):
         )
         await super().stopService()
         stopped_cleanly(the_reactor())
+
+
+def _metrics_endpoint(assembly: Assembly) -> str | None:
+    return assembly.config.metrics.endpoint if assembly.config.metrics is not None else None
+
+
+def _metrics_service(assembly: Assembly) -> MetricsService | None:
+    """The metrics listener, where the config has a C{metrics:} section."""
+    if assembly.metrics_endpoint is None or assembly.config.metrics is None:
+        return None
+    return MetricsService(
+        assembly.metrics_endpoint,
+        assembly.front_door.metrics.registry,
+        assembly.config.metrics.endpoint,
+    )
 
 
 def _reloadables(assembly: Assembly) -> list[Any]:

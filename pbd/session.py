@@ -37,10 +37,11 @@ from pbd.connections import ConnectionTable
 from pbd.credentials import Peer
 from pbd.hashpool import HashPool
 from pbd.limits import Limits
+from pbd.metrics import Metrics
 from pbd.peerlog import PeerLog
 from pbd.portals import RealmAnswerError, checked_avatar
 from pbd.reactor import the_reactor
-from pbd.throttle import Throttle
+from pbd.throttle import Throttle, ThrottledError
 from pbd.twisted_private import JellyableAvatarMixin
 
 log = Logger()
@@ -60,12 +61,17 @@ class CallRefused(pb.Error):
 class BudgetExceededError(Exception):
     """A peer sent more than it may before logging in; its connection is dropped."""
 
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        # The limits: key that refused it (pbd_refusals_total's label).
+        self.limit = limit
+
 
 class FrontDoor:
     """
     What every connection's login shares, daemon-wide: the limits, the
-    clock, the hash pool, the throttle, the log budget and the table of
-    connections.
+    clock, the hash pool, the throttle, the log budget, the table of
+    connections and the metrics.
     """
 
     def __init__(
@@ -73,20 +79,44 @@ class FrontDoor:
         limits: Limits | None = None,
         clock: Any = None,
         hash_pool: HashPool | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if clock is None:
             clock = the_reactor()
         self.limits = limits or Limits()
         self.clock = clock
+        self.metrics = metrics or Metrics()
         self.hash_pool = hash_pool or HashPool(
             max_pending=self.limits.password_checks,
             max_pending_per_address=self.limits.password_checks_per_address,
         )
-        self.throttle = Throttle(clock, self.limits)
+        self.throttle = Throttle(clock, self.limits, metrics=self.metrics)
         if self.hash_pool.suspect is None:
             self.hash_pool.suspect = self.suspect
+        if self.hash_pool.metrics is None:
+            self.hash_pool.metrics = self.metrics
         self.peer_log = PeerLog(clock)
-        self.connections = ConnectionTable(clock, self.limits)
+        self.connections = ConnectionTable(clock, self.limits, self.metrics)
+        self._gauges(self.metrics)
+
+    def _gauges(self, metrics: Metrics) -> None:
+        """What a scrape reads straight from the pool and the table (single ints)."""
+        pool, connections = self.hash_pool, self.connections
+        metrics.gauge(
+            "pbd_password_checks_queued",
+            "Password checks waiting for a thread of the hash pool.",
+            lambda: pool.queued,
+        )
+        metrics.gauge(
+            "pbd_password_checks_running",
+            "Password checks running in the hash pool.",
+            lambda: pool.running,
+        )
+        metrics.gauge(
+            "pbd_logged_in",
+            "Connections logged in now.",
+            lambda: connections.logged_in_count,
+        )
 
     def use_limits(self, limits: Limits) -> None:
         """
@@ -180,7 +210,8 @@ class LoginSession:
         quiet = self.door.clock.seconds() - self._last_active
         if quiet >= idle:
             self._idle_check = None
-            self.drop(f"nothing received in {idle:g} s")
+            limit = "idle_timeout" if self.login_needed else "root_idle_timeout"
+            self.drop(f"nothing received in {idle:g} s", limit)
         else:
             self._idle_check = self.door.clock.callLater(idle - quiet, self._check_idle)
 
@@ -196,9 +227,11 @@ class LoginSession:
         self._deadline = None
         if self._under_way:
             # Most likely a realm (or checker) whose Deferred never fires: say so.
-            self.drop(f"no login in {timeout:g} s (a login attempt never finished)")
+            self.drop(
+                f"no login in {timeout:g} s (a login attempt never finished)", "login_timeout"
+            )
         else:
-            self.drop(f"no login in {timeout:g} s")
+            self.drop(f"no login in {timeout:g} s", "login_timeout")
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -211,17 +244,24 @@ class LoginSession:
         broker: Any = self.broker  # pbd.broker.Broker, which imports this module
         return int(broker.calls_in_flight)
 
-    def drop(self, reason: str) -> None:
-        """Close the connection (after what is already written), with one log line."""
+    def drop(self, reason: str, limit: str | None = None) -> None:
+        """
+        Close the connection (after what is already written), with one log line.
+
+        @param limit: the limits: key that dropped it, if one did (for the metrics).
+        """
         if self.dropping:
             return
         self.dropping = True
+        if limit is not None:
+            self.door.metrics.refused(limit)
         self.budgeted(
             lambda: log.info(
                 "dropping connection from {peer} on {listener}: {reason}",
                 peer=str(self.peer),
                 listener=self.peer.listener,
                 reason=reason,
+                limit=limit,
             )
         )
         # Later, so that the answer being sent still goes out first.
@@ -251,7 +291,7 @@ class LoginSession:
         self._bytes += size
         if self._bytes > self.limits.bytes_before_login:
             limit = self.limits.bytes_before_login
-            raise BudgetExceededError(f"more than {limit} bytes before login")
+            raise BudgetExceededError(f"more than {limit} bytes before login", "bytes_before_login")
 
     def called(self) -> None:
         """
@@ -264,7 +304,7 @@ class LoginSession:
         self._calls += 1
         if self._calls > self.limits.calls_before_login:
             limit = self.limits.calls_before_login
-            raise BudgetExceededError(f"more than {limit} calls before login")
+            raise BudgetExceededError(f"more than {limit} calls before login", "calls_before_login")
 
     def refused(self, what: str) -> CallRefused:
         """
@@ -282,7 +322,7 @@ class LoginSession:
                 )
             )
             if self.errors >= self.limits.errors_before_login:
-                self.drop(f"{self.errors} refused calls before login")
+                self.drop(f"{self.errors} refused calls before login", "errors_before_login")
         return CallRefused("refused")
 
     def misuse(self, error: LoginRefused) -> LoginRefused:
@@ -361,6 +401,7 @@ class LoginSession:
         # user is logged in would say the name exists.
         refusal = self.door.connections.login_refusal(self.peer, None)
         if refusal is not None:
+            self.door.metrics.login_finished(portal, mechanism, "limit")
             self.budgeted(lambda: audit.login(self.peer, portal, mechanism, user, False, refusal))
             raise LoginRefused(refusal)
         self._under_way = True
@@ -394,10 +435,12 @@ class LoginSession:
                 # Not a failure: the peer knew the secret. It is told why.
                 if release is not None:
                     release(result)
+                self.door.metrics.login_finished(portal, mechanism, "limit")
                 self.budgeted(
                     lambda: audit.login(self.peer, portal, mechanism, user, False, refusal)
                 )
                 return Failure(LoginRefused(refusal))
+            self.door.metrics.login_finished(portal, mechanism, "ok")
             self.budgeted(lambda: audit.login(self.peer, portal, mechanism, user, True))
             self._forgive(user)
             self.user, self.portal = user, portal
@@ -407,6 +450,7 @@ class LoginSession:
         self.door.throttle.failed(keys)
         self._failed_keys.append((user, keys))
         self.failures += 1
+        outcome = "throttled" if result.check(ThrottledError) else "refused"
         if result.check(LoginFailed):
             reason = str(result.value) or type(result.value).__name__
             unhandled = result.check(UnhandledCredentials)
@@ -417,9 +461,11 @@ class LoginSession:
         else:
             self._log_broken_login(portal, result)
             reason, answer = "internal error (logged above)", CallRefused("refused")
+            outcome = "error"
+        self.door.metrics.login_finished(portal, mechanism, outcome)
         self.budgeted(lambda: audit.login(self.peer, portal, mechanism, user, False, reason))
         if self.failures >= self.limits.failed_logins_per_connection and not self.logged_in:
-            self.drop(f"{self.failures} failed logins")
+            self.drop(f"{self.failures} failed logins", "failed_logins_per_connection")
         return Failure(answer)
 
     def _log_broken_login(self, portal: str, failure: Failure) -> None:

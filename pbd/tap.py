@@ -40,6 +40,8 @@ def makeService(options: Options) -> IService:
     service = DaemonService(assembly)
     try:
         service.listeners.listen()
+        if service.metrics is not None:
+            service.metrics.listen()
     except ListenError as e:
         _fail(f"{assembly.config.source}: {e}")
     return service

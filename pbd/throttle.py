@@ -27,6 +27,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, task
@@ -34,9 +35,15 @@ from twisted.internet.interfaces import IReactorTime
 
 from pbd.limits import Limits
 
+if TYPE_CHECKING:
+    from pbd.metrics import Metrics
+
 
 class ThrottledError(UnauthorizedLogin):
     """Too many recent failures for this address or user name: try again later."""
+
+    # The limits: key that refused it (pbd_refusals_total's label).
+    limit = "max_attempt_wait"
 
 
 @dataclass
@@ -50,12 +57,20 @@ class Throttle:
     """
     @param max_keys: records kept at most; the least recently used go first,
         so a peer naming endless user names cannot grow the table.
+    @param metrics: told of each attempt refused.
     """
 
-    def __init__(self, clock: IReactorTime, limits: Limits, max_keys: int = 100_000) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        limits: Limits,
+        max_keys: int = 100_000,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.clock = clock
         self.limits = limits
         self.max_keys = max_keys
+        self.metrics = metrics
         self._records: OrderedDict[Hashable, _Record] = OrderedDict()
 
     def failures(self, key: Hashable) -> float:
@@ -73,6 +88,8 @@ class Throttle:
         records = [self._record(key, now) for key in keys]
         start = max([now, *(r.last_start + self._spacing(self._decayed(r, now)) for r in records)])
         if start - now > self.limits.max_attempt_wait:
+            if self.metrics is not None:
+                self.metrics.refused(ThrottledError.limit)
             return defer.fail(ThrottledError("too many failed logins: try again later"))
         for record in records:
             record.last_start = start

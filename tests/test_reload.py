@@ -288,3 +288,26 @@ def test_lifecycle_hooks_in_order_and_a_hook_that_fails_or_hangs(reloadable):
     assert (
         "its stopping() hook has not finished by the deadline (limits.shutdown_timeout)" in lines
     ), lines
+
+
+def test_a_reload_adds_and_moves_the_metrics_listener_and_is_counted(reloadable):
+    from test_metrics import scrape, value
+
+    served = reloadable(_config())
+    config = _config()
+    config["metrics"] = {"endpoint": LOOPBACK}
+    assert "reloaded" in served.reload(config)
+    first = served.daemon.wait_for_line("/metrics")
+    first_url = first[first.index("http://") :].split()[0]
+    assert value(scrape(first_url), "pbd_reloads_total", result="ok") == 1
+
+    served.reload(_config(greet={"plugin": "no_such_realm"}))
+    config["metrics"] = {"endpoint": "tcp:0:interface=127.0.0.1:backlog=5"}
+    assert "reloaded" in served.reload(config)
+    lines = [line for line in served.daemon.lines if "/metrics" in line]
+    second_url = lines[-1][lines[-1].index("http://") :].split()[0]
+    assert second_url != first_url
+    samples = scrape(second_url)
+    assert value(samples, "pbd_reloads_total", result="ok") == 2
+    assert value(samples, "pbd_reloads_total", result="rejected") == 1
+    assert _refused(int(first_url.rsplit(":", 1)[1].split("/")[0]))
