@@ -360,6 +360,8 @@ class _ReadFlow:
     stops reading the peer's calls until they have gone out.
     """
 
+    __slots__ = ("broker",)
+
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 

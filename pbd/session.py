@@ -145,6 +145,32 @@ class LoginSession:
     @param login_needed: C{False} on a listener that serves a root plugin.
     """
 
+    # One per connection, for as long as it is open: slots, not a dict, and
+    # no closures per connection (memory per idle connection, issue 12).
+    __slots__ = (
+        "_bytes",
+        "_calls",
+        "_deadline",
+        "_failed_keys",
+        "_gone",
+        "_grace",
+        "_idle_check",
+        "_idle_limit",
+        "_last_active",
+        "_under_way",
+        "broker",
+        "door",
+        "dropping",
+        "errors",
+        "failures",
+        "limits",
+        "logged_in",
+        "login_needed",
+        "peer",
+        "portal",
+        "user",
+    )
+
     def __init__(
         self, door: FrontDoor, peer: Peer, broker: pb.Broker, login_needed: bool = True
     ) -> None:
@@ -168,11 +194,12 @@ class LoginSession:
         # Decided to close: nothing more the peer sends is read.
         self.dropping = False
         self._gone = False
-        self._failed_keys: list[tuple[Any, list[Hashable]]] = []
+        # The failed attempts' (user, throttle keys), made at the first failure.
+        self._failed_keys: list[tuple[Any, list[Hashable]]] | None = None
         self._grace: Any = None
         self._idle_check: Any = None
         self._idle_limit = 0.0
-        self._avatars = _Avatars(broker)
+        self._last_active = 0.0
         door.connections.opened(self)
 
     @property
@@ -448,6 +475,8 @@ class LoginSession:
             self._now_logged_in()
             return result
         self.door.throttle.failed(keys)
+        if self._failed_keys is None:
+            self._failed_keys = []
         self._failed_keys.append((user, keys))
         self.failures += 1
         outcome = "throttled" if result.check(ThrottledError) else "refused"
@@ -492,10 +521,12 @@ class LoginSession:
         user were a client trying mechanisms in turn (SCRAM, then plain for
         a user without a SCRAM verifier), not guesses. Failures as others stay.
         """
+        if not self._failed_keys:
+            return
         for failed_user, keys in self._failed_keys:
             if failed_user == user:
                 self.door.throttle.forgive(keys)
-        self._failed_keys = [(u, keys) for u, keys in self._failed_keys if u != user]
+        self._failed_keys = [(u, keys) for u, keys in self._failed_keys if u != user] or None
 
     def budgeted(self, write: Callable[[], None]) -> None:
         """Every line a peer can cause goes through its address's log budget."""
@@ -509,38 +540,55 @@ class LoginSession:
 
     def audit_logout_on_disconnect(self, portal: str, mechanism: str, user: Any) -> None:
         """For logins without a realm's logout (the old conversation): audit the disconnect."""
-        self.broker.notifyOnDisconnect(self._logout_auditor(portal, mechanism, user))
-
-    def _logout_auditor(self, portal: str, mechanism: str, user: Any) -> Callable[[], None]:
-        started = self.door.clock.seconds()
-
-        def logged_out() -> None:
-            seconds = self.door.clock.seconds() - started
-            self.budgeted(lambda: audit.logout(self.peer, portal, mechanism, user, seconds))
-
-        return logged_out
+        login = _Login(self, portal, mechanism, user, self.door.clock.seconds(), None)
+        self.broker.notifyOnDisconnect(login.logged_out)
 
     def _avatar(self, result: tuple, portal: str, mechanism: str, user: Any) -> Any:
         interface, avatar, logout = result
-        audit_logout = self._logout_auditor(portal, mechanism, user)
+        login = _Login(self, portal, mechanism, user, self.door.clock.seconds(), logout)
+        # Twisted's own way of sending an avatar and calling its logout once;
+        # all it needs of its self is the broker, which the session has.
+        return JellyableAvatarMixin._cbLogin(self, (interface, avatar, login.logged_out))
 
-        def logged_out() -> None:
-            audit_logout()
-            logout()
 
-        return self._avatars._cbLogin((interface, avatar, logged_out))
+class _Login:
+    """
+    One login on a connection, until its logout: the audit line, then the
+    realm's own logout (L{None} for none). A bound method of this is what
+    Twisted calls, instead of a closure per login.
+    """
+
+    __slots__ = ("logout", "mechanism", "portal", "session", "started", "user")
+
+    def __init__(
+        self,
+        session: LoginSession,
+        portal: str,
+        mechanism: str,
+        user: Any,
+        started: float,
+        logout: Callable[[], Any] | None,
+    ) -> None:
+        self.session = session
+        self.portal = portal
+        self.mechanism = mechanism
+        self.user = user
+        self.started = started
+        self.logout = logout
+
+    def logged_out(self) -> None:
+        session = self.session
+        seconds = session.door.clock.seconds() - self.started
+        session.budgeted(
+            lambda: audit.logout(session.peer, self.portal, self.mechanism, self.user, seconds)
+        )
+        if self.logout is not None:
+            self.logout()
 
 
 def _log_out(result: tuple) -> None:
     """Undo a realm's login: call the logout of its C{(interface, avatar, logout)}."""
     result[2]()
-
-
-class _Avatars(JellyableAvatarMixin):
-    """Twisted's own way of sending an avatar and calling its logout once."""
-
-    def __init__(self, broker: pb.Broker) -> None:
-        self.broker = broker
 
 
 class SessionReferenceable(pb.Referenceable):

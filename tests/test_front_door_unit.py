@@ -7,12 +7,19 @@ The limits are the documented defaults (README, "Limits"), written here.
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from hashlib import md5
 
 import pytest
-from memory_pb import LogCapture, Server, echo_portal, remote_type
+from memory_pb import Connection, LogCapture, Server, echo_portal, remote_type
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import Anonymous, UsernamePassword
+from twisted.cred.portal import Portal
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
 from twisted.spread import pb
+from twisted.test import iosim
 
 from pbd.checkers import MemoryChecker
 from pbd.limits import Limits
@@ -401,3 +408,68 @@ def test_once_a_peer_is_to_be_dropped_nothing_more_it_sends_is_read():
     assert len(refused) == 3  # the other 47 were never read: the connection closed
     assert all(o.check(pb.PBConnectionLost) for o in outcomes if o not in refused)
     assert len([e for e in events if "refused a call" in e.get("log_format", "")]) == 3
+
+
+def _bytes_per_logged_in_connection(connect_and_log_in, count=50):
+    """What the Python heap holds per idle logged-in connection (both ends, in memory)."""
+    held = [connect_and_log_in()]  # what the first login loads is not counted
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        held.extend(connect_and_log_in() for _ in range(count))
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    return sum(stat.size_diff for stat in after.compare_to(before, "filename")) / count
+
+
+def test_an_idle_logged_in_connection_holds_no_more_than_with_stock_pb():
+    # Issue 12: the front door's state per connection (the login session, the
+    # logout's audit) made pbd's connections bigger than stock PB's. Both
+    # ends are in memory here, with the same stock client, so the
+    # difference is the server's.
+    limits = Limits(unauthenticated_per_address=1000, logged_in_per_address=1000)
+    server = Server(limits=limits)
+
+    def pbd_connection():
+        connection = server.connect()
+        avatar = login(connection)
+        assert connection.call(avatar, "echo", "x" * 32) == "x" * 32
+        return connection, avatar
+
+    clock = task.Clock()
+    factory = pb.PBServerFactory(
+        Portal(EchoRealm(), [InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")])
+    )
+
+    def stock_connection():
+        broker = factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 40000))
+        client_factory = pb.PBClientFactory()
+        client = client_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8787))
+        pump = iosim.connect(
+            broker, iosim.makeFakeServer(broker), client, iosim.makeFakeClient(client), clock=clock
+        )
+        connection = Connection(client_factory, client, broker, pump)
+        avatar = login(connection)
+        assert connection.call(avatar, "echo", "x" * 32) == "x" * 32
+        return connection, avatar
+
+    stock = _bytes_per_logged_in_connection(stock_connection)
+    assert _bytes_per_logged_in_connection(pbd_connection) <= stock
+
+
+def test_the_login_session_has_no_dict_and_its_logout_is_still_audited_once():
+    server = Server()
+    connection = server.connect("10.0.0.9")
+    avatar = login(connection)
+    session = connection.server.session
+    assert not hasattr(session, "__dict__")
+    with LogCapture() as events:
+        server.clock.advance(3)
+        connection.factory.disconnect()
+        connection.pump.flush()
+    assert avatar is not None
+    logouts = [e for e in events if e.get("pbd_event") == "logout"]
+    assert [(e["user"], e["seconds"]) for e in logouts] == [("alice", 3)]
