@@ -16,7 +16,9 @@ import hashlib
 import hmac
 import os
 import stringprep
+import threading
 import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass
 
 NAME = "SCRAM-SHA-256"
@@ -68,6 +70,39 @@ def saslprep(text: str) -> str:
 
 def salted_password(password: str, salt: bytes, iterations: int) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", saslprep(password).encode("utf-8"), salt, iterations)
+
+
+# The client's keys for the (password, salt, iterations) it logged in with
+# last (RFC 5802, section 5.1, lets a client keep them): a process that logs
+# in again and again skips PBKDF2 after the first time. It holds the password
+# already; the cache holds only what is derived from it, for at most
+# CLIENT_KEYS_CACHED of them, keyed by an HMAC under a key of this process.
+CLIENT_KEYS_CACHED = 64
+_cache_key_secret = os.urandom(32)
+_client_keys_cache: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()
+_client_keys_lock = threading.Lock()
+
+
+def client_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+    """ClientKey and ServerKey for a login: PBKDF2 only on a miss of the cache."""
+    prepared = saslprep(password).encode("utf-8")
+    cache_key = hmac.new(
+        _cache_key_secret,
+        b"%d:%d:" % (iterations, len(salt)) + salt + prepared,
+        hashlib.sha256,
+    ).digest()
+    with _client_keys_lock:
+        keys = _client_keys_cache.get(cache_key)
+        if keys is not None:
+            _client_keys_cache.move_to_end(cache_key)
+            return keys
+    salted = salted_password(password, salt, iterations)
+    keys = (_hmac(salted, b"Client Key"), _hmac(salted, b"Server Key"))
+    with _client_keys_lock:
+        _client_keys_cache[cache_key] = keys
+        while len(_client_keys_cache) > CLIENT_KEYS_CACHED:
+            _client_keys_cache.popitem(last=False)
+    return keys
 
 
 def _hmac(key: bytes, message: bytes) -> bytes:
@@ -236,12 +271,11 @@ class ClientExchange:
             raise ScramError(f"the server asks for too few iterations ({iterations})")
         if int(iterations) > MAXIMUM_ITERATIONS:
             raise ScramError(f"the server asks for too many iterations ({iterations})")
-        salted = salted_password(self.password, _unb64(salt), int(iterations))
-        client_key = _hmac(salted, b"Client Key")
+        client_key, server_key = client_keys(self.password, _unb64(salt), int(iterations))
         without_proof = f"c={_b64(b'n,,')},r={nonce}"
         auth_message = ",".join((self.bare, server_first, without_proof)).encode("utf-8")
         signature = _hmac(hashlib.sha256(client_key).digest(), auth_message)
-        self._server_signature = _hmac(_hmac(salted, b"Server Key"), auth_message)
+        self._server_signature = _hmac(server_key, auth_message)
         return f"{without_proof},p={_b64(_xor(client_key, signature))}"
 
     def verify_server(self, server_final: str) -> None:

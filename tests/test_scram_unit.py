@@ -6,7 +6,15 @@ import base64
 
 import pytest
 
-from pbd.scram import ClientExchange, ClientFirst, ScramError, ServerExchange, Verifier
+from pbd import scram
+from pbd.scram import (
+    ClientExchange,
+    ClientFirst,
+    ScramError,
+    ServerExchange,
+    Verifier,
+    salted_password,
+)
 
 # RFC 7677, section 3: user "user", password "pencil".
 CLIENT_NONCE = "rOprNGfwEbeRWgbNEkqO"
@@ -97,3 +105,55 @@ def test_a_client_refuses_a_server_that_asks_for_absurd_work():
         client.final("r=abcdef,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1000000000")
     with pytest.raises(ScramError, match="too few iterations"):
         client.final("r=abcdef,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1")
+
+
+def _log_in(password, verifier):
+    """One whole conversation in memory; whether the server accepted the proof."""
+    client = ClientExchange("alice", password)
+    server = ServerExchange(ClientFirst.parse(client.client_first), verifier)
+    final = client.final(server.server_first)
+    try:
+        client.verify_server(server.finish(final))
+    except ScramError:
+        return False
+    return True
+
+
+def test_a_client_logging_in_again_skips_pbkdf2_until_salt_or_password_change(monkeypatch):
+    # Issue 12: the client's PBKDF2 over 4,096 iterations was most of a
+    # SCRAM login; RFC 5802 lets a client keep the keys it derived.
+    derived = []
+
+    def counting(password, salt, iterations):
+        derived.append((salt, iterations))
+        return salted_password(password, salt, iterations)
+
+    monkeypatch.setattr(scram, "salted_password", counting)
+    verifier = Verifier.from_password("cached-secret")
+    derived.clear()
+    assert _log_in("cached-secret", verifier)
+    assert _log_in("cached-secret", verifier)
+    assert _log_in("cached-secret", verifier)
+    assert len(derived) == 1  # the first login only
+    resalted = Verifier.from_password("cached-secret")  # a new salt: a miss
+    derived.clear()
+    assert _log_in("cached-secret", resalted)
+    assert len(derived) == 1
+    assert not _log_in("other-secret", verifier)  # another password: a miss, and refused
+    assert len(derived) == 2
+    assert _log_in("cached-secret", verifier)  # the first is still kept
+    assert len(derived) == 2
+
+
+def test_the_client_keys_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(scram, "_client_keys_cache", type(scram._client_keys_cache)())
+    for number in range(scram.CLIENT_KEYS_CACHED + 10):
+        scram.client_keys(f"password {number}", SALT, 4096)
+    assert len(scram._client_keys_cache) == scram.CLIENT_KEYS_CACHED
+    # The least recently used went first; the cache holds keys, never the password.
+    keys = scram.client_keys("password 10", SALT, 4096)
+    assert keys == (
+        scram._hmac(salted_password("password 10", SALT, 4096), b"Client Key"),
+        scram._hmac(salted_password("password 10", SALT, 4096), b"Server Key"),
+    )
+    assert b"password" not in repr(scram._client_keys_cache).encode()
