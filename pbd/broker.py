@@ -15,6 +15,7 @@ that needs no login.
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 from typing import Any
 
@@ -40,10 +41,14 @@ from pbd.twisted_private import receive_message
 log = Logger()
 
 
-def _keepalive_timing(idle: int) -> list[tuple[int, int]]:
-    """Linux's socket options: first probe after C{idle} s, then every 10 s, 6 in all."""
+@functools.lru_cache(maxsize=8)
+def _keepalive_timing(idle: int) -> tuple[tuple[int, int], ...]:
+    """
+    Linux's socket options: first probe after C{idle} s, then every 10 s, 6
+    in all. Worked out once per value, not per connection.
+    """
     names = (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6))
-    return [(getattr(socket, name), value) for name, value in names if hasattr(socket, name)]
+    return tuple((getattr(socket, name), value) for name, value in names if hasattr(socket, name))
 
 
 class _DroppingError(Exception):

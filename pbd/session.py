@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from twisted.cred.error import LoginFailed, UnauthorizedLogin, UnhandledCredentials
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
@@ -433,8 +433,15 @@ class LoginSession:
             raise LoginRefused(refusal)
         self._under_way = True
         keys = self._throttle_keys(portal, user if guessable else None)
-        d = self.door.throttle.admit(keys)
-        d.addCallback(lambda _: log_in())
+        try:
+            wait = self.door.throttle.wait(keys)
+        except ThrottledError:
+            d = defer.fail()
+        else:
+            if wait:
+                d = task.deferLater(self.door.clock, wait, log_in)
+            else:  # most attempts: no timer, no Deferred of the throttle's
+                d = defer.maybeDeferred(log_in)
         d.addBoth(self._settled, portal, mechanism, user, keys, release)
         return d
 

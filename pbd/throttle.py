@@ -84,18 +84,34 @@ class Throttle:
 
         @raise ThrottledError: (as a failed Deferred) when it would wait too long.
         """
+        try:
+            wait = self.wait(keys)
+        except ThrottledError:
+            return defer.fail()
+        if not wait:
+            return defer.succeed(None)
+        return task.deferLater(self.clock, wait)
+
+    def wait(self, keys: Sequence[Hashable]) -> float:
+        """
+        Book the start of an attempt under C{keys}: the seconds it must wait
+        first (0 for most: then no timer and no Deferred are needed).
+
+        @raise ThrottledError: when it would wait too long.
+        """
         now = self.clock.seconds()
         records = [self._record(key, now) for key in keys]
-        start = max([now, *(r.last_start + self._spacing(self._decayed(r, now)) for r in records)])
+        start = now
+        for record in records:
+            if record.failures:  # no failures, no spacing
+                start = max(start, record.last_start + self._spacing(self._decayed(record, now)))
         if start - now > self.limits.max_attempt_wait:
             if self.metrics is not None:
                 self.metrics.refused(ThrottledError.limit)
-            return defer.fail(ThrottledError("too many failed logins: try again later"))
+            raise ThrottledError("too many failed logins: try again later")
         for record in records:
             record.last_start = start
-        if start <= now:
-            return defer.succeed(None)
-        return task.deferLater(self.clock, start - now)
+        return start - now if start > now else 0.0
 
     def forgive(self, keys: Sequence[Hashable]) -> None:
         """Take back one failure counted against every key."""
