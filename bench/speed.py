@@ -94,6 +94,7 @@ PAIRS = [
     Pair("pbd, pbd.blocking", "pbd", "blocking", tuple(CALL_PHASES)),
     Pair("RPyC", "rpyc", "rpyc", tuple(CALL_PHASES)),
     Pair("Twisted floor", "floor", "floor", ("sequential", "pipelined")),
+    Pair("PB floor, stock client", "pbfloor", "stock", ("sequential", "pipelined")),
     Pair("stock PB", "raw", "stock", ("logins-md5",)),
     Pair("pbd, stock client", "pbd", "stock", ("logins-md5",)),
     Pair("pbd, pbd.client", "pbd", "pbd", ("logins-scram",)),
@@ -121,6 +122,10 @@ def start_servers(directory: Path, profile: Path | None = None) -> dict[str, Ser
         "floor": (
             [sys.executable, str(HERE / "floor_server.py")],
             r"floor serving on 127\.0\.0\.1:(\d+)",
+        ),
+        "pbfloor": (
+            [sys.executable, str(HERE / "pb_floor_server.py")],
+            r"PB floor serving on 127\.0\.0\.1:(\d+)",
         ),
     }
     if _has_rpyc() and profile is None:
@@ -225,6 +230,8 @@ def report(results: dict[tuple[str, str], list[dict]], names: list[str]) -> None
         ("pbd, pbd.client", "RPyC", CALL_PHASES),
         ("pbd, pbd.blocking", "RPyC", CALL_PHASES),
         ("pbd, pbd.client", "stock PB", ["logins-scram/logins-md5"]),
+        ("PB floor, stock client", "stock PB", ["sequential", "pipelined"]),
+        ("pbd, stock client", "PB floor, stock client", ["sequential", "pipelined"]),
     ):
         shown = []
         for phase in phases:
