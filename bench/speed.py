@@ -1,11 +1,13 @@
 """
-Call speed, side by side in one run: stock PB, pbd, RPyC and the Twisted floor.
+Call speed, side by side in one run: stock PB, pbd, RPyC and the floors.
 
-Starts four servers as subprocesses on loopback ports: stock Twisted PB
+Starts five servers as subprocesses on loopback ports: stock Twisted PB
 (C{raw_pb_server.py}), the real daemon (C{twistd -n pbd}, the C{echo} realm
 behind the C{memory} checker), RPyC's threaded server (C{rpyc_server.py},
 if C{rpyc} is installed: C{pip install -e '.[bench]'}) and a bare
-C{Int32StringReceiver} echo (C{floor_server.py}). Each client runs as its
+C{Int32StringReceiver} echo (C{floor_server.py}), and the PB floor
+(C{pb_floor_server.py}: stock PB answering repeated calls from canned
+bytes, what no PB server can beat for a stock client). Each client runs as its
 own process (C{speed_client.py}), one after the other, in rounds whose
 order alternates; rates are medians over the rounds, ratios the median of
 each round's ratio, server CPU the sum over all rounds per call.
