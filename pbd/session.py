@@ -555,7 +555,8 @@ class LoginSession:
         login = _Login(self, portal, mechanism, user, self.door.clock.seconds(), logout)
         # Twisted's own way of sending an avatar and calling its logout once;
         # all it needs of its self is the broker, which the session has.
-        return JellyableAvatarMixin._cbLogin(self, (interface, avatar, login.logged_out))
+        sender: Any = self
+        return JellyableAvatarMixin._cbLogin(sender, (interface, avatar, login.logged_out))
 
 
 class _Login:
