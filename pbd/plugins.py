@@ -3,10 +3,15 @@ Finding realm, checker and root plugins, and constructing them from their option
 
 A plugin is named either by an entry point in a group (C{echo} in
 C{pbd.realms}, C{directory} in C{pbd.roots}) or by a dotted path
-(C{package.module:Class}). It is any callable that takes its options as
-keyword arguments; one that also accepts a keyword C{config_dir} is given
-the config file's folder, so that it can resolve relative paths the way
-the operator expects.
+(C{package.module:Class}). It takes its options one of two ways:
+
+  - declared (L{pbd.options}): a class attribute C{options} names a frozen
+    dataclass; pbd checks the entry against it and calls
+    C{factory(options_instance)};
+  - plain: any callable that takes its options as keyword arguments,
+    checked against its signature only; one that also accepts a keyword
+    C{config_dir} is given the config file's folder, so that it can resolve
+    relative paths the way the operator expects.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pbd.errors import OptionError
+from pbd.options import declared_options, read_options
 
 REALMS = "pbd.realms"
 CHECKERS = "pbd.checkers"
@@ -82,14 +88,23 @@ def _import_dotted(name: str) -> Callable[..., Any]:
 
 def check_options(
     factory: Callable[..., Any], options: Mapping[str, Any], config_dir: Path
-) -> dict[str, Any]:
+) -> Any:
     """
     Validate a plugin's options without building it.
 
-    @return: the keyword arguments the factory would be called with (what
-        L{pbd.interfaces.ILifecycle.reloaded} is given).
-    @raise OptionError: when the options do not fit the factory.
+    @return: what the factory would be called with (what
+        L{pbd.interfaces.ILifecycle.reloaded} is given): for a plugin that
+        declares its options, the instance of its options dataclass; for
+        any other, the keyword arguments.
+    @raise OptionError: when the options do not fit the factory (for
+        declared options, a L{pbd.options.OptionsInvalid} with every problem).
     """
+    declared = declared_options(factory)
+    if declared is not None:
+        try:
+            return read_options(declared, options, config_dir)
+        except TypeError as e:
+            raise OptionError(f"the plugin declares options pbd cannot check: {e}") from e
     keywords = dict(options)
     try:
         signature = inspect.signature(factory)
@@ -109,9 +124,11 @@ def construct(factory: Callable[..., Any], options: Mapping[str, Any], config_di
     @raise OptionError: when the options do not fit the factory's signature,
         or the factory itself rejects them.
     """
-    keywords = check_options(factory, options, config_dir)
+    checked = check_options(factory, options, config_dir)
     try:
-        return factory(**keywords)
+        if declared_options(factory) is not None:
+            return factory(checked)
+        return factory(**checked)
     except OptionError:
         raise
     except (ValueError, TypeError) as e:
