@@ -36,7 +36,8 @@ The rules:
     C{pbd plugins} shows, and constraints: C{minimum=} (at least),
     C{greater_than=}, C{unit=} (said in messages: "seconds"),
     C{secret=True} (the value is never repeated in a message: passwords),
-    C{existing_file=True} (a C{Path} that must name a file). The same
+    C{existing_file=True} (a C{Path} that must name a file), C{key=} (the
+    YAML key, where it cannot be the field's name: C{"class"}). The same
     keys may be given as C{field(metadata={...})}.
   - Every problem is reported, each at its key path, in the words pbd uses
     for its own config: C{portals.chat.realm.max_message_length: expected
@@ -62,9 +63,11 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pbd.errors import OptionError, Problem
+
+T = TypeVar("T")
 
 # Field metadata keys, read by the checks and by `pbd plugins`.
 HELP = "help"
@@ -72,6 +75,8 @@ MINIMUM = "minimum"
 GREATER_THAN = "greater_than"
 UNIT = "unit"
 SECRET = "secret"
+# The YAML key, where it cannot be the field's name ("class").
+KEY = "key"
 EXISTING_FILE = "existing_file"
 
 # Longest value repeated in a message, in characters: a peer's config
@@ -88,6 +93,7 @@ def option(
     unit: str | None = None,
     secret: bool = False,
     existing_file: bool = False,
+    key: str | None = None,
 ) -> Any:
     """
     A declared option's field: its default (none: required), its help and its constraints.
@@ -95,15 +101,16 @@ def option(
     A list or dict default is copied for each instance.
     """
     metadata: dict[str, Any] = {HELP: help}
-    for key, value in (
+    for name, value in (
         (MINIMUM, minimum),
         (GREATER_THAN, greater_than),
         (UNIT, unit),
         (SECRET, secret or None),
         (EXISTING_FILE, existing_file or None),
+        (KEY, key),
     ):
         if value is not None:
-            metadata[key] = value
+            metadata[name] = value
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -151,6 +158,24 @@ def read_options(declared: type, options: Mapping[str, Any], config_dir: Path) -
     return instance
 
 
+def given_or_read(declared: type[T], given: T | None, keywords: Mapping[str, Any]) -> T:
+    """
+    The options a plugin was built with in-process: an instance, or keywords
+    checked as the config's entry would be (C{config_dir}: where relative
+    paths start; default the working directory). For plugins that keep
+    C{Plugin(option=value)} working for tests and embedding.
+
+    @raise OptionsInvalid: when the keywords do not fit.
+    """
+    if given is not None:
+        if keywords:
+            raise TypeError("give an options instance or keyword options, not both")
+        return given
+    remaining = dict(keywords)
+    config_dir = Path(remaining.pop("config_dir", "."))
+    return typing.cast(T, read_options(declared, remaining, config_dir))
+
+
 @dataclass(frozen=True)
 class OptionInfo:
     """One declared option, as C{pbd plugins} shows it."""
@@ -177,7 +202,7 @@ def describe_options(declared: type) -> list[OptionInfo]:
             required, default = True, None
         described.append(
             OptionInfo(
-                item.name,
+                _key(item),
                 type_label(hints.get(item.name, Any)),
                 required,
                 default,
@@ -466,7 +491,7 @@ class Checks:
         self.unknown_keys(
             body,
             path,
-            {f.name for f in fields},
+            {_key(f) for f in fields},
             "unknown option (this plugin takes: {known})"
             if top
             else "unknown key (expected one of: {known})",
@@ -474,15 +499,15 @@ class Checks:
         before = len(self.problems)
         chosen: dict[str, Any] = {}
         for item in fields:
-            where = join(path, item.name)
-            if item.name not in body:
+            where = join(path, _key(item))
+            if _key(item) not in body:
                 if (
                     item.default is dataclasses.MISSING
                     and item.default_factory is dataclasses.MISSING
                 ):
                     self.fail(where, "missing required option" if top else "missing")
                 continue
-            checked = self.value(hints.get(item.name, Any), body[item.name], where, item.metadata)
+            checked = self.value(hints.get(item.name, Any), body[_key(item)], where, item.metadata)
             if checked is not INVALID:
                 chosen[item.name] = checked
         if len(self.problems) > before:
@@ -498,6 +523,10 @@ class Checks:
 def join(path: str, key: str) -> str:
     """A key path one key deeper."""
     return f"{path}.{key}" if path else key
+
+
+def _key(item: dataclasses.Field) -> str:
+    return str(item.metadata.get(KEY, item.name))
 
 
 def _hints(declared: type) -> dict[str, Any]:

@@ -18,13 +18,21 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from pbd.errors import OptionError
-from pbd.options import declared_options, read_options
+from pbd.options import (
+    OptionInfo,
+    declared_options,
+    describe_options,
+    read_options,
+    type_label,
+)
 
 REALMS = "pbd.realms"
 CHECKERS = "pbd.checkers"
@@ -86,9 +94,7 @@ def _import_dotted(name: str) -> Callable[..., Any]:
     return target
 
 
-def check_options(
-    factory: Callable[..., Any], options: Mapping[str, Any], config_dir: Path
-) -> Any:
+def check_options(factory: Callable[..., Any], options: Mapping[str, Any], config_dir: Path) -> Any:
     """
     Validate a plugin's options without building it.
 
@@ -164,3 +170,93 @@ def _check_fits(signature: inspect.Signature, keywords: dict[str, Any]) -> None:
         )
         if required and name not in keywords:
             raise OptionError("missing required option", name)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """An installed plugin, as C{pbd plugins} shows it."""
+
+    group: str
+    name: str
+    # Where its entry point leads: "package.module:Class".
+    target: str
+    description: str = ""
+    # Whether it declares its options (pbd.options) or takes keyword arguments.
+    declared: bool = False
+    options: tuple[OptionInfo, ...] = ()
+    # Why it cannot be used, when it fails to load.
+    error: str | None = None
+
+
+def installed_plugins(groups: Sequence[str] = (REALMS, CHECKERS, ROOTS)) -> list[PluginInfo]:
+    """
+    Every plugin installed under entry points in C{groups}, with its options.
+
+    A plugin that fails to load is listed with the reason, never raised.
+    """
+    found = []
+    for group in groups:
+        for entry in sorted(entry_points(group=group), key=lambda e: e.name):
+            try:
+                factory = entry.load()
+            except Exception as e:
+                error = f"fails to load: {type(e).__name__}: {e}"
+                found.append(PluginInfo(group, entry.name, entry.value, error=error))
+                continue
+            try:
+                declared, options = plugin_options(factory)
+            except Exception as e:
+                error = f"its options cannot be read: {type(e).__name__}: {e}"
+                found.append(PluginInfo(group, entry.name, entry.value, error=error))
+                continue
+            found.append(
+                PluginInfo(
+                    group,
+                    entry.name,
+                    entry.value,
+                    _first_line(inspect.getdoc(factory)),
+                    declared,
+                    tuple(options),
+                )
+            )
+    return found
+
+
+def plugin_options(factory: Callable[..., Any]) -> tuple[bool, list[OptionInfo]]:
+    """
+    Whether a plugin declares its options, and what they are: its options
+    dataclass's fields, or else its signature's keyword parameters (typed
+    where annotated).
+    """
+    declared = declared_options(factory)
+    if declared is not None:
+        return True, describe_options(declared)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return False, []
+    try:
+        annotated = vars(factory).get("__init__", factory) if isinstance(factory, type) else factory
+        hints = typing.get_type_hints(annotated)
+    except Exception:
+        hints = {}
+    options = []
+    for name, parameter in signature.parameters.items():
+        if name == "config_dir" or parameter.kind not in (
+            inspect.Parameter.KEYWORD_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            continue
+        if name in hints:
+            kind = type_label(hints[name])
+        elif parameter.annotation is not inspect.Parameter.empty:
+            kind = str(parameter.annotation)
+        else:
+            kind = "any"
+        required = parameter.default is inspect.Parameter.empty
+        options.append(OptionInfo(name, kind, required, None if required else parameter.default))
+    return False, options
+
+
+def _first_line(docstring: str | None) -> str:
+    return docstring.strip().splitlines()[0] if docstring and docstring.strip() else ""
