@@ -187,8 +187,12 @@ class OptionInfo:
     help: str = ""
 
 
-def describe_options(declared: type) -> list[OptionInfo]:
-    """The options a dataclass declares: name, type, default and help."""
+def describe_options(declared: type, prefix: str = "") -> list[OptionInfo]:
+    """
+    The options a dataclass declares: name, type, default and help. The keys
+    of a nested dataclass follow its option, named by their path
+    (C{services[].name}).
+    """
     hints = _hints(declared)
     described = []
     for item in dataclasses.fields(declared):
@@ -200,16 +204,38 @@ def describe_options(declared: type) -> list[OptionInfo]:
             required, default = False, item.default_factory()
         else:
             required, default = True, None
+        name = prefix + _key(item)
+        annotation = hints.get(item.name, Any)
         described.append(
             OptionInfo(
-                _key(item),
-                type_label(hints.get(item.name, Any)),
+                name,
+                type_label(annotation),
                 required,
                 default,
                 str(item.metadata.get(HELP, "")),
             )
         )
+        nested, suffix = _nested(annotation)
+        if nested is not None:
+            described.extend(describe_options(nested, f"{name}{suffix}."))
     return described
+
+
+def _nested(annotation: Any) -> tuple[type | None, str]:
+    """The dataclass an option's value holds (directly, in a list, or optionally)."""
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return annotation, ""
+    origin = typing.get_origin(annotation)
+    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (types.UnionType, typing.Union) and len(arguments) == 1:
+        return _nested(arguments[0])
+    if origin is list and arguments:
+        inner, suffix = _nested(arguments[0])
+        return inner, "[]" + suffix
+    if origin is dict and len(arguments) == 2:
+        inner, suffix = _nested(arguments[1])
+        return inner, ".*" + suffix
+    return None, ""
 
 
 def type_label(annotation: Any) -> str:
@@ -227,6 +253,8 @@ def type_label(annotation: Any) -> str:
     if origin is not None:
         inner = ", ".join("..." if a is Ellipsis else type_label(a) for a in arguments)
         return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    if dataclasses.is_dataclass(annotation):
+        return "mapping"
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -259,4 +260,8 @@ def plugin_options(factory: Callable[..., Any]) -> tuple[bool, list[OptionInfo]]
 
 
 def _first_line(docstring: str | None) -> str:
-    return docstring.strip().splitlines()[0] if docstring and docstring.strip() else ""
+    """A docstring's first paragraph on one line, without epytext's C{} and L{} marks."""
+    if not docstring or not docstring.strip():
+        return ""
+    paragraph = " ".join(docstring.strip().split("\n\n")[0].split())
+    return re.sub(r"\b[A-Z]\{([^{}]*)\}", r"\1", paragraph)
