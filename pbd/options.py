@@ -41,7 +41,7 @@ The rules:
     keys may be given as C{field(metadata={...})}.
   - Every problem is reported, each at its key path, in the words pbd uses
     for its own config: C{portals.chat.realm.max_message_length: expected
-    an integer of at least 1, got 'ten'}. Unknown keys are errors that list
+    an integer, got 'ten'}. Unknown keys are errors that list
     the known ones; a missing required option says so.
   - A check that spans fields goes in the dataclass's C{__post_init__}:
     raise L{pbd.errors.OptionError}C{(message, field_name)} there and it is
@@ -357,8 +357,7 @@ class Checks:
 
     def integer(self, value: Any, path: str, minimum: float | None = None) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int):
-            what = "an integer" if minimum is None else f"an integer of at least {minimum:g}"
-            self.expected(path, what, value)
+            self.expected(path, "an integer", value)
             return None
         if minimum is not None and value < minimum:
             self.expected(path, f"an integer of at least {minimum:g}", value)
@@ -374,18 +373,14 @@ class Checks:
         unit: str | None = None,
     ) -> float | None:
         what = f"a number of {unit}" if unit else "a number"
-        if greater_than is not None:
-            what += f" greater than {greater_than:g}"
-        elif minimum is not None:
-            what += f" of at least {minimum:g}"
-        is_number = not isinstance(value, bool) and isinstance(value, int | float)
-        if (
-            not is_number
-            or value != value  # NaN
-            or (minimum is not None and value < minimum)
-            or (greater_than is not None and value <= greater_than)
-        ):
-            self.expected(path, what, value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            self.expected(path, what, value)  # also NaN, which no bound would refuse
+            return None
+        if greater_than is not None and value <= greater_than:
+            self.expected(path, f"{what} greater than {greater_than:g}", value)
+            return None
+        if minimum is not None and value < minimum:
+            self.expected(path, f"{what} of at least {minimum:g}", value)
             return None
         return float(value)
 
