@@ -31,7 +31,8 @@ The rules:
     C{tuple[X, Y]} (a fixed-size list), C{dict[str, X]}, C{X | None},
     C{Literal["a", "b"]}, C{Any} (unchecked), or another such dataclass (a
     nested mapping, checked key by key).
-  - A field with a default is optional; one without is required.
+  - A field with a default is optional; one without is required (declare
+    the dataclass C{kw_only=True} to put required fields after optional ones).
   - C{option(default, help=...)} gives each field its help, which
     C{pbd plugins} shows, and constraints: C{minimum=} (at least),
     C{greater_than=}, C{unit=} (said in messages: "seconds"),

@@ -97,7 +97,8 @@ BAD_CONFIGS = {
     ),
     "memory password not a string": (
         _with(lambda c: c["portals"]["demo"]["checkers"][0].update(users={"alice": 1234})),
-        "portals.demo.checkers[0].users.alice: expected a non-empty string, got a number (quote it)",
+        "portals.demo.checkers[0].users.alice: expected a non-empty string, got a number "
+        "(quote it)",
     ),
     "endpoint Twisted cannot parse": (
         _endpoint("tcp:not-a-port"),
