@@ -89,10 +89,9 @@ def _plain_user(name: str, password: str) -> StoredUser:
 
 @dataclass(frozen=True)
 class PasswordFileOptions:
-    file: Path = option(
-        help="a password file (user:hash lines), relative to the config's folder",
-        existing_file=True,
-    )
+    # A str, resolved by the checker against the config_dir pbd gives it,
+    # so that its messages name the file as the config does.
+    file: str = option(help="a password file (user:hash lines), relative to the config's folder")
 
 
 @implementer(ICredentialsChecker, IConfigWarnings, IScramVerifierSource, IReloadable)
@@ -107,19 +106,28 @@ class PasswordFileChecker(UserStoreChecker):
 
     options = PasswordFileOptions
 
-    def __init__(self, options: PasswordFileOptions | None = None, **keywords: Any) -> None:
+    def __init__(
+        self,
+        options: PasswordFileOptions | None = None,
+        *,
+        config_dir: Path = Path("."),
+        **keywords: Any,
+    ) -> None:
         options = given_or_read(PasswordFileOptions, options, keywords)
-        self.path = options.file
+        file = options.file
+        self.path = config_dir / file
+        # Read here, not checked by the kit: the reader says why a file
+        # that exists cannot serve (a FIFO, a directory, a bad line).
         try:
             entries = read_password_file(self.path)
         except FileNotFoundError:
-            raise OptionError(f"no such file: {self.path}", "file") from None
+            raise OptionError(f"no such file: {file}", "file") from None
         except OSError as e:
-            raise OptionError(f"cannot read {self.path}: {e.strerror or e}", "file") from None
+            raise OptionError(f"cannot read {file}: {e.strerror or e}", "file") from None
         except UnicodeDecodeError:
-            raise OptionError(f"{self.path}: not UTF-8 text", "file") from None
+            raise OptionError(f"{file}: not UTF-8 text", "file") from None
         except PasswordFileError as e:
-            raise OptionError(f"{self.path}: {e}", "file") from None
+            raise OptionError(f"{file}: {e}", "file") from None
         self._entries = dict(entries)
         self._users = {name: _stored(entry) for name, entry in entries.items()}
         self._seen = self._signature()

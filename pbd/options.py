@@ -398,7 +398,8 @@ class Checks:
             return None
         resolved = self.directory / name
         if must_exist and not resolved.is_file():
-            self.fail(path, f"no such file: {name}")
+            gone = not resolved.exists()
+            self.fail(path, f"no such file: {name}" if gone else f"not a regular file: {name}")
             return None
         return resolved
 

@@ -7,7 +7,7 @@ C{pbd.realms}, C{directory} in C{pbd.roots}) or by a dotted path
 
   - declared (L{pbd.options}): a class attribute C{options} names a frozen
     dataclass; pbd checks the entry against it and calls
-    C{factory(options_instance)};
+    C{factory(options_instance)} (with C{config_dir=} too, if it takes it);
   - plain: any callable that takes its options as keyword arguments,
     checked against its signature only; one that also accepts a keyword
     C{config_dir} is given the config file's folder, so that it can resolve
@@ -134,12 +134,21 @@ def construct(factory: Callable[..., Any], options: Mapping[str, Any], config_di
     checked = check_options(factory, options, config_dir)
     try:
         if declared_options(factory) is not None:
+            if _takes_config_dir(factory):
+                return factory(checked, config_dir=config_dir)
             return factory(checked)
         return factory(**checked)
     except OptionError:
         raise
     except (ValueError, TypeError) as e:
         raise OptionError(str(e)) from e
+
+
+def _takes_config_dir(factory: Callable[..., Any]) -> bool:
+    try:
+        return _accepts(inspect.signature(factory), "config_dir")
+    except (TypeError, ValueError):
+        return False
 
 
 def _accepts(signature: inspect.Signature, name: str) -> bool:

@@ -74,7 +74,7 @@ def test_the_bundled_plugins_are_listed_with_their_options():
     assert "    services[].class: str | None (default null)\n" in text
     assert "checkers (pbd.checkers):\n" in text
     assert "    users: dict[str, str] (required)\n" in text
-    assert "    file: Path (required)\n" in text
+    assert "    file: str (required)\n" in text
     assert "roots (pbd.roots):\n  directory (roots.directory:DirectoryRoot)\n" in text
 
 
