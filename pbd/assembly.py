@@ -35,6 +35,7 @@ from pbd.interfaces import (
     IUsesHashPool,
 )
 from pbd.lifecycle import BuiltPlugin
+from pbd.options import option_problems
 from pbd.portals import PortalEntry, make_portal
 from pbd.root import PortalRoot
 from pbd.session import FrontDoor
@@ -515,8 +516,9 @@ def _plugin(
             return kept.instance
         instance = plugins.construct(factory, spec.options, config.directory)
     except OptionError as e:
-        path = f"{spec.key_path}.{e.option}" if e.option else spec.key_path
-        problems.append(Problem(path, str(e)))
+        for problem in option_problems(e):
+            path = f"{spec.key_path}.{problem.path}" if problem.path else spec.key_path
+            problems.append(Problem(path, problem.message))
         return None
     except Exception as e:
         problems.append(

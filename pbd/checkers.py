@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import md5
 from pathlib import Path
@@ -26,6 +25,7 @@ from zope.interface import implementer
 from pbd.credentials import ICertificateSubject, IScramVerifierSource
 from pbd.errors import OptionError
 from pbd.interfaces import IConfigWarnings, IReloadable
+from pbd.options import given_or_read, option
 from pbd.passwdfile import (
     PasswordEntry,
     PasswordFileError,
@@ -46,6 +46,13 @@ RELOAD_TIMEOUT = 30.0
 AnonymousChecker = AllowAnonymousAccess
 
 
+@dataclass(frozen=True)
+class MemoryOptions:
+    users: dict[str, str] = option(
+        help="user name to password (quote numeric passwords)", secret=True
+    )
+
+
 @implementer(ICredentialsChecker, IScramVerifierSource)
 class MemoryChecker(UserStoreChecker):
     """
@@ -55,16 +62,11 @@ class MemoryChecker(UserStoreChecker):
     start-up.
     """
 
-    def __init__(self, *, users: Mapping[str, str]) -> None:
-        if not isinstance(users, Mapping):
-            raise OptionError("must be a mapping of user name to password", "users")
-        self._users: dict[str, StoredUser] = {}
-        for user, password in users.items():
-            if not isinstance(user, str) or not user:
-                raise OptionError(f"user names must be non-empty strings: {user!r}", "users")
-            if not isinstance(password, str):
-                raise OptionError(f"password of {user!r} must be a string (quote it)", "users")
-            self._users[user] = _plain_user(user, password)
+    options = MemoryOptions
+
+    def __init__(self, options: MemoryOptions | None = None, **keywords: Any) -> None:
+        options = given_or_read(MemoryOptions, options, keywords)
+        self._users = {user: _plain_user(user, pw) for user, pw in options.users.items()}
 
     def lookup(self, name: str) -> StoredUser | None:
         return self._users.get(name)
@@ -85,6 +87,13 @@ def _plain_user(name: str, password: str) -> StoredUser:
     return StoredUser(name, md5(secret).digest(), Verifier.from_password(password), verify, "plain")
 
 
+@dataclass(frozen=True)
+class PasswordFileOptions:
+    # A str, resolved by the checker against the config_dir pbd gives it,
+    # so that its messages name the file as the config does.
+    file: str = option(help="a password file (user:hash lines), relative to the config's folder")
+
+
 @implementer(ICredentialsChecker, IConfigWarnings, IScramVerifierSource, IReloadable)
 class PasswordFileChecker(UserStoreChecker):
     """
@@ -95,10 +104,20 @@ class PasswordFileChecker(UserStoreChecker):
     (over TLS) from any hash.
     """
 
-    def __init__(self, *, file: str, config_dir: Path) -> None:
-        if not isinstance(file, str) or not file:
-            raise OptionError("must be the path of a password file", "file")
+    options = PasswordFileOptions
+
+    def __init__(
+        self,
+        options: PasswordFileOptions | None = None,
+        *,
+        config_dir: Path = Path("."),
+        **keywords: Any,
+    ) -> None:
+        options = given_or_read(PasswordFileOptions, options, keywords)
+        file = options.file
         self.path = config_dir / file
+        # Read here, not checked by the kit: the reader says why a file
+        # that exists cannot serve (a FIFO, a directory, a bad line).
         try:
             entries = read_password_file(self.path)
         except FileNotFoundError:
@@ -231,27 +250,33 @@ def _stored(entry: PasswordEntry) -> StoredUser:
     return StoredUser(entry.user, entry.md5_digest, verifier, entry.verify_plain, cost)
 
 
+@dataclass(frozen=True)
+class CertificateOptions:
+    field: str = option(
+        "commonName",
+        help="the subject field that names the user: commonName, emailAddress, userId, "
+        "organizationName, organizationalUnitName, or a short name such as CN",
+    )
+    users: list[str] | None = option(
+        None, help="only these users (default: anyone the client CA vouches for)"
+    )
+
+
 @implementer(ICredentialsChecker)
 class CertificateChecker:
     """
     Logs in the holder of a verified TLS client certificate, as the value of
     one field of its subject (by default the common name).
-
-    Options: C{field} (C{commonName}, C{emailAddress}, C{userId}, ...),
-    C{users} (only these avatar ids; default: anyone the client CA vouches for).
     """
 
     credentialInterfaces = (ICertificateSubject,)
 
-    def __init__(self, *, field: str = "commonName", users: Sequence[str] | None = None) -> None:
-        if not isinstance(field, str) or not field:
-            raise OptionError("must be the name of a subject field, e.g. commonName", "field")
-        if users is not None and not (
-            isinstance(users, list) and all(isinstance(u, str) and u for u in users)
-        ):
-            raise OptionError("must be a list of user names", "users")
-        self.field = field
-        self.users = None if users is None else frozenset(users)
+    options = CertificateOptions
+
+    def __init__(self, options: CertificateOptions | None = None, **keywords: Any) -> None:
+        options = given_or_read(CertificateOptions, options, keywords)
+        self.field = options.field
+        self.users = None if options.users is None else frozenset(options.users)
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
         name = credentials.subject.get(self.field)

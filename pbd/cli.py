@@ -18,6 +18,7 @@ from pbd.assembly import Assembly, assemble
 from pbd.client import DEFAULT_TIMEOUT
 from pbd.config import load_config
 from pbd.errors import ConfigError
+from pbd.options import OptionInfo
 from pbd.passwdedit import (
     DEFAULT_SCHEME,
     WRITABLE_SCHEMES,
@@ -28,6 +29,7 @@ from pbd.passwdedit import (
     list_users,
     set_password,
 )
+from pbd.plugins import CHECKERS, REALMS, ROOTS, PluginInfo, installed_plugins
 from pbd.reactor import the_reactor
 
 # How pbd call names pbd.client's arguments in its messages.
@@ -157,6 +159,14 @@ def _parser() -> argparse.ArgumentParser:
         f"greeting, each login step, the call (default: {DEFAULT_TIMEOUT:g})",
     )
     call.set_defaults(run=call_method)
+    listing = commands.add_parser(
+        "plugins",
+        help="list the realm, checker and root plugins installed, with their options",
+        description="List every realm, checker and root plugin installed (entry points in "
+        "pbd.realms, pbd.checkers, pbd.roots): what each does and the options it takes.",
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON, for programs")
+    listing.set_defaults(run=list_plugins)
     return parser
 
 
@@ -180,6 +190,85 @@ def check_config(arguments: argparse.Namespace) -> int:
         return 1
     print(summary(assembly))
     return 0
+
+
+def list_plugins(arguments: argparse.Namespace) -> int:
+    """C{pbd plugins}: what is installed, and what each plugin's config entry may say."""
+    found = installed_plugins()
+    if arguments.json:
+        print(json.dumps([_plugin_json(plugin) for plugin in found], indent=2))
+    else:
+        print(plugins_text(found), end="")
+    return 0
+
+
+GROUP_TITLES = {REALMS: "realms", CHECKERS: "checkers", ROOTS: "roots"}
+
+
+def plugins_text(found: Sequence[PluginInfo]) -> str:
+    """The plugins, grouped, each with its options: name, type, default and help."""
+    lines: list[str] = []
+    for group, title in GROUP_TITLES.items():
+        members = [plugin for plugin in found if plugin.group == group]
+        lines.append(f"{title} ({group}):")
+        if not members:
+            lines.append("  (none installed)")
+        for plugin in members:
+            lines.append(f"  {plugin.name} ({plugin.target})")
+            if plugin.error is not None:
+                lines.append(f"    {plugin.error}")
+                continue
+            if plugin.description:
+                lines.append(f"    {plugin.description}")
+            if not plugin.options:
+                lines.append("    options: none")
+            for item in plugin.options:
+                default = "required" if item.required else f"default {_shown_default(item)}"
+                lines.append(f"    {item.name}: {item.type} ({default})")
+                if item.help:
+                    lines.append(f"        {item.help}")
+    return "\n".join(lines) + "\n"
+
+
+def _shown_default(item: OptionInfo) -> str:
+    return json.dumps(_plain_default(item.default))
+
+
+def _plain_default(value: Any) -> Any:
+    """A default as JSON can say it (paths as strings, tuples as lists)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_plain_default(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain_default(item) for key, item in value.items()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
+
+
+def _plugin_json(plugin: PluginInfo) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "group": plugin.group,
+        "name": plugin.name,
+        "target": plugin.target,
+    }
+    if plugin.error is not None:
+        shown["error"] = plugin.error
+        return shown
+    shown["description"] = plugin.description
+    shown["declared"] = plugin.declared
+    shown["options"] = [
+        {
+            "name": item.name,
+            "type": item.type,
+            "required": item.required,
+            **({} if item.required else {"default": _plain_default(item.default)}),
+            "help": item.help,
+        }
+        for item in plugin.options
+    ]
+    return shown
 
 
 def edit_passwords(arguments: argparse.Namespace) -> int:

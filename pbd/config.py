@@ -19,8 +19,9 @@ from typing import Any
 import yaml
 
 from pbd.errors import ConfigError, Problem
-from pbd.limits import Limits, limit_names
+from pbd.limits import Limits
 from pbd.mechanisms import MECHANISMS
+from pbd.options import INVALID, Checks, join
 
 PORTAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 RESERVED_OPTIONS = frozenset({"plugin", "config_dir"})
@@ -209,44 +210,14 @@ def _reason(error: OSError | UnicodeDecodeError) -> str:
     return str(error)
 
 
-class _Reader:
+class _Reader(Checks):
     """Walks the parsed document, collecting every problem before giving up."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.problems: list[Problem] = []
+        super().__init__(directory)
         self.warnings: list[str] = []
         self.declared_portals: set[str] = set()
         self.loose = LooseParts()
-
-    def fail(self, path: str, message: str) -> None:
-        self.problems.append(Problem(path, message))
-
-    def mapping(self, value: Any, path: str, allowed: set[str] | None = None) -> dict | None:
-        if not isinstance(value, dict):
-            self.fail(path, f"must be a mapping, not {_kind(value)}")
-            return None
-        for key in value:
-            if not isinstance(key, str):
-                self.fail(path, f"keys must be strings, not {_kind(key)} {key!r}")
-        if allowed is not None:
-            for key in value:
-                if isinstance(key, str) and key not in allowed:
-                    known = ", ".join(sorted(allowed))
-                    self.fail(_join(path, key), f"unknown key (expected one of: {known})")
-        return value
-
-    def string(self, value: Any, path: str) -> str | None:
-        if not isinstance(value, str) or not value.strip():
-            self.fail(path, f"must be a non-empty string, not {_kind(value)}")
-            return None
-        return value
-
-    def required(self, mapping: dict, key: str, path: str) -> Any:
-        if key not in mapping:
-            self.fail(_join(path, key), "missing")
-            return None
-        return mapping[key]
 
     def config(self, document: Any, source: Path) -> Config:
         if document is None:
@@ -272,8 +243,10 @@ class _Reader:
             if isinstance(given, dict) and "login_timeout" in given:
                 self.fail("login_timeout", "give limits.login_timeout only")
             else:
-                timeout = self.number(top["login_timeout"], "login_timeout", float)
-                if timeout is not None:
+                timeout = self.value(
+                    float, top["login_timeout"], "login_timeout", _field_metadata("login_timeout")
+                )
+                if timeout is not INVALID:
                     limits = replace(limits, login_timeout=timeout)
         return Config(
             source,
@@ -298,31 +271,8 @@ class _Reader:
     def limits(self, value: Any) -> Limits:
         if value is None:
             return Limits()
-        body = self.mapping(value, "limits", set(limit_names()))
-        if body is None:
-            return Limits()
-        chosen: dict[str, Any] = {}
-        for limit in fields(Limits):
-            if limit.name in body:
-                kind = int if limit.type in ("int", int) else float
-                minimum = limit.metadata.get("minimum", 1)
-                number = self.number(body[limit.name], f"limits.{limit.name}", kind, minimum)
-                if number is not None:
-                    chosen[limit.name] = number
-        return Limits(**chosen)
-
-    def number(self, value: Any, path: str, kind: type, minimum: int = 1) -> float | int | None:
-        if kind is int:
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                self.fail(path, f"must be a whole number of at least {minimum}, not {value!r}")
-                return None
-            return value
-        number = not isinstance(value, bool) and isinstance(value, int | float)
-        if not number or value < 0 or (value == 0 and minimum > 0):
-            least = "0 or more" if minimum == 0 else "greater than 0"
-            self.fail(path, f"must be a number of seconds {least}, not {value!r}")
-            return None
-        return float(value)
+        limits = self.dataclass(Limits, value, "limits")
+        return limits if limits is not None else Limits()
 
     def portals(self, value: Any) -> dict[str, PortalConfig]:
         if value is None:
@@ -358,9 +308,7 @@ class _Reader:
         checkers: list[PluginConfig] = []
         if checkers_value is not None:
             checkers_path = f"{path}.checkers"
-            if not isinstance(checkers_value, list):
-                self.fail(checkers_path, f"must be a list, not {_kind(checkers_value)}")
-            else:
+            if self.sequence(checkers_value, checkers_path) is not None:
                 for index, item in enumerate(checkers_value):
                     checker = self.plugin(item, f"{checkers_path}[{index}]")
                     if checker is not None:
@@ -397,7 +345,7 @@ class _Reader:
             name = self.string(name, f"{path}.plugin")
         for reserved in sorted(RESERVED_OPTIONS - {"plugin"}):
             if reserved in body:
-                self.fail(_join(path, reserved), "reserved: pbd passes this to the plugin itself")
+                self.fail(join(path, reserved), "reserved: pbd passes this to the plugin itself")
                 return None
         if name is None:
             return None
@@ -407,8 +355,7 @@ class _Reader:
     def listeners(self, value: Any) -> tuple:
         if value is None:
             return ()
-        if not isinstance(value, list):
-            self.fail("listeners", f"must be a list, not {_kind(value)}")
+        if self.sequence(value, "listeners") is None:
             return ()
         if not value:
             self.fail("listeners", "declare at least one listener")
@@ -425,9 +372,7 @@ class _Reader:
         if self.mapping(item, path, allowed) is None:
             return None
         problems_before = len(self.problems)
-        legacy_login = item.get("legacy_login", True)
-        if not isinstance(legacy_login, bool):
-            self.fail(f"{path}.legacy_login", f"must be true or false, not {_kind(legacy_login)}")
+        legacy_login = self.boolean(item.get("legacy_login", True), f"{path}.legacy_login")
         endpoint = self.required(item, "endpoint", path)
         endpoint = None if endpoint is None else self.string(endpoint, f"{path}.endpoint")
         root = None
@@ -448,7 +393,7 @@ class _Reader:
                 roots=self.loose.roots + ((root,) if root else ()),
             )
             return None
-        return ListenerConfig(endpoint, names, path, legacy_login, tls, root)
+        return ListenerConfig(endpoint, names, path, legacy_login is not False, tls, root)
 
     def listener_root(self, item: dict, path: str) -> PluginConfig | None:
         """
@@ -511,17 +456,11 @@ class _Reader:
                     self.fail(f"{path}.{key}", "missing")
                 files[key] = None
                 continue
-            name = self.string(body[key], f"{path}.{key}")
-            if name is None:
-                continue
-            file = self.directory / name
-            if not file.is_file():
-                self.fail(f"{path}.{key}", f"no such file: {name}")
-            files[key] = file
-        require = body.get("require_client_cert", False)
-        if not isinstance(require, bool):
-            self.fail(f"{path}.require_client_cert", "must be true or false")
-        elif require and files.get("client_ca") is None:
+            files[key] = self.file(body[key], f"{path}.{key}")
+        require = self.boolean(
+            body.get("require_client_cert", False), f"{path}.require_client_cert"
+        )
+        if require and files.get("client_ca") is None:
             self.fail(f"{path}.require_client_cert", "needs client_ca to verify certificates")
         certificate, private_key = files.get("certificate"), files.get("key")
         if certificate is None or private_key is None or len(self.problems) > problems_before:
@@ -543,18 +482,5 @@ def _names_portals(listeners: Any) -> bool:
     return any(not isinstance(item, dict) or "root" not in item for item in listeners)
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _kind(value: Any) -> str:
-    names = {
-        type(None): "nothing",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a mapping",
-    }
-    return names.get(type(value), type(value).__name__)
+def _field_metadata(name: str) -> Mapping[str, Any]:
+    return next(f.metadata for f in fields(Limits) if f.name == name)

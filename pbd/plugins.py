@@ -3,22 +3,37 @@ Finding realm, checker and root plugins, and constructing them from their option
 
 A plugin is named either by an entry point in a group (C{echo} in
 C{pbd.realms}, C{directory} in C{pbd.roots}) or by a dotted path
-(C{package.module:Class}). It is any callable that takes its options as
-keyword arguments; one that also accepts a keyword C{config_dir} is given
-the config file's folder, so that it can resolve relative paths the way
-the operator expects.
+(C{package.module:Class}). It takes its options one of two ways:
+
+  - declared (L{pbd.options}): a class attribute C{options} names a frozen
+    dataclass; pbd checks the entry against it and calls
+    C{factory(options_instance)} (with C{config_dir=} too, if it takes it);
+  - plain: any callable that takes its options as keyword arguments,
+    checked against its signature only; one that also accepts a keyword
+    C{config_dir} is given the config file's folder, so that it can resolve
+    relative paths the way the operator expects.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+import re
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from pbd.errors import OptionError
+from pbd.options import (
+    OptionInfo,
+    declared_options,
+    describe_options,
+    read_options,
+    type_label,
+)
 
 REALMS = "pbd.realms"
 CHECKERS = "pbd.checkers"
@@ -80,16 +95,23 @@ def _import_dotted(name: str) -> Callable[..., Any]:
     return target
 
 
-def check_options(
-    factory: Callable[..., Any], options: Mapping[str, Any], config_dir: Path
-) -> dict[str, Any]:
+def check_options(factory: Callable[..., Any], options: Mapping[str, Any], config_dir: Path) -> Any:
     """
     Validate a plugin's options without building it.
 
-    @return: the keyword arguments the factory would be called with (what
-        L{pbd.interfaces.ILifecycle.reloaded} is given).
-    @raise OptionError: when the options do not fit the factory.
+    @return: what the factory would be called with (what
+        L{pbd.interfaces.ILifecycle.reloaded} is given): for a plugin that
+        declares its options, the instance of its options dataclass; for
+        any other, the keyword arguments.
+    @raise OptionError: when the options do not fit the factory (for
+        declared options, a L{pbd.options.OptionsInvalid} with every problem).
     """
+    declared = declared_options(factory)
+    if declared is not None:
+        try:
+            return read_options(declared, options, config_dir)
+        except TypeError as e:
+            raise OptionError(f"the plugin declares options pbd cannot check: {e}") from e
     keywords = dict(options)
     try:
         signature = inspect.signature(factory)
@@ -109,13 +131,24 @@ def construct(factory: Callable[..., Any], options: Mapping[str, Any], config_di
     @raise OptionError: when the options do not fit the factory's signature,
         or the factory itself rejects them.
     """
-    keywords = check_options(factory, options, config_dir)
+    checked = check_options(factory, options, config_dir)
     try:
-        return factory(**keywords)
+        if declared_options(factory) is not None:
+            if _takes_config_dir(factory):
+                return factory(checked, config_dir=config_dir)
+            return factory(checked)
+        return factory(**checked)
     except OptionError:
         raise
     except (ValueError, TypeError) as e:
         raise OptionError(str(e)) from e
+
+
+def _takes_config_dir(factory: Callable[..., Any]) -> bool:
+    try:
+        return _accepts(inspect.signature(factory), "config_dir")
+    except (TypeError, ValueError):
+        return False
 
 
 def _accepts(signature: inspect.Signature, name: str) -> bool:
@@ -147,3 +180,97 @@ def _check_fits(signature: inspect.Signature, keywords: dict[str, Any]) -> None:
         )
         if required and name not in keywords:
             raise OptionError("missing required option", name)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """An installed plugin, as C{pbd plugins} shows it."""
+
+    group: str
+    name: str
+    # Where its entry point leads: "package.module:Class".
+    target: str
+    description: str = ""
+    # Whether it declares its options (pbd.options) or takes keyword arguments.
+    declared: bool = False
+    options: tuple[OptionInfo, ...] = ()
+    # Why it cannot be used, when it fails to load.
+    error: str | None = None
+
+
+def installed_plugins(groups: Sequence[str] = (REALMS, CHECKERS, ROOTS)) -> list[PluginInfo]:
+    """
+    Every plugin installed under entry points in C{groups}, with its options.
+
+    A plugin that fails to load is listed with the reason, never raised.
+    """
+    found = []
+    for group in groups:
+        for entry in sorted(entry_points(group=group), key=lambda e: e.name):
+            try:
+                factory = entry.load()
+            except Exception as e:
+                error = f"fails to load: {type(e).__name__}: {e}"
+                found.append(PluginInfo(group, entry.name, entry.value, error=error))
+                continue
+            try:
+                declared, options = plugin_options(factory)
+            except Exception as e:
+                error = f"its options cannot be read: {type(e).__name__}: {e}"
+                found.append(PluginInfo(group, entry.name, entry.value, error=error))
+                continue
+            found.append(
+                PluginInfo(
+                    group,
+                    entry.name,
+                    entry.value,
+                    _first_line(inspect.getdoc(factory)),
+                    declared,
+                    tuple(options),
+                )
+            )
+    return found
+
+
+def plugin_options(factory: Callable[..., Any]) -> tuple[bool, list[OptionInfo]]:
+    """
+    Whether a plugin declares its options, and what they are: its options
+    dataclass's fields, or else its signature's keyword parameters (typed
+    where annotated).
+    """
+    declared = declared_options(factory)
+    if declared is not None:
+        return True, describe_options(declared)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return False, []
+    try:
+        annotated = vars(factory).get("__init__", factory) if isinstance(factory, type) else factory
+        hints = typing.get_type_hints(annotated)
+    except Exception:
+        hints = {}
+    options = []
+    for name, parameter in signature.parameters.items():
+        if name == "config_dir" or parameter.kind not in (
+            inspect.Parameter.KEYWORD_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            continue
+        if name in hints:
+            kind = type_label(hints[name])
+        elif parameter.annotation is not inspect.Parameter.empty:
+            kind = str(parameter.annotation)
+        else:
+            kind = "any"
+        required = parameter.default is inspect.Parameter.empty
+        options.append(OptionInfo(name, kind, required, None if required else parameter.default))
+    return False, options
+
+
+def _first_line(docstring: str | None) -> str:
+    """A docstring's first paragraph on one line, without epytext's C{} and L{} marks."""
+    if not docstring or not docstring.strip():
+        return ""
+    paragraph = " ".join(docstring.strip().split("\n\n")[0].split())
+    return re.sub(r"\b[A-Z]\{([^{}]*)\}", r"\1", paragraph)

@@ -12,6 +12,7 @@ C{remote_joined(room, user)} and C{remote_left(room, user)}.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.cred.checkers import ANONYMOUS
@@ -21,6 +22,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from pbd.errors import OptionError
+from pbd.options import given_or_read, option
 
 
 class ChatError(pb.Error):
@@ -108,38 +110,37 @@ def _ignore_lost_client(failure: Any, user: str, method: str) -> None:
     """
 
 
+@dataclass(frozen=True)
+class ChatOptions:
+    """The chat realm's options."""
+
+    rooms: list[str] = option([], help="rooms that always exist")
+    allow_new_rooms: bool = option(
+        True,
+        help="whether joining an unknown room opens it (it closes when its last member leaves)",
+    )
+    max_message_length: int = option(4096, minimum=1, help="longest message, in characters")
+
+    def __post_init__(self) -> None:
+        if not self.rooms and not self.allow_new_rooms:
+            raise OptionError("no rooms and allow_new_rooms false: nobody could chat", "rooms")
+
+
 @implementer(IRealm)
 class ChatRealm:
     """
-    Options: C{rooms} (rooms that always exist), C{allow_new_rooms} (may
-    users open rooms by joining them; default true), C{max_message_length}.
+    Users join named rooms and talk to everyone in them.
+
     Anonymous users are refused: every message carries its sender's name.
     """
 
-    def __init__(
-        self,
-        *,
-        rooms: list[str] | tuple[str, ...] = (),
-        allow_new_rooms: bool = True,
-        max_message_length: int = 4096,
-    ) -> None:
-        if not isinstance(rooms, list | tuple) or not all(
-            isinstance(name, str) and name for name in rooms
-        ):
-            raise OptionError("must be a list of room names", "rooms")
-        if not isinstance(allow_new_rooms, bool):
-            raise OptionError("must be true or false", "allow_new_rooms")
-        if (
-            not isinstance(max_message_length, int)
-            or isinstance(max_message_length, bool)
-            or max_message_length < 1
-        ):
-            raise OptionError("must be a positive whole number", "max_message_length")
-        if not rooms and not allow_new_rooms:
-            raise OptionError("no rooms and allow_new_rooms false: nobody could chat", "rooms")
-        self.allow_new_rooms = allow_new_rooms
-        self.max_message_length = max_message_length
-        self.rooms = {name: Room(name, permanent=True) for name in rooms}
+    options = ChatOptions
+
+    def __init__(self, options: ChatOptions | None = None, **keywords: Any) -> None:
+        options = given_or_read(ChatOptions, options, keywords)
+        self.allow_new_rooms = options.allow_new_rooms
+        self.max_message_length = options.max_message_length
+        self.rooms = {name: Room(name, permanent=True) for name in options.rooms}
 
     def room(self, name: Any, *, create: bool) -> Room:
         if not isinstance(name, str) or not name:

@@ -7,6 +7,7 @@ Its avatar answers C{echo(x)} with C{x} and C{whoami()} with the user name
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.cred.portal import IRealm
@@ -27,9 +28,19 @@ class EchoAvatar(pb.Avatar):
         return None  # ANONYMOUS
 
 
+@dataclass(frozen=True)
+class EchoOptions:
+    """None: the echo realm has nothing to set."""
+
+
 @implementer(IRealm)
 class EchoRealm:
-    """Takes no options."""
+    """The smallest useful realm: echo(x) answers x, whoami() the user name."""
+
+    options = EchoOptions
+
+    def __init__(self, options: EchoOptions | None = None) -> None:
+        pass
 
     def requestAvatar(self, avatarId: bytes | tuple, mind: Any, *interfaces: Any) -> tuple:
         if pb.IPerspective not in interfaces:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import functools
 import hmac
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from hashlib import md5
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from zope.interface import implementer
 from pbd.errors import OptionError
 from pbd.interfaces import ICheckerSource, ILegacyAuthorizer
 from pbd.mechanisms.md5 import new_challenge
+from pbd.options import given_or_read, option
 from pbd.passwdfile import PasswordFileError, read_password_file
 from pbd.plugins import PluginNotFoundError, find_plugin
 from pbd.userstore import StoredUser, UserStoreChecker
@@ -373,97 +375,114 @@ def _matched(identity: Identity, password: str) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service of the legacy realm, and the perspectives it starts with."""
+
+    name: str = option(help="the service's name, as old clients ask for it")
+    class_: str | None = option(
+        None,
+        key="class",
+        help="a realms.legacy.Service subclass, by dotted path or entry point in "
+        "pbd.legacy.services (default: Service)",
+    )
+    perspectives: list[str] = option([], help="perspectives created at start-up")
+
+
+@dataclass(frozen=True)
+class IdentitySpec:
+    """One identity: a user, its password and its keyring."""
+
+    name: str = option(help="the user name")
+    password: str | None = option(
+        None,
+        secret=True,
+        help="plain, or md5:<hex>; omitted, it comes from password_file",
+    )
+    keys: list[tuple[str, str]] = option([], help="[service, perspective] pairs it may attach to")
+    default: tuple[str, str] | None = option(
+        None, help="the key a modern login gets (default: the first)"
+    )
+
+
+@dataclass(frozen=True)
+class LegacyOptions:
+    services: list[ServiceSpec] = option(help="the services and their perspectives")
+    identities: list[IdentitySpec] = option([], help="the users and what they may attach to")
+    password_file: Path | None = option(
+        None,
+        existing_file=True,
+        help="a pbd password file whose hex_md5 or ldap_md5 hashes serve identities "
+        "without a password",
+    )
+
+
 @implementer(IRealm, ILegacyAuthorizer, ICheckerSource)
 class LegacyRealm:
     """
-    The realm plugin C{legacy}: services, perspectives and identities from the config.
+    Twisted 1.x services, perspectives and identities, for old and new clients.
 
-    Options:
-      - C{services}: a list of C{{name, class, perspectives}}; C{class} is a
-        dotted path to a L{Service} subclass (default L{Service}).
-      - C{identities}: a list of C{{name, password, keys, default}};
-        C{password} is plain or C{md5:<hex>}; omitted, it comes from
-        C{password_file}. C{keys} lists C{[service, perspective]} pairs;
-        C{default} picks the one a modern login gets (default: the first).
-      - C{password_file}: a pbd password file (C{user:hash} lines) whose
-        C{hex_md5} or C{ldap_md5} hashes serve identities without a password.
+    The options (L{LegacyOptions}): C{services}, C{identities} and
+    C{password_file}; C{docs/legacy.md} describes them.
     """
 
-    def __init__(
-        self,
-        *,
-        services: Sequence[Mapping[str, Any]],
-        identities: Sequence[Mapping[str, Any]] = (),
-        password_file: str | None = None,
-        config_dir: Path = Path("."),
-    ) -> None:
+    options = LegacyOptions
+
+    def __init__(self, options: LegacyOptions | None = None, **keywords: Any) -> None:
+        options = given_or_read(LegacyOptions, options, keywords)
         self.services: dict[str, Service] = {}
         self.identities: dict[str, Identity] = {}
         self.default_keys: dict[str, tuple[str, str]] = {}
-        stored = _read_stored_passwords(password_file, config_dir)
-        for index, spec in enumerate(_list_of_mappings(services, "services")):
-            self._add_service(spec, f"services[{index}]")
-        for index, spec in enumerate(_list_of_mappings(identities, "identities")):
-            self._add_identity(spec, f"identities[{index}]", stored)
+        stored = _read_stored_passwords(options.password_file)
+        for index, service in enumerate(options.services):
+            self._add_service(service, f"services[{index}]")
+        for index, identity in enumerate(options.identities):
+            self._add_identity(identity, f"identities[{index}]", stored)
 
     # -- configuration
 
-    def _add_service(self, spec: Mapping[str, Any], where: str) -> None:
-        _only_keys(spec, {"name", "class", "perspectives"}, where)
-        name = _text(spec.get("name"), f"{where}.name")
-        if name in self.services:
-            raise OptionError(f"a second service named {name!r}", f"{where}.name")
+    def _add_service(self, spec: ServiceSpec, where: str) -> None:
+        if spec.name in self.services:
+            raise OptionError(f"a second service named {spec.name!r}", f"{where}.name")
         service_class: Any = Service
-        if "class" in spec:
-            dotted = _text(spec["class"], f"{where}.class")
+        if spec.class_ is not None:
             try:
-                service_class = find_plugin("pbd.legacy.services", dotted)
+                service_class = find_plugin("pbd.legacy.services", spec.class_)
             except PluginNotFoundError as e:
                 raise OptionError(str(e), f"{where}.class") from None
             if not (isinstance(service_class, type) and issubclass(service_class, Service)):
                 raise OptionError(
-                    f"{dotted!r} is not a subclass of realms.legacy.Service", f"{where}.class"
+                    f"{spec.class_!r} is not a subclass of realms.legacy.Service", f"{where}.class"
                 )
-        service = service_class(name, authorizer=self)
-        for perspective in _list_of_texts(spec.get("perspectives", []), f"{where}.perspectives"):
+        service = service_class(spec.name, authorizer=self)
+        for perspective in spec.perspectives:
             service.createPerspective(perspective)
-        self.services[name] = service
+        self.services[spec.name] = service
 
-    def _add_identity(
-        self, spec: Mapping[str, Any], where: str, stored: Mapping[str, bytes]
-    ) -> None:
-        _only_keys(spec, {"name", "password", "keys", "default"}, where)
-        name = _text(spec.get("name"), f"{where}.name")
-        if name in self.identities:
-            raise OptionError(f"a second identity named {name!r}", f"{where}.name")
-        identity = Identity(name, self)
-        if "password" in spec:
-            _set_configured_password(identity, spec["password"], f"{where}.password")
-        elif name in stored:
-            identity.setAlreadyHashedPassword(stored[name])
+    def _add_identity(self, spec: IdentitySpec, where: str, stored: Mapping[str, bytes]) -> None:
+        if spec.name in self.identities:
+            raise OptionError(f"a second identity named {spec.name!r}", f"{where}.name")
+        identity = Identity(spec.name, self)
+        if spec.password is not None:
+            _set_configured_password(identity, spec.password, f"{where}.password")
+        elif spec.name in stored:
+            identity.setAlreadyHashedPassword(stored[spec.name])
         else:
             raise OptionError(
                 "no password: give 'password', or an MD5-capable entry in password_file",
                 f"{where}.password",
             )
-        keys = spec.get("keys", [])
-        if not isinstance(keys, list):
-            raise OptionError("must be a list of [service, perspective] pairs", f"{where}.keys")
-        for number, key in enumerate(keys):
-            service, perspective = self._key(key, f"{where}.keys[{number}]")
-            identity.addKeyByString(service, perspective)
-        if "default" in spec:
-            default = self._key(spec["default"], f"{where}.default")
+        for number, key in enumerate(spec.keys):
+            identity.addKeyByString(*self._key(key, f"{where}.keys[{number}]"))
+        if spec.default is not None:
+            default = self._key(spec.default, f"{where}.default")
             if default not in identity.keyring:
                 raise OptionError("must be one of the identity's keys", f"{where}.default")
-            self.default_keys[name] = default
-        self.identities[name] = identity
+            self.default_keys[spec.name] = default
+        self.identities[spec.name] = identity
 
-    def _key(self, key: Any, where: str) -> tuple[str, str]:
-        if not (isinstance(key, list | tuple) and len(key) == 2):
-            raise OptionError("a key is a [service, perspective] pair", where)
-        service_name = _text(key[0], where)
-        perspective_name = _text(key[1], where)
+    def _key(self, key: tuple[str, str], where: str) -> tuple[str, str]:
+        service_name, perspective_name = key
         service = self.services.get(service_name)
         if service is None:
             raise OptionError(f"no service named {service_name!r}", where)
@@ -517,13 +536,11 @@ def _attach_modern(perspective: Perspective, mind: Any, identity: Identity) -> t
     return pb.IPerspective, attached, logout
 
 
-def _read_stored_passwords(password_file: str | None, config_dir: Path) -> dict[str, bytes]:
+def _read_stored_passwords(password_file: Path | None) -> dict[str, bytes]:
     if password_file is None:
         return {}
-    if not isinstance(password_file, str) or not password_file:
-        raise OptionError("must be the path of a password file", "password_file")
     try:
-        entries = read_password_file(config_dir / password_file)
+        entries = read_password_file(password_file)
     except FileNotFoundError:
         raise OptionError(f"no such file: {password_file}", "password_file") from None
     except OSError as e:
@@ -535,9 +552,7 @@ def _read_stored_passwords(password_file: str | None, config_dir: Path) -> dict[
     }
 
 
-def _set_configured_password(identity: Identity, value: Any, where: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise OptionError("must be a non-empty string (quote it)", where)
+def _set_configured_password(identity: Identity, value: str, where: str) -> None:
     if value.startswith("md5:"):
         try:
             identity.setAlreadyHashedPassword(bytes.fromhex(value[4:]))
@@ -545,29 +560,3 @@ def _set_configured_password(identity: Identity, value: Any, where: str) -> None
             raise OptionError("md5:<hex> needs the 32 hex digits of an MD5", where) from None
     else:
         identity.setPassword(value)
-
-
-def _list_of_mappings(value: Any, where: str) -> list[Mapping[str, Any]]:
-    if not isinstance(value, list | tuple) or not all(isinstance(item, Mapping) for item in value):
-        raise OptionError("must be a list of mappings", where)
-    return list(value)
-
-
-def _list_of_texts(value: Any, where: str) -> list[str]:
-    if not isinstance(value, list):
-        raise OptionError("must be a list of names", where)
-    return [_text(item, where) for item in value]
-
-
-def _only_keys(spec: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
-    for key in spec:
-        if key not in allowed:
-            raise OptionError(
-                f"unknown key (expected one of: {', '.join(sorted(allowed))})", f"{where}.{key}"
-            )
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise OptionError("must be a non-empty string", where)
-    return value

@@ -17,6 +17,7 @@ its own (L{Listing}), which can tell which address that peer reached.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -27,24 +28,27 @@ from zope.interface import implementer
 from pbd.directory import Directory, ListenerListing
 from pbd.errors import OptionError
 from pbd.interfaces import IUsesDirectory
+from pbd.options import given_or_read, option
 
 
 class DirectoryError(pb.Error):
     """A portal this directory does not show; the client sees this class by name."""
 
 
+@dataclass(frozen=True)
+class DirectoryOptions:
+    hide: list[str] = option([], help="portals not to show (an internal portal, say)")
+
+
 @implementer(IPBRoot, IUsesDirectory)
 class DirectoryRoot:
-    """
-    @param hide: portals not to show (an internal portal, say).
-    """
+    """Lists the portals the daemon serves, with the URLs a client logs in by."""
 
-    def __init__(self, hide: list[str] | None = None) -> None:
-        if hide is None:
-            hide = []
-        if not isinstance(hide, list) or not all(isinstance(name, str) for name in hide):
-            raise OptionError("must be a list of portal names", "hide")
-        self.hide = frozenset(hide)
+    options = DirectoryOptions
+
+    def __init__(self, options: DirectoryOptions | None = None, **keywords: Any) -> None:
+        options = given_or_read(DirectoryOptions, options, keywords)
+        self.hide = frozenset(options.hide)
         self.directory = Directory((), ())
 
     def useDirectory(self, directory: Directory) -> None:

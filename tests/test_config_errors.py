@@ -41,7 +41,7 @@ BAD_CONFIGS = {
         "portals: {}\nportals: {}\nlisteners: []\n",
         "line 2, column 1: bad YAML: duplicate key 'portals'",
     ),
-    "not a mapping": ("- just\n- a list\n", "must be a mapping, not a list"),
+    "not a mapping": ("- just\n- a list\n", "expected a mapping, got a list"),
     "unknown top-level key": (
         _with(lambda c: c.update(listners=[])),
         "listners: unknown key (expected one of: limits, listeners, metrics, portals)",
@@ -56,7 +56,7 @@ BAD_CONFIGS = {
     ),
     "wrong type": (
         _with(lambda c: c["portals"]["demo"].update(checkers={"plugin": "memory"})),
-        "portals.demo.checkers: must be a list, not a mapping",
+        "portals.demo.checkers: expected a list, got a mapping",
     ),
     "no checkers": (
         _with(lambda c: c["portals"]["demo"].update(checkers=[])),
@@ -85,7 +85,7 @@ BAD_CONFIGS = {
     ),
     "realm rejecting an option": (
         _realm(plugin="chat", rooms=5),
-        "portals.demo.realm.rooms: must be a list of room names",
+        "portals.demo.realm.rooms: expected a list, got 5",
     ),
     "checker missing an option": (
         _checker(plugin="passwd"),
@@ -97,7 +97,8 @@ BAD_CONFIGS = {
     ),
     "memory password not a string": (
         _with(lambda c: c["portals"]["demo"]["checkers"][0].update(users={"alice": 1234})),
-        "portals.demo.checkers[0].users: password of 'alice' must be a string (quote it)",
+        "portals.demo.checkers[0].users.alice: expected a non-empty string, got a number "
+        "(quote it)",
     ),
     "endpoint Twisted cannot parse": (
         _endpoint("tcp:not-a-port"),
@@ -124,11 +125,11 @@ BAD_CONFIGS.update(
     {
         "login timeout not a number": (
             _with(lambda c: c.update(login_timeout="soon")),
-            "login_timeout: must be a number of seconds greater than 0",
+            "login_timeout: expected a number of seconds, got 'soon'",
         ),
         "a limit of the wrong kind": (
             _with(lambda c: c.update(limits={"password_checks": 2.5, "failure_delay": "x"})),
-            "limits.password_checks: must be a whole number of at least 1, not 2.5",
+            "limits.password_checks: expected an integer, got 2.5",
         ),
         "a limit that does not exist": (
             _with(lambda c: c.update(limits={"speed": 1})),

@@ -69,9 +69,9 @@ portals:
 """,
     )
     assert problems == [
-        "portals.demo.realm: must be a mapping, not a string",
+        "portals.demo.realm: expected a mapping, got 'echo'",
         "portals.bad name!: a portal name is letters, digits, '_', '.' and '-'",
-        "listeners[0].endpoint: must be a non-empty string, not a number",
+        "listeners[0].endpoint: expected a non-empty string, got 8787 (quote it)",
         "listeners[1].portal: no portal named 'ghost' (declared: bad name!, demo)",
     ]
 
@@ -88,7 +88,7 @@ def test_the_reserved_option_config_dir_cannot_be_set(tmp_path):
 
 def test_non_string_keys_are_refused(tmp_path):
     problems = _problems(tmp_path, GOOD.replace("  demo:", "  demo:\n    1: x", 1))
-    assert "portals.demo: keys must be strings, not a number 1" in problems
+    assert "portals.demo: keys must be strings, got 1" in problems
 
 
 def test_duplicate_keys_are_refused_with_their_line(tmp_path):

@@ -87,7 +87,7 @@ BAD_REALMS = {
     "no services": ({}, "portals.old.realm.services: missing required option"),
     "service without a name": (
         {"services": [{"perspectives": []}]},
-        "portals.old.realm.services[0].name: must be a non-empty string",
+        "portals.old.realm.services[0].name: missing",
     ),
     "service class that is not a Service": (
         {"services": [{"name": "svc", "class": "realms.echo:EchoRealm"}]},

@@ -30,24 +30,24 @@ def option_error(function, **options):
 
 
 @pytest.mark.parametrize(
-    ("users", "message"),
+    ("users", "message", "option"),
     [
-        (["alice"], "must be a mapping of user name to password"),
-        ({"": "pw"}, "user names must be non-empty strings: ''"),
-        ({7: "pw"}, "user names must be non-empty strings: 7"),
-        ({"alice": 1234}, "password of 'alice' must be a string (quote it)"),
+        (["alice"], "expected a mapping, got a list", "users"),
+        ({"": "pw"}, "keys must be non-empty strings", "users"),
+        ({7: "pw"}, "keys must be strings, got 7", "users"),
+        ({"alice": 1234}, "expected a non-empty string, got a number (quote it)", "users.alice"),
     ],
 )
-def test_memory_option_errors(users, message):
-    assert option_error(MemoryChecker, users=users) == (message, "users")
+def test_memory_option_errors(users, message, option):
+    assert option_error(MemoryChecker, users=users) == (message, option)
 
 
 def test_password_file_option_errors(tmp_path):
     def error(file):
         return option_error(PasswordFileChecker, file=file, config_dir=tmp_path)
 
-    assert error("") == ("must be the path of a password file", "file")
-    assert error(None) == ("must be the path of a password file", "file")
+    assert error("") == ("expected a non-empty string, got ''", "file")
+    assert error(None) == ("expected a non-empty string, got nothing", "file")
     assert error("missing") == ("no such file: missing", "file")
     (tmp_path / "folder").mkdir()
     assert error("folder") == ("cannot read folder: Is a directory", "file")
@@ -60,11 +60,11 @@ def test_password_file_option_errors(tmp_path):
 @pytest.mark.parametrize(
     ("options", "message", "option"),
     [
-        ({"field": ""}, "must be the name of a subject field, e.g. commonName", "field"),
-        ({"field": 3}, "must be the name of a subject field, e.g. commonName", "field"),
-        ({"users": "alice"}, "must be a list of user names", "users"),
-        ({"users": ["alice", ""]}, "must be a list of user names", "users"),
-        ({"users": ["alice", 3]}, "must be a list of user names", "users"),
+        ({"field": ""}, "expected a non-empty string, got ''", "field"),
+        ({"field": 3}, "expected a non-empty string, got 3 (quote it)", "field"),
+        ({"users": "alice"}, "expected a list, got 'alice'", "users"),
+        ({"users": ["alice", ""]}, "expected a non-empty string, got ''", "users[1]"),
+        ({"users": ["alice", 3]}, "expected a non-empty string, got 3 (quote it)", "users[1]"),
     ],
 )
 def test_certificate_option_errors(options, message, option):

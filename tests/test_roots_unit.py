@@ -302,7 +302,7 @@ def test_the_directory_hides_what_it_is_told_to():
 
 @pytest.mark.parametrize(
     ("hide", "message"),
-    [("ops", "must be a list of portal names"), (["ghost"], "no portal named 'ghost'")],
+    [("ops", "expected a list, got 'ops'"), (["ghost"], "no portal named 'ghost'")],
 )
 def test_the_directory_checks_its_option(hide, message):
     with pytest.raises(OptionError, match=message) as raised:
