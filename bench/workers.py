@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -79,9 +78,7 @@ def _round(workers: int, folder: Path, args: argparse.Namespace) -> tuple[float,
     config = {
         "workers": workers,
         "listeners": [{"endpoint": "tcp:0:interface=127.0.0.1", "portal": "demo"}],
-        "portals": {
-            "demo": {"realm": {"plugin": "echo"}, "checkers": [{"plugin": "anonymous"}]}
-        },
+        "portals": {"demo": {"realm": {"plugin": "echo"}, "checkers": [{"plugin": "anonymous"}]}},
         "limits": {"connections": 10_000, "logged_in_per_address": 10_000},
     }
     path = folder / f"workers{workers}.yaml"
@@ -96,8 +93,10 @@ def _round(workers: int, folder: Path, args: argparse.Namespace) -> tuple[float,
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         clients = [
             subprocess.Popen(
-                [sys.executable, __file__, "--client", str(daemon.port)]
-                + [str(args.seconds), str(args.connections)],
+                [
+                    *(sys.executable, __file__, "--client", str(daemon.port)),
+                    *(str(args.seconds), str(args.connections)),
+                ],
                 stdout=subprocess.PIPE,
                 text=True,
             )
