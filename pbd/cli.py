@@ -576,6 +576,8 @@ def summary(assembly: Assembly) -> str:
         )
     if config.metrics is not None:
         lines += ["metrics:", f"  {config.metrics.endpoint} -> http /metrics (Prometheus)"]
+    if config.workers > 1:
+        lines.append(f"workers: {config.workers} processes serve every listener")
     served_portals = {name for listener in assembly.listeners for name in listener.config.portals}
     for name in config.portals:
         if name not in served_portals:

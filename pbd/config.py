@@ -10,6 +10,7 @@ every problem.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -137,6 +138,8 @@ class Config:
     loose: LooseParts = field(default_factory=LooseParts)
     # None: no metrics listener.
     metrics: MetricsConfig | None = None
+    # Worker processes serving the listeners (pbd.workers); 1: this process alone.
+    workers: int = 1
 
     @property
     def login_timeout(self) -> float:
@@ -223,7 +226,7 @@ class _Reader(Checks):
         if document is None:
             self.fail("", "the file is empty: it needs 'listeners' (and 'portals' for them)")
             return Config(source, (), problems=tuple(self.problems))
-        allowed = {"listeners", "portals", "limits", "metrics"}
+        allowed = {"listeners", "portals", "limits", "metrics", "workers"}
         if isinstance(document, dict) and "login_timeout" in document:
             allowed.add("login_timeout")  # the old place of limits.login_timeout
         top = self.mapping(document, "", allowed)
@@ -235,6 +238,7 @@ class _Reader(Checks):
         listeners = self.listeners(self.required(top, "listeners", ""))
         limits = self.limits(top.get("limits", {}))
         metrics = self.metrics(top["metrics"]) if "metrics" in top else None
+        workers = self.workers(top.get("workers", 1))
         if "login_timeout" in top:
             self.warnings.append(
                 "login_timeout: moved to limits.login_timeout; the old key still works"
@@ -257,7 +261,17 @@ class _Reader(Checks):
             tuple(self.problems),
             self.loose,
             metrics,
+            workers,
         )
+
+    def workers(self, value: Any) -> int:
+        """C{workers:}: a whole number of at least 1, or C{auto} (one per core)."""
+        if value == "auto":
+            return os.cpu_count() or 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.expected("workers", "an integer of at least 1, or auto", value)
+            return 1
+        return value
 
     def metrics(self, value: Any) -> MetricsConfig | None:
         body = self.mapping(value, "metrics", {"endpoint"})

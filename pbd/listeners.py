@@ -10,7 +10,7 @@ import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet import defer, unix
@@ -29,6 +29,13 @@ from pbd.root import PortalRoot
 log = Logger()
 
 
+class Binder(Protocol):
+    """How a listener gets its port: bound here, or adopted from the process that bound it."""
+
+    def __call__(self, key: str, listener: Listener, factory: CurrentFactory) -> IListeningPort:
+        """@raise ListenError: naming the listener and why it cannot listen."""
+
+
 class ListenersService(Service):
     """
     Listens on every configured endpoint.
@@ -40,8 +47,23 @@ class ListenersService(Service):
     listeners' factories.
     """
 
-    def __init__(self, listeners: Sequence[Listener], directory: Directory | None = None) -> None:
+    def __init__(
+        self,
+        listeners: Sequence[Listener],
+        directory: Directory | None = None,
+        *,
+        bind: Binder | None = None,
+        announce: bool = True,
+    ) -> None:
+        """
+        @param bind: how each port is had: bound by this process (by
+            default), or adopted from the main process (a worker, L{pbd.worker}).
+        @param announce: log each listener's address and "pbd ready"; a
+            worker leaves that to the main process, which bound them.
+        """
         self.listeners = tuple(listeners)
+        self.bind = bind or _bind_here
+        self.announce = announce
         # Told where each listener listens, for root plugins that show it.
         self.directory = directory
         # By endpoint key (L{_keyed}), in the config's order.
@@ -61,7 +83,7 @@ class ListenersService(Service):
         """
         if self.bound:
             return
-        self.bound = _bind_all(_keyed(self.listeners))
+        self.bound = _bind_all(_keyed(self.listeners), self.bind)
         self._tell_directory()
         self._bound_by = os.getpid()
 
@@ -72,7 +94,8 @@ class ListenersService(Service):
 
         @raise ListenError: naming the listener that failed and why.
         """
-        return _bind_all([(k, each) for k, each in _keyed(listeners) if k not in self.bound])
+        keyed = [(k, each) for k, each in _keyed(listeners) if k not in self.bound]
+        return _bind_all(keyed, self.bind)
 
     def serve(
         self,
@@ -89,7 +112,8 @@ class ListenersService(Service):
         for key, listener in _keyed(listeners):
             if key in newly_bound:
                 bound[key] = newly_bound[key]
-                log_serving(listener, bound[key].port, "now serves")
+                if self.announce:
+                    log_serving(listener, bound[key].port, "now serves")
                 continue
             kept = self.bound[key]
             kept.factory.use(listener.factory)
@@ -98,6 +122,8 @@ class ListenersService(Service):
         gone = [each for key, each in self.bound.items() if key not in bound]
         for each in gone:
             _serve_in_place(each.portal_roots, None)
+            if not self.announce:
+                continue
             log.info(
                 "{endpoint} stopped listening (its connections stay)",
                 endpoint=each.listener.config.endpoint,
@@ -123,6 +149,8 @@ class ListenersService(Service):
         if self._bound_by is not None and self._bound_by != os.getpid():
             for listener, port in self.ports:
                 _take_over_lock(listener, port, self._bound_by)
+        if not self.announce:
+            return
         for listener, port in self.ports:
             log_serving(listener, port)
         log.info("pbd ready: {count} listener(s)", count=len(self.bound))
@@ -201,12 +229,12 @@ def _keyed(listeners: Sequence[Listener]) -> list[tuple[str, Listener]]:
     return keyed
 
 
-def _bind_all(listeners: Sequence[tuple[str, Listener]]) -> dict[str, _BoundListener]:
+def _bind_all(listeners: Sequence[tuple[str, Listener]], bind: Binder) -> dict[str, _BoundListener]:
     bound: dict[str, _BoundListener] = {}
     for key, listener in listeners:
         factory = CurrentFactory(listener.factory)
         try:
-            port = _listen_now(listener, factory)
+            port = bind(key, listener, factory)
         except ListenError:
             stop_listening([each.port for each in bound.values()])
             raise
@@ -235,6 +263,10 @@ def _serve_in_place(roots: weakref.WeakSet[PortalRoot], new: PortalRoot | None) 
 def stop_listening(ports: Sequence[IListeningPort]) -> defer.Deferred:
     closing = [defer.maybeDeferred(port.stopListening) for port in ports]
     return defer.gatherResults(closing, consumeErrors=True)
+
+
+def _bind_here(key: str, listener: Listener, factory: CurrentFactory) -> IListeningPort:
+    return _listen_now(listener, factory)
 
 
 def _listen_now(listener: Listener, factory: Any) -> IListeningPort:

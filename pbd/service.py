@@ -22,7 +22,7 @@ from pbd.connections import ConnectionTable
 from pbd.errors import ConfigError, ListenError
 from pbd.hashpool import HashPool
 from pbd.interfaces import IReloadable
-from pbd.listeners import ListenersService, stop_listening
+from pbd.listeners import Binder, ListenersService, stop_listening
 from pbd.metrics import MetricsService
 from pbd.notify import Notifier, monotonic_usec
 from pbd.reactor import the_reactor
@@ -141,18 +141,36 @@ class DaemonService(MultiService):
         logged in before it, and are told C{stopping} with the rest.
     """
 
-    def __init__(self, assembly: Assembly, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        assembly: Assembly,
+        notifier: Notifier | None = None,
+        *,
+        bind: Binder | None = None,
+        announce: bool = True,
+        serve_metrics: bool = True,
+    ) -> None:
+        """
+        @param bind: how the listeners get their ports (L{ListenersService}).
+        @param announce: whether the listeners log where they serve.
+        @param serve_metrics: whether the config's C{metrics:} endpoint is
+            served here. A worker (L{pbd.worker}) leaves both to the main
+            process, which serves every worker's metrics on one endpoint.
+        """
         super().__init__()
+        self.serve_metrics = serve_metrics
         self.assembly = assembly
         self.retired: list[lifecycle.BuiltPlugin] = []
         self.notifier = notifier or Notifier.from_environment()
         HashingService(assembly.front_door.hash_pool).setServiceParent(self)
-        self.listeners = ListenersService(assembly.listeners, assembly.directory)
+        self.listeners = ListenersService(
+            assembly.listeners, assembly.directory, bind=bind, announce=announce
+        )
         self.listeners.setServiceParent(self)
         self.files = FileWatchService(_reloadables(assembly))
         self.files.setServiceParent(self)
         # Only when the config has a metrics: section; the daemon counts anyway.
-        self.metrics = _metrics_service(assembly)
+        self.metrics = _metrics_service(assembly) if serve_metrics else None
         if self.metrics is not None:
             self.metrics.setServiceParent(self)
         # Last, so that it starts after the others and stops before them.
@@ -219,7 +237,9 @@ class DaemonService(MultiService):
             for line in e.report().splitlines():
                 log.error("{line}", line=line)
             return _rejected(source)
-        metrics_moved = _metrics_endpoint(assembly) != _metrics_endpoint(in_force)
+        metrics_moved = self.serve_metrics and (
+            _metrics_endpoint(assembly) != _metrics_endpoint(in_force)
+        )
         metrics = _metrics_service(assembly) if metrics_moved else self.metrics
         try:
             newly_bound = self.listeners.bind_new(assembly.listeners)

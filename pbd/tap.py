@@ -37,6 +37,16 @@ def makeService(options: Options) -> IService:
         _fail(e.report())
     for warning in assembly.warnings:
         log.warn("config warning: {warning}", warning=warning)
+    if assembly.config.workers > 1:
+        # Imported here: the single process (workers: 1) never needs it.
+        from pbd.workers import WorkersService
+
+        main = WorkersService(assembly)
+        try:
+            main.listen()
+        except ListenError as e:
+            _fail(f"{assembly.config.source}: {e}")
+        return main
     service = DaemonService(assembly)
     try:
         service.listeners.listen()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import tcp, unix
 from twisted.internet.endpoints import _SystemdParser
 from twisted.python.systemd import ListenFDs
 from twisted.spread.pb import Broker, _JellyableAvatarMixin
@@ -79,3 +79,33 @@ def stopped_cleanly(reactor: Any) -> None:
     process dies of the signal. pbd's stop is graceful, and ends with 0.
     """
     reactor._exitSignal = None
+
+
+class _SharedUnixPort(unix.Port):
+    """
+    A Unix socket a worker adopted from the main process, which owns its
+    path: the worker leaves the socket file's mode as the main set it
+    (C{unix.Port} would make it C{mode}, 0666 by default) and does not
+    remove the file when it stops listening.
+    """
+
+    def startListening(self) -> None:
+        import os
+        import stat
+
+        self.mode = stat.S_IMODE(os.stat(self._bindPath).st_mode)
+        super().startListening()
+
+    def connectionLost(self, reason: Any) -> None:
+        tcp.Port.connectionLost(self, reason)
+
+
+def adopt_shared_unix_port(reactor: Any, fd: int, factory: Any) -> Any:
+    """
+    Serve the listening Unix socket C{fd} (a copy is taken) with C{factory}:
+    C{adoptStreamPort} for a socket whose path another process owns. Uses
+    C{unix.Port._fromListeningDescriptor} and C{_bindPath}.
+    """
+    port = _SharedUnixPort._fromListeningDescriptor(reactor, fd, factory)
+    port.startListening()
+    return port

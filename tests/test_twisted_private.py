@@ -123,3 +123,24 @@ def test_the_signal_twistd_re_raises_is_the_reactors_exit_signal():
     reactor = Reactor()
     stopped_cleanly(reactor)
     assert reactor._exitSignal is None
+
+
+def test_a_worker_adopts_a_unix_socket_without_changing_or_removing_its_file(tmp_path):
+    import os
+    import socket
+    import stat
+
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+
+    path = str(tmp_path / "s.sock")
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(path)
+    listening.listen()
+    listening.setblocking(False)
+    os.chmod(path, 0o600)
+    port = twisted_private.adopt_shared_unix_port(reactor, listening.fileno(), Factory())
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    port.connectionLost(None)
+    assert os.path.exists(path)
+    listening.close()

@@ -1,0 +1,464 @@
+"""
+The main process of a daemon with C{workers: N} (N > 1): it binds every
+listener, hands the listening sockets to N worker processes
+(L{pbd.worker}) and looks after them; it serves no PB connection itself.
+
+Why one bound socket handed over, not C{SO_REUSEPORT}: the main binds as
+the single process does, so a busy port still stops the daemon with one
+line, and C{systemd:} sockets, Unix sockets and TLS listeners work
+unchanged (none of them can be bound again by each worker); a listener a
+reload adds reaches running workers over the same control connection.
+
+The main restarts a worker that dies (with a backoff), passes SIGHUP on as
+a reload (after checking the file itself: a bad config is rejected once,
+here, and no worker is told) and SIGTERM as a graceful stop of every
+worker, tells systemd READY=1 once every worker serves, and serves the
+one C{metrics:} endpoint with every worker's samples, labelled C{worker}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import MultiService
+from twisted.internet import defer, task
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.threads import blockingCallFromThread
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from pbd import hashpool, worker
+from pbd.assembly import Assembly, assemble
+from pbd.config import load_config
+from pbd.errors import ConfigError, ListenError
+from pbd.listeners import ListenersService
+from pbd.metrics import MetricsService
+from pbd.notify import Notifier, monotonic_usec
+from pbd.reactor import the_reactor
+from pbd.twisted_private import stopped_cleanly
+
+if TYPE_CHECKING:
+    from prometheus_client.core import CollectorRegistry, Metric
+
+log = Logger()
+
+# Seconds before a dead worker is started again: doubled on each death
+# soon after a start, reset once a worker has served RESTART_SETTLED seconds.
+RESTART_DELAY = 0.5
+RESTART_DELAY_MAX = 30.0
+RESTART_SETTLED = 30.0
+# How long a scrape waits for a worker's samples before going without them.
+SCRAPE_TIMEOUT = 5.0
+# Extra seconds a stopping worker gets past limits.shutdown_timeout before SIGKILL.
+STOP_GRACE = 5.0
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: Any = None
+    control: amp.AMP | None = None
+    pid: int | None = None
+    serving: bool = False
+    started_at: float = 0.0
+    delay: float = RESTART_DELAY
+    ended: defer.Deferred | None = None
+    waiting: list[defer.Deferred] = field(default_factory=list)
+
+
+class _Exits(ProcessProtocol):
+    def __init__(self, main: WorkersService, slot: _Worker) -> None:
+        self.main = main
+        self.slot = slot
+
+    def processEnded(self, reason: Failure) -> None:
+        self.main._ended(self.slot, reason)
+
+
+class WorkersService(MultiService):
+    """
+    The main process's service tree: the listeners (bound, not read), the
+    metrics listener, and the workers.
+    """
+
+    def __init__(self, assembly: Assembly, notifier: Notifier | None = None) -> None:
+        super().__init__()
+        self.assembly = assembly
+        self.count = assembly.config.workers
+        self.notifier = notifier or Notifier.from_environment()
+        self.listeners = ListenersService(assembly.listeners, assembly.directory)
+        self.listeners.setServiceParent(self)
+        self.metrics: MetricsService | None = None
+        if assembly.metrics_endpoint is not None and assembly.config.metrics is not None:
+            self.metrics = MetricsService(
+                assembly.metrics_endpoint, self._registry(), assembly.config.metrics.endpoint
+            )
+            self.metrics.setServiceParent(self)
+        self.workers = [_Worker(index) for index in range(1, self.count + 1)]
+        self.restarts = 0
+        self.stopping = False
+        self._ready_told = False
+        self._reloading: defer.Deferred | None = None
+        self._reloads = {"ok": 0, "rejected": 0, "failed": 0}
+        self._status: task.LoopingCall | None = None
+        self._last_status = ""
+        self._previous_sighup: Any = None
+
+    def listen(self) -> None:
+        """
+        Bind every listener (and the metrics one) before the reactor runs,
+        as the single process does; the workers accept on them, not this.
+
+        @raise ListenError: naming the listener that failed and why.
+        """
+        self.listeners.listen()
+        _stop_reading(self.listeners)
+        if self.metrics is not None:
+            self.metrics.listen()
+
+    def startService(self) -> None:
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        super().startService()
+        for slot in self.workers:
+            self._spawn(slot)
+        self._status = task.LoopingCall(self._tell_status)
+        self._status.start(1.0, now=False)
+
+    # -- workers
+
+    def _spawn(self, slot: _Worker) -> None:
+        if self.stopping:
+            return
+        reactor = the_reactor()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        environment = {**os.environ, hashpool.SIZE_VARIABLE: str(self._hash_threads())}
+        environment.pop("NOTIFY_SOCKET", None)  # only the main speaks to systemd
+        slot.ended = defer.Deferred()
+        slot.serving = False
+        slot.started_at = time.monotonic()
+        try:
+            slot.process = reactor.spawnProcess(
+                _Exits(self, slot),
+                sys.executable,
+                [
+                    sys.executable,
+                    "-m",
+                    "pbd.worker",
+                    str(self.assembly.config.source),
+                    str(slot.index),
+                ],
+                env=environment,
+                path=os.getcwd(),
+                childFDs={0: "w", 1: 1, 2: 2, worker.CONTROL_FD: theirs.fileno()},
+            )
+        finally:
+            theirs.close()
+        slot.pid = slot.process.pid
+        control = amp.AMP()
+        reactor.adoptStreamConnection(
+            ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: control)
+        )
+        ours.close()
+        slot.control = control
+        defer.ensureDeferred(self._start(slot, control))
+
+    def _hash_threads(self) -> int:
+        """Each worker's share of the threads the single process would hash in."""
+        try:
+            total = hashpool.size_from_environment(os.environ) or hashpool.default_size()
+        except ValueError:
+            total = hashpool.default_size()
+        return max(1, round(total / self.count))
+
+    async def _start(self, slot: _Worker, control: amp.AMP) -> None:
+        try:
+            for key, bound in self.listeners.bound.items():
+                await _hand_over(control, key, bound.port)
+            answer = await control.callRemote(worker.Start)
+        except Exception as e:
+            if not self.stopping and slot.control is control:
+                log.error("worker {index} did not start: {error}", index=slot.index, error=e)
+            return
+        slot.serving = True
+        log.info("worker {index} (pid {pid}) serves", index=slot.index, pid=answer["pid"])
+        if not self._ready_told and all(each.serving for each in self.workers):
+            self._ready_told = True
+            log.info("all {count} workers serve", count=self.count)
+            self._last_status = await self._status_line()
+            self.notifier.notify("READY=1", self._last_status)
+
+    def _ended(self, slot: _Worker, reason: Failure) -> None:
+        status = reason.value
+        code, signal_number = getattr(status, "exitCode", None), getattr(status, "signal", None)
+        how = f"killed by signal {signal_number}" if signal_number else f"exit status {code}"
+        slot.serving = False
+        slot.control = None
+        ended, slot.ended = slot.ended, None
+        if ended is not None:
+            ended.callback(None)
+        if self.stopping:
+            log.info(
+                "worker {index} (pid {pid}) stopped ({how})",
+                index=slot.index,
+                pid=slot.pid,
+                how=how,
+            )
+            return
+        if time.monotonic() - slot.started_at >= RESTART_SETTLED:
+            slot.delay = RESTART_DELAY
+        log.error(
+            "worker {index} (pid {pid}) died ({how}); restarting it in {delay:.1f}s",
+            index=slot.index,
+            pid=slot.pid,
+            how=how,
+            delay=slot.delay,
+        )
+        self.restarts += 1
+        the_reactor().callLater(slot.delay, self._spawn, slot)
+        slot.delay = min(slot.delay * 2, RESTART_DELAY_MAX)
+
+    def _serving(self) -> list[tuple[_Worker, amp.AMP]]:
+        return [(s, s.control) for s in self.workers if s.serving and s.control is not None]
+
+    # -- status for systemd
+
+    async def _status_line(self) -> str:
+        connections = logged_in = 0
+        serving = self._serving()
+        answers = await defer.DeferredList(
+            [control.callRemote(worker.Status) for _, control in serving], consumeErrors=True
+        )
+        for ok, answer in answers:
+            if ok:
+                connections += answer["connections"]
+                logged_in += answer["logged_in"]
+        return (
+            f"STATUS={connections} connection(s), {logged_in} logged in, "
+            f"{len(serving)}/{self.count} workers"
+        )
+
+    def _tell_status(self) -> defer.Deferred:
+        async def tell() -> None:
+            if not self._ready_told or self.stopping:
+                return
+            status = await self._status_line()
+            if status != self._last_status:
+                self._last_status = status
+                self.notifier.notify(status)
+
+        return defer.ensureDeferred(tell())
+
+    # -- reloading
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        the_reactor().callFromThread(self.reload)
+
+    def reload(self) -> defer.Deferred:
+        """
+        Check the config file here, then have every worker put it in force.
+
+        @return: a Deferred firing with C{"ok"} when every worker reloaded,
+            C{"rejected"} when the file has problems (logged once, here; no
+            worker is told) or a new listener cannot bind, C{"failed"} when
+            a worker could not.
+        """
+        if self._reloading is not None and not self._reloading.called:
+            return self._reloading.addCallback(lambda _: self.reload())
+        self._reloading = defer.ensureDeferred(self._reload())
+        return self._reloading
+
+    async def _reload(self) -> str:
+        self.notifier.notify("RELOADING=1", monotonic_usec())
+        try:
+            result = await self._reload_once()
+        except Exception:
+            log.failure("reloading the config failed")
+            result = "failed"
+        self._reloads[result] = self._reloads.get(result, 0) + 1
+        self.notifier.notify("READY=1", f"STATUS=reload {result}")
+        return result
+
+    async def _reload_once(self) -> str:
+        source = self.assembly.config.source
+        log.info("reloading {source} in {count} workers", source=str(source), count=self.count)
+        try:
+            assembly = assemble(load_config(source), the_reactor())
+        except ConfigError as e:
+            for line in e.report().splitlines():
+                log.error("{line}", line=line)
+            log.error(
+                "reload rejected: {source} has the problems above; "
+                "the config in force is unchanged",
+                source=str(source),
+            )
+            return "rejected"
+        if assembly.config.workers != self.count:
+            log.warn("workers: a new number of workers takes effect when pbd restarts")
+        if _metrics_endpoint(assembly) != _metrics_endpoint(self.assembly):
+            log.warn("metrics.endpoint: a new endpoint takes effect when pbd restarts")
+        try:
+            newly_bound = self.listeners.bind_new(assembly.listeners)
+        except ListenError as e:
+            log.error("{source}: {error}", source=str(source), error=str(e))
+            log.error("reload rejected: the config in force is unchanged")
+            return "rejected"
+        for each in newly_bound.values():
+            _not_reading(each.port)
+        serving = self._serving()
+        for _, control in serving:
+            for key, each in newly_bound.items():
+                await _hand_over(control, key, each.port)
+        answers = await defer.DeferredList(
+            [control.callRemote(worker.Reload) for _, control in serving], consumeErrors=True
+        )
+        results = [answer["result"] if ok else "failed" for ok, answer in answers]
+        await self.listeners.serve(assembly.listeners, newly_bound, assembly.directory)
+        self.assembly = assembly
+        for (slot, _), result in zip(serving, results, strict=True):
+            if result != "ok":
+                log.error("worker {index}: reload {result}", index=slot.index, result=result)
+        result = "ok" if all(r == "ok" for r in results) else "failed"
+        log.info(
+            "reloaded in {done} of {count} workers: {result}",
+            done=results.count("ok"),
+            count=self.count,
+            result=result,
+        )
+        return result
+
+    # -- stopping
+
+    def stopService(self) -> defer.Deferred:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        """Every worker stops gracefully (each as the single process would), then this."""
+        self.stopping = True
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+        if self._status is not None and self._status.running:
+            self._status.stop()
+        reactor = the_reactor()
+        ended = [slot.ended for slot in self.workers if slot.ended is not None]
+        for slot in self.workers:
+            if slot.control is not None:
+                slot.control.callRemote(worker.Stop).addErrback(lambda _: None)
+            elif slot.process is not None and slot.ended is not None:
+                _signal(slot.process, "TERM")
+        deadline = self.assembly.front_door.limits.shutdown_timeout + STOP_GRACE
+        kill = reactor.callLater(deadline, self._kill_the_rest)
+        await defer.DeferredList(ended)
+        if kill.active():
+            kill.cancel()
+        await super().stopService()
+        stopped_cleanly(reactor)
+
+    def _kill_the_rest(self) -> None:
+        for slot in self.workers:
+            if slot.ended is not None and slot.process is not None:
+                log.error("worker {index} did not stop in time: killing it", index=slot.index)
+                _signal(slot.process, "KILL")
+
+    # -- metrics
+
+    def _registry(self) -> CollectorRegistry:
+        from prometheus_client.core import CollectorRegistry
+
+        registry = CollectorRegistry()
+        registry.register(_Gathered(self))
+        return registry
+
+    def gather(self) -> defer.Deferred:
+        """Every serving worker's Prometheus text, by worker index."""
+
+        async def one(control: amp.AMP) -> bytes:
+            pages, page = [], 0
+            while True:
+                answer = await control.callRemote(worker.Metrics, page=page)
+                pages.append(answer["text"])
+                if not answer["more"]:
+                    return b"".join(pages)
+                page += 1
+
+        serving = self._serving()
+        asked = [
+            defer.ensureDeferred(one(control)).addTimeout(SCRAPE_TIMEOUT, the_reactor())
+            for _, control in serving
+        ]
+        done = defer.DeferredList(asked, consumeErrors=True)
+        return done.addCallback(
+            lambda answers: [
+                (slot.index, text)
+                for (slot, _), (ok, text) in zip(serving, answers, strict=True)
+                if ok
+            ]
+        )
+
+
+class _Gathered:
+    """The main's registry: every worker's samples with a C{worker} label, and its own."""
+
+    def __init__(self, main: WorkersService) -> None:
+        self.main = main
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+        from prometheus_client.parser import text_string_to_metric_families
+
+        texts: list[tuple[int, bytes]] = blockingCallFromThread(the_reactor(), self.main.gather)
+        merged: dict[str, Metric] = {}
+        for index, text in texts:
+            for family in text_string_to_metric_families(text.decode("utf-8")):
+                into = merged.get(family.name)
+                if into is None:
+                    into = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type
+                    )
+                for sample in family.samples:
+                    labels = {**sample.labels, "worker": str(index)}
+                    into.add_sample(sample.name, labels, sample.value)
+        yield from merged.values()
+        yield GaugeMetricFamily(
+            "pbd_workers", "Worker processes configured.", value=self.main.count
+        )
+        yield GaugeMetricFamily(
+            "pbd_workers_serving", "Worker processes serving now.", value=len(self.main._serving())
+        )
+        yield CounterMetricFamily(
+            "pbd_worker_restarts", "Workers restarted after they died.", value=self.main.restarts
+        )
+
+
+async def _hand_over(control: amp.AMP, key: str, port: Any) -> None:
+    """Send a listening socket to a worker, as the listener C{key}."""
+    await control.callRemote(worker.Adopt, key=key, socket=port.fileno(), family=port.socket.family)
+
+
+def _stop_reading(listeners: ListenersService) -> None:
+    """The main keeps its listening sockets open for the workers, but accepts on none."""
+    for _, port in listeners.ports:
+        _not_reading(port)
+
+
+def _not_reading(port: Any) -> None:
+    port.stopReading()
+
+
+def _metrics_endpoint(assembly: Assembly) -> str | None:
+    return assembly.config.metrics.endpoint if assembly.config.metrics is not None else None
+
+
+def _signal(process: Any, name: str) -> None:
+    with contextlib.suppress(Exception):  # already gone
+        process.signalProcess(name)

@@ -1,0 +1,183 @@
+"""
+C{workers: 2}: the main process binds, two worker processes serve. A real
+daemon, stock clients; the realm answers with the pid of the worker that
+serves the call.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import in_reactor
+import pytest
+from configs import LOOPBACK
+from pb_client import login
+from pbd_daemon import Daemon, write_config
+from test_metrics import named, scrape, value
+
+TESTS = Path(__file__).resolve().parent
+ON_PATH = {"PYTHONPATH": str(TESTS)}
+PID_REALM = {"plugin": "worker_realms:PidRealm"}
+
+
+def _config(**more_portals: dict) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "workers": 2,
+        "listeners": [{"endpoint": LOOPBACK, "portal": "who"}],
+        "portals": {"who": {"realm": PID_REALM, "checkers": [{"plugin": "anonymous"}]}},
+        "metrics": {"endpoint": LOOPBACK},
+    }
+    for name, realm in more_portals.items():
+        config["portals"][name] = {"realm": realm, "checkers": [{"plugin": "anonymous"}]}
+    return config
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    started: list[Daemon] = []
+
+    def start(config: dict[str, Any]) -> Daemon:
+        each = Daemon(write_config(tmp_path, config), env=ON_PATH)
+        started.append(each)
+        return each.wait_until_ready()
+
+    yield start
+    for each in started:
+        each.stop()
+
+
+def _held(port: int) -> tuple[Any, Any, int]:
+    """A login that stays, and the pid of the worker serving it."""
+
+    async def hold() -> tuple[Any, Any, int]:
+        factory, avatar = await login(port)
+        return factory, avatar, await avatar.callRemote("pid")
+
+    return in_reactor.run(hold)
+
+
+def _call(avatar: Any, method: str, *args: Any) -> Any:
+    async def call() -> Any:
+        return await avatar.callRemote(method, *args)
+
+    return in_reactor.run(call)
+
+
+def _pids_until(port: int, wanted: int, tries: int = 200) -> set[int]:
+    """Log in again and again (each login kept until the end) until C{wanted} pids served."""
+    held, pids = [], set()
+    try:
+        for _ in range(tries):
+            factory, _avatar, pid = _held(port)
+            held.append(factory)
+            pids.add(pid)
+            if len(pids) >= wanted:
+                break
+    finally:
+        for factory in held:
+            in_reactor.run(_disconnect, factory)
+    return pids
+
+
+async def _disconnect(factory: Any) -> None:
+    factory.disconnect()
+
+
+def _worker_pids(daemon: Daemon) -> dict[int, int]:
+    """The pid of each worker, by index, as the main logged it last."""
+    pids = {}
+    for line in daemon.lines:
+        if "[pbd.workers#info] worker " in line and ") serves" in line:
+            words = line.split("worker ", 1)[1].split()
+            pids[int(words[0])] = int(words[2].rstrip(")"))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_both_workers_serve_and_a_killed_worker_is_restarted(daemon):
+    served = daemon(_config())
+    # READY=1 came once both workers served: its STATUS says so.
+    assert "STATUS=0 connection(s), 0 logged in, 2/2 workers" in served.notices
+    workers = _worker_pids(served)
+    assert len(workers) == 2
+    port = served.port("who")
+    assert _pids_until(port, 2) == set(workers.values())
+
+    # Metrics: one endpoint, every worker's samples labelled with its index.
+    url = served.wait_for_line("/metrics").split("http://")[1].split()[0]
+    samples = named(scrape(f"http://{url}"), "pbd_connections_total")
+    assert {dict(labels)["worker"] for labels in samples} == {"1", "2"}
+
+    # A user on worker 2 stays; worker 1 is killed.
+    factory = avatar = None
+    for _ in range(200):
+        factory, avatar, pid = _held(port)
+        if pid == workers[2]:
+            break
+        in_reactor.run(_disconnect, factory)
+    assert pid == workers[2]
+    os.kill(workers[1], signal.SIGKILL)
+    served.wait_for_line(f"worker 1 (pid {workers[1]}) died (killed by signal 9); restarting")
+    deadline = time.monotonic() + 20
+    while _worker_pids(served)[1] == workers[1] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    restarted = _worker_pids(served)[1]
+    assert restarted != workers[1] and _alive(restarted)
+    assert _call(avatar, "pid") == workers[2]  # the other worker's user never noticed
+    assert _pids_until(port, 2) == {restarted, workers[2]}
+    in_reactor.run(_disconnect, factory)
+    assert value(scrape(f"http://{url}"), "pbd_worker_restarts_total") == 1
+
+
+def test_a_reload_reaches_every_worker_and_a_bad_config_none(daemon, tmp_path):
+    served = daemon(_config())
+    workers = _worker_pids(served)
+    config = _config(more=PID_REALM)
+    config["listeners"].append({"endpoint": LOOPBACK, "portal": "more"})
+    write_config(tmp_path, config)
+    served.process.send_signal(signal.SIGHUP)
+    served.wait_for_line("reloaded in 2 of 2 workers: ok")
+    line = served.wait_for_line("now serves portal 'more' on 127.0.0.1:")
+    more = int(line.rsplit(":", 1)[1])
+    assert _pids_until(more, 2) == set(workers.values())
+
+    write_config(tmp_path, {**config, "portals": {"more": {"realm": {"plugin": "nope"}}}})
+    seen = len(served.lines)
+    served.process.send_signal(signal.SIGHUP)
+    served.wait_for_line("reload rejected")
+    time.sleep(0.5)  # nothing more may follow: no worker heard of it
+    after = served.lines[seen:]
+    assert sum("reload rejected" in line for line in after) == 1, after
+    assert not [line for line in after if "[worker " in line], after
+    assert _pids_until(more, 2) == set(workers.values())
+
+
+def test_sigterm_lets_the_calls_in_flight_finish_then_everything_exits(daemon):
+    served = daemon(_config())
+    workers = _worker_pids(served)
+    factory, avatar, pid = _held(served.port("who"))
+
+    async def slow() -> int:
+        return await avatar.callRemote("slow_pid", 1.5)
+
+    answers: list[Any] = []
+    calling = threading.Thread(target=lambda: answers.append(in_reactor.run(slow)))
+    calling.start()
+    time.sleep(0.3)  # the call is under way: it takes 1.5 s
+    assert served.stop() == 0
+    calling.join(10)
+    assert answers == [pid]
+    in_reactor.run(_disconnect, factory)
+    assert not any(_alive(each) for each in workers.values())

@@ -1,0 +1,25 @@
+"""A realm for the worker tests (tests/test_workers.py): it says which process served the call."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.cred.portal import IRealm
+from twisted.internet import reactor, task
+from twisted.spread import pb
+from zope.interface import implementer
+
+
+class WhoServes(pb.Avatar):
+    def perspective_pid(self) -> int:
+        return os.getpid()
+
+    def perspective_slow_pid(self, seconds: float) -> Any:
+        return task.deferLater(reactor, seconds, os.getpid)
+
+
+@implementer(IRealm)
+class PidRealm:
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple:
+        return pb.IPerspective, WhoServes(), lambda: None
