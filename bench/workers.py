@@ -60,6 +60,63 @@ def client(port: int, seconds: float, connections: int) -> None:
     print(counted[0], flush=True)
 
 
+def raw_client(port: int, seconds: float, connections: int, batch: int) -> None:
+    """
+    One client process that costs next to nothing per call, so that the
+    daemon, not the clients, is what the figure measures: each connection
+    logs in (C{pbd.blocking}), has its broker encode C{batch} calls of
+    C{echo(b"x")} once, and from then on sends those same bytes again each
+    time the answers to the last batch have all arrived (counted in bytes,
+    the same every time: the request ids repeat). Prints the calls answered.
+    """
+    import selectors
+    import time
+
+    from pbd import blocking
+
+    sockets = []
+    for _ in range(connections):
+        remote = blocking.login(f"pb://127.0.0.1:{port}", timeout=30)
+        connection = remote.connection
+        pending = [remote.start("echo", b"x") for _ in range(batch)]
+        outbox = connection._outbox.pending  # the encoded calls, not sent yet
+        template = b"".join(outbox)
+        outbox.clear()
+        sock = connection._socket
+        sock.sendall(template)
+        answered = 0
+        while not all(p._outcome for p in pending):  # the broker decodes the first batch
+            data = sock.recv(65536)
+            answered += len(data)
+            connection.broker.dataReceived(data)
+        sockets.append((sock, template, answered))
+    selector = selectors.DefaultSelector()
+    remaining = {}
+    for sock, template, answered in sockets:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, (template, answered))
+    counted = 0
+    start = time.monotonic()
+    warm, end = start + 1.0, start + 1.0 + seconds
+    for sock, template, answered in sockets:
+        sock.send(template)
+        remaining[sock] = answered
+    while (now := time.monotonic()) < end:
+        for key, _ in selector.select(0.5):
+            sock = key.fileobj
+            template, answered = key.data
+            left = remaining[sock] - len(sock.recv(65536))
+            if left < 0:
+                raise SystemExit("the answers did not match the batch sent")
+            if left == 0:
+                if now >= warm:
+                    counted += batch
+                left = answered
+                sock.send(template)
+            remaining[sock] = left
+    print(counted, flush=True)
+
+
 def _cpu(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -91,10 +148,11 @@ def _round(workers: int, folder: Path, args: argparse.Namespace) -> tuple[float,
                 pids.append(int(line.split("(pid ")[1].split(")")[0]))
         before = _cpu(pids)
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        mode = ["--raw-client", str(args.batch)] if args.raw else ["--client"]
         clients = [
             subprocess.Popen(
                 [
-                    *(sys.executable, __file__, "--client", str(daemon.port)),
+                    *(sys.executable, __file__, *mode, str(daemon.port)),
                     *(str(args.seconds), str(args.connections)),
                 ],
                 stdout=subprocess.PIPE,
@@ -122,16 +180,32 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--connections", type=int, default=25, help="per client process")
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="clients that re-send pre-encoded batches of calls (next to no client CPU)",
+    )
+    parser.add_argument("--batch", type=int, default=50, help="calls per batch with --raw")
     parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         client(int(args.client[0]), float(args.client[1]), int(args.client[2]))
         return
+    if args.raw_client:
+        batch, port, seconds, connections = args.raw_client
+        raw_client(int(port), float(seconds), int(connections), int(batch))
+        return
     if args.quick:
         args.rounds, args.seconds = 1, 3.0
+    calls = (
+        f"batches of {args.batch} pre-encoded echo(b'x') calls on each"
+        if args.raw
+        else "echo(b'x') one call after another on each"
+    )
     print(
         f"{os.cpu_count()} cores; {args.clients} client processes x {args.connections} "
-        f"connections, echo(b'x') one call after another on each; "
+        f"connections, {calls}; "
         f"{args.rounds} round(s) of {args.seconds:.0f} s"
     )
     results: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
