@@ -483,7 +483,11 @@ def _(block: Block, docs: Docs) -> None:
 
 @sample("readme-realm-pytest")
 def _(block: Block, docs: Docs) -> None:
-    """The example test file passes under pytest, the example realm beside it."""
+    """
+    The example test file is the start of the example's own tests (which
+    tests/test_example_realm.py runs), and passes under pytest on its own.
+    """
+    assert_quoted_from(block, EXAMPLE_REALM / "tests" / "test_greeter.py")
     folder = docs.scratch("realm-pytest")
     (folder / "test_greeter.py").write_text(block.text)
     shutil.copytree(EXAMPLE_REALM / "pbd_greeter", folder / "pbd_greeter")
