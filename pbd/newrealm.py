@@ -20,7 +20,7 @@ class NewRealmError(ValueError):
     """NAME or the folder cannot be used; the message says why, in one line."""
 
 
-PYPROJECT = Template('''\
+PYPROJECT = Template("""\
 [build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
@@ -44,7 +44,7 @@ packages = ["$name"]
 # The tests import the realm from this folder, installed or not.
 pythonpath = ["."]
 testpaths = ["tests"]
-''')
+""")
 
 README = Template("""\
 # $distribution

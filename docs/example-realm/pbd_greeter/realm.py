@@ -15,13 +15,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from pbd.interfaces import ILifecycle
-from pbd.options import option
 from twisted.cred.checkers import ANONYMOUS
 from twisted.cred.portal import IRealm
 from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
+
+from pbd.interfaces import ILifecycle
+from pbd.options import option
 
 log = Logger()
 
