@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pbd import newrealm
 from pbd.assembly import Assembly, assemble
 from pbd.client import DEFAULT_TIMEOUT
 from pbd.config import load_config
@@ -167,6 +168,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--json", action="store_true", help="print JSON, for programs")
     listing.set_defaults(run=list_plugins)
+    new_realm = commands.add_parser(
+        "new-realm",
+        help="write a realm plugin package to start from, tests included",
+        description="Write a realm plugin package called NAME: its pyproject.toml (with the "
+        "pbd.realms entry point), the realm module (declared options, lifecycle hooks), tests "
+        "that use pbd's pytest plugin, and a README. See docs/realms.md.",
+    )
+    new_realm.add_argument("name", metavar="NAME", help="the package and plugin name: guestbook")
+    new_realm.add_argument(
+        "--dir", type=Path, metavar="DIR", help="the folder to create (default: ./NAME)"
+    )
+    new_realm.set_defaults(run=write_new_realm)
     return parser
 
 
@@ -269,6 +282,24 @@ def _plugin_json(plugin: PluginInfo) -> dict[str, Any]:
         for item in plugin.options
     ]
     return shown
+
+
+def write_new_realm(arguments: argparse.Namespace) -> int:
+    """C{pbd new-realm}: exit 2 for a NAME or folder that cannot be used, 1 if writing fails."""
+    try:
+        package = newrealm.skeleton(arguments.name, arguments.dir)
+        written = newrealm.write(package)
+    except newrealm.NewRealmError as e:
+        print(f"pbd new-realm: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"pbd new-realm: {e.filename or arguments.dir}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote the realm plugin {arguments.name!r} in {package.folder}/:")
+    for path in written:
+        print(f"  {path.relative_to(package.folder)}")
+    print(f"next: cd {package.folder} && pip install -e . && pytest")
+    return 0
 
 
 def edit_passwords(arguments: argparse.Namespace) -> int:

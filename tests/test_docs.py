@@ -31,7 +31,7 @@ import sys
 import tempfile
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
@@ -222,6 +222,52 @@ class Docs:
 
         assert in_reactor.run(first_connections) == ("hello", "legacy")
         return daemon.wait_until_ready(), port, argv
+
+    @cached_property
+    def guestbook(self) -> Guestbook:
+        """
+        docs/realms.md's project: written by its C{pbd new-realm} command,
+        its realm and tests replaced by the tutorial's, installed (a
+        dist-info on a folder of its own, as pip would leave it).
+        """
+        folder = self.scratch("guestbook")
+        ((command, _),) = session(self.blocks["realms-new-realm"].text)
+        result = run_shell(command, cwd=folder)
+        project = folder / "guestbook"
+        written = {
+            str(path.relative_to(project)): path.read_text()
+            for path in sorted(project.rglob("*"))
+            if path.is_file()
+        }
+        (project / "guestbook" / "realm.py").write_text(self.blocks["realms-realm"].text)
+        (project / "tests" / "test_realm.py").write_text(self.blocks["realms-tests"].text)
+        site = folder / "site-packages"
+        install_without_pip(project, site)
+        return Guestbook(result, written, project, site)
+
+    @cached_property
+    def guestbook_daemon(self) -> Daemon:
+        """The tutorial's config, on a free port, with the tutorial's realm installed."""
+        folder = self.scratch("guestbook-daemon")
+        config = folder / "pbd.yaml"
+        config.write_text(on_free_ports(self.blocks["realms-config"].text))
+        env = {"PYTHONPATH": str(self.guestbook.site)}
+        return self.start(Daemon(config, env=env)).wait_until_ready()
+
+
+@dataclass(frozen=True)
+class Guestbook:
+    """docs/realms.md's project, as the tests use it."""
+
+    # What `pbd new-realm guestbook` printed, and the files it wrote.
+    new_realm: subprocess.CompletedProcess
+    written: dict[str, str]
+    project: Path
+    # Where it is installed: the PYTHONPATH of a pbd that has it.
+    site: Path
+
+    def env(self) -> dict[str, str]:
+        return shell_environment(PYTHONPATH=str(self.site))
 
 
 @pytest.fixture(scope="module")
@@ -483,7 +529,11 @@ def _(block: Block, docs: Docs) -> None:
 
 @sample("readme-realm-pytest")
 def _(block: Block, docs: Docs) -> None:
-    """The example test file passes under pytest, the example realm beside it."""
+    """
+    The example test file is the start of the example's own tests (which
+    tests/test_example_realm.py runs), and passes under pytest on its own.
+    """
+    assert_quoted_from(block, EXAMPLE_REALM / "tests" / "test_greeter.py")
     folder = docs.scratch("realm-pytest")
     (folder / "test_greeter.py").write_text(block.text)
     shutil.copytree(EXAMPLE_REALM / "pbd_greeter", folder / "pbd_greeter")
@@ -681,6 +731,113 @@ def _(block: Block, docs: Docs) -> None:
 @sample("legacy-modern-client")
 def _(block: Block, docs: Docs) -> None:
     assert_quoted_from(block, REPO / "docs" / "examples" / "modern_client.py")
+
+
+# docs/realms.md ----------------------------------------------------------------------
+
+
+@sample("realms-new-realm")
+def _(block: Block, docs: Docs) -> None:
+    ((command, shown),) = session(block.text)
+    result = docs.guestbook.new_realm
+    assert result.returncode == 0, result.stdout
+    assert shown_lines(result.stdout) == [line.rstrip() for line in shown], command
+
+
+@sample("realms-skeleton")
+def _(block: Block, docs: Docs) -> None:
+    """The realm module shown is the one pbd new-realm writes."""
+    assert block.text == docs.guestbook.written["guestbook/realm.py"]
+
+
+@sample("realms-pyproject")
+def _(block: Block, docs: Docs) -> None:
+    """The pyproject.toml shown is the one pbd new-realm writes."""
+    assert block.text == docs.guestbook.written["pyproject.toml"]
+
+
+@sample("realms-realm")
+def _(block: Block, docs: Docs) -> None:
+    """The tutorial's realm, installed, is served by the tutorial's config; its hook ran."""
+    daemon = docs.guestbook_daemon
+    daemon.wait_for_line("guestbook realm started: greeting 'Welcome'")
+    assert "hook failed" not in daemon.log
+
+
+@sample("realms-config")
+def _(block: Block, docs: Docs) -> None:
+    folder = docs.scratch("guestbook-config")
+    (folder / "pbd.yaml").write_text(block.text)
+    output = assert_valid(folder / "pbd.yaml", PYTHONPATH=str(docs.guestbook.site))
+    assert "  guestbook: realm guestbook; checkers memory;" in output
+
+
+@sample("realms-bad-options")
+def _(block: Block, docs: Docs) -> None:
+    """The tutorial's config with max_length: eighty and colour: blue, as the text says."""
+    config = docs.blocks["realms-config"].text
+    assert "      max_length: 80\n" in config
+    folder = docs.scratch("guestbook-bad")
+    (folder / "pbd.yaml").write_text(
+        config.replace("max_length: 80", "max_length: eighty\n      colour: blue")
+    )
+    ((command, shown),) = session(block.text)
+    result = run_shell(command, cwd=folder, env=docs.guestbook.env())
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout
+    real = result.stdout.replace(f"{folder}/", "/path/to/")
+    assert shown_lines(real) == [line.rstrip() for line in shown]
+
+
+@sample("realms-client")
+def _(block: Block, docs: Docs) -> None:
+    """The stock client, on the tutorial's daemon: it prints what the next block shows."""
+    port = docs.guestbook_daemon.port("guestbook")
+    script = docs.scratch("guestbook-client") / "client.py"
+    assert '"localhost", 8790' in block.text
+    script.write_text(block.text.replace('"localhost", 8790', f'"localhost", {port}'))
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert shown_lines(result.stdout) == shown_lines(docs.blocks["realms-client-output"].text)
+    assert "EntryRefused" not in docs.guestbook_daemon.log  # a pb.Error is not logged
+
+
+@sample("realms-client-output")
+def _(block: Block, docs: Docs) -> None:
+    """Compared with the real output by the check of the client just before it."""
+    assert docs.blocks["realms-client"].line < block.line
+
+
+@sample("realms-tests")
+def _(block: Block, docs: Docs) -> None:
+    """The tutorial's tests pass under pytest in the project, as its author runs them."""
+    env = {k: v for k, v in docs.guestbook.env().items() if not k.startswith("PYTEST_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],
+        cwd=docs.guestbook.project,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tests = re.findall(r"^def (test_\w+)", block.text, re.M)
+    assert f"{len(tests)} passed" in result.stdout
+
+
+@sample("realms-plugins")
+def _(block: Block, docs: Docs) -> None:
+    """The lines shown are, together, in what pbd plugins prints with the guestbook installed."""
+    ((command, shown),) = session(block.text)
+    result = run_shell(command, cwd=docs.scratch("guestbook-plugins"), env=docs.guestbook.env())
+    assert result.returncode == 0, result.stdout
+    real = shown_lines(result.stdout)
+    wanted = [line.rstrip() for line in shown]
+    start = real.index(wanted[0])
+    assert real[start : start + len(wanted)] == wanted
 
 
 # docs/systemd.md ---------------------------------------------------------------------

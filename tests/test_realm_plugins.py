@@ -34,6 +34,6 @@ def test_example_realm_option_errors_name_the_option(tmp_path):
     config_path = write_config(tmp_path, greeter_config(greeting=""))
     result = run_pbd("check-config", str(config_path), env={**os.environ, **ON_PATH})
     assert result.returncode == 1
-    assert f"{config_path}: portals.demo.realm.greeting: must be a non-empty string" in (
+    assert f"{config_path}: portals.demo.realm.greeting: expected a non-empty string, got ''" in (
         result.stderr
     )

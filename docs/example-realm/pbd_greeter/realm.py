@@ -1,23 +1,37 @@
 """
 A realm that greets its users, counting how often each has been greeted.
 
-It shows the whole contract of a pbd realm plugin: options arrive as
-keyword arguments and are validated here (an L{OptionError} names the bad
-option in pbd's error message); C{requestAvatar} returns the avatar for
-C{pb.IPerspective} and a logout callable pbd's broker calls on disconnect.
+It shows the whole contract of a pbd realm plugin: its options are
+declared once (L{GreeterOptions}), and pbd checks the config against them
+and names a bad one by its key path; C{requestAvatar} returns the avatar
+for C{pb.IPerspective} and a logout callable pbd calls on disconnect; the
+lifecycle hooks (L{pbd.interfaces.ILifecycle}) take new options on a
+reload and say goodbye when the daemon stops.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.cred.checkers import ANONYMOUS
 from twisted.cred.portal import IRealm
+from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
-from pbd.errors import OptionError
+from pbd.interfaces import ILifecycle
+from pbd.options import option
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class GreeterOptions:
+    """The keys of the realm's config entry."""
+
+    greeting: str = option("Hello", help="what greet() says before the user's name")
 
 
 class Greeter(pb.Avatar):
@@ -27,18 +41,21 @@ class Greeter(pb.Avatar):
 
     def perspective_greet(self) -> str:
         self.realm.greeted[self.name] += 1
-        return f"{self.realm.greeting}, {self.name}! (greeting #{self.realm.greeted[self.name]})"
+        count = self.realm.greeted[self.name]
+        return f"{self.realm.options.greeting}, {self.name}! (greeting #{count})"
 
     def perspective_online(self) -> int:
         return self.realm.online
 
 
-@implementer(IRealm)
+@implementer(IRealm, ILifecycle)
 class GreeterRealm:
-    def __init__(self, *, greeting: str = "Hello") -> None:
-        if not isinstance(greeting, str) or not greeting.strip():
-            raise OptionError("must be a non-empty string", "greeting")
-        self.greeting = greeting
+    """Greets each user by name and counts the greetings."""
+
+    options = GreeterOptions
+
+    def __init__(self, options: GreeterOptions) -> None:
+        self.options = options
         self.greeted: Counter[str] = Counter()
         self.online = 0
 
@@ -51,3 +68,13 @@ class GreeterRealm:
 
     def _logout(self) -> None:
         self.online -= 1
+
+    def started(self) -> None:
+        pass
+
+    def reloaded(self, options: GreeterOptions) -> None:
+        # The same realm goes on (its counts kept), with the new greeting.
+        self.options = options
+
+    def stopping(self, deadline: float) -> None:
+        log.info("greeter: {total} greeting(s) in all", total=sum(self.greeted.values()))
