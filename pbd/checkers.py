@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pbd import sqlstore
 from pbd.credentials import ICertificateSubject, IScramVerifierSource
 from pbd.errors import OptionError
 from pbd.interfaces import IConfigWarnings, IReloadable
@@ -36,6 +37,7 @@ from pbd.passwdfile import (
 )
 from pbd.reactor import the_reactor
 from pbd.scram import Verifier
+from pbd.sqlstore import Snapshot, Store, StoreError, check_table_name
 from pbd.userstore import StoredUser, UserStoreChecker, scram_cost
 
 log = Logger()
@@ -248,6 +250,172 @@ def _stored(entry: PasswordEntry) -> StoredUser:
     verifier = entry.scram_verifier
     cost = scram_cost(verifier) if verifier is not None else entry.scheme
     return StoredUser(entry.user, entry.md5_digest, verifier, entry.verify_plain, cost)
+
+
+@dataclass(frozen=True)
+class SqlOptions:
+    database: str | None = option(
+        None,
+        help="an SQLite file, relative to the config's folder (pbd passwd sqlite:FILE makes it)",
+    )
+    dsn: str | None = option(
+        None,
+        help="a PostgreSQL connection string, postgresql://user@host/database",
+        secret=True,
+    )
+    table: str = option("pbd_users", help="the users' table (its generation: TABLE_generation)")
+    timeout: float = option(
+        5.0, help="how long a connection or a query may take", greater_than=0, unit="seconds"
+    )
+    stale_after: float = option(
+        30.0,
+        help="how long the users last read keep logging in while the database cannot be "
+        "read; after that every login is refused until it answers again",
+        minimum=0,
+        unit="seconds",
+    )
+
+    def __post_init__(self) -> None:
+        if (self.database is None) == (self.dsn is None):
+            raise OptionError("give exactly one of database (SQLite) and dsn (PostgreSQL)", "dsn")
+        if self.dsn is not None and not self.dsn.startswith(("postgresql://", "postgres://")):
+            raise OptionError("expected a postgresql:// URL", "dsn")
+        problem = check_table_name(self.table)
+        if problem is not None:
+            raise OptionError(problem, "table")
+
+
+@implementer(ICredentialsChecker, IConfigWarnings, IScramVerifierSource, IReloadable)
+class SqlChecker(UserStoreChecker):
+    """
+    Users in an SQL database (L{pbd.sqlstore}): an SQLite file, or a
+    PostgreSQL database that several daemons share.
+
+    The users are held in memory, as a password file's are, and the
+    store's generation is polled every few seconds (in a thread): logins
+    cost no query, and a database that stops answering for a while stops
+    no login. For at most C{stale_after} seconds: then every login is
+    refused until it answers, so that a user deleted meanwhile cannot get
+    in for long.
+    """
+
+    options = SqlOptions
+
+    def __init__(
+        self, options: SqlOptions | None = None, *, config_dir: Path = Path("."), **keywords: Any
+    ) -> None:
+        options = given_or_read(SqlOptions, options, keywords)
+        if options.database is not None:
+            key, kind, target = "database", "sqlite", str(config_dir / options.database)
+        else:
+            key, kind, target = "dsn", "postgresql", str(options.dsn)
+        self.store = Store(kind, target, options.table, options.timeout)  # type: ignore[arg-type]
+        self.stale_after = options.stale_after
+        # Read here, at start (or by the reload that made this checker): a
+        # store that cannot be read is a config error, not an empty store.
+        try:
+            snapshot = sqlstore.read(self.store)
+        except StoreError as e:
+            raise OptionError(f"cannot read the user store: {e}", key) from None
+        self._take(snapshot)
+
+    def _take(self, snapshot: Snapshot) -> None:
+        assert snapshot.entries is not None
+        self._generation_seen = snapshot.generation
+        self._entries = snapshot.entries
+        self._users = {name: _stored(entry) for name, entry in snapshot.entries.items()}
+        self.generation += 1
+
+    def configWarnings(self) -> list[str]:
+        return [
+            f"{self.store.describe()}: user {entry.user!r}: a hash in {entry.scheme} cannot "
+            "answer PB's MD5 challenge or SCRAM: this user can log in only with plain, over TLS"
+            for entry in self._entries.values()
+            if entry.plain_only
+        ]
+
+    # -- the store
+
+    def lookup(self, name: str) -> StoredUser | None:
+        return self._users.get(name)
+
+    def stored_users(self) -> list[StoredUser]:
+        return list(self._users.values())
+
+    decoy_password_hash = PasswordFileChecker.decoy_password_hash
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+        if self._too_stale():
+            return defer.fail(
+                error.UnauthorizedLogin(f"{self.store.describe()}: the user store cannot be read")
+            )
+        return super().requestAvatarId(credentials)
+
+    # -- polling, and what a database that stops answering does
+
+    # When reads began to fail (the clock's seconds), None while they work.
+    _failing_since: float | None = None
+    _reloading: defer.Deferred | None = None
+    # A read that timed out may still hang in its thread: no polling then,
+    # until a SIGHUP asks again.
+    _stuck = False
+
+    def _too_stale(self) -> bool:
+        if self._failing_since is None:
+            return False
+        return self._clock().seconds() - self._failing_since >= self.stale_after
+
+    def reloadIfChanged(self) -> defer.Deferred | None:
+        if self._stuck:
+            return None
+        return self._reload(self._generation_seen)
+
+    def reload(self) -> defer.Deferred:
+        """Read every user again (SIGHUP), whatever the generation says."""
+        return self._reload(None)
+
+    def _reload(self, unless_generation: int | None) -> defer.Deferred:
+        if self._reloading is not None:
+            return self._reloading
+        d = threads.deferToThread(sqlstore.read, self.store, unless_generation)
+        d.addTimeout(self.store.timeout, self._clock())
+        d.addCallbacks(self._read, self._not_read)
+        d.addBoth(self._done_reloading)
+        self._reloading = d
+        return d
+
+    def _read(self, snapshot: Snapshot) -> None:
+        self._stuck = False
+        if self._failing_since is not None:
+            self._failing_since = None
+            log.info("{store}: read again", store=self.store.describe())
+        if snapshot.entries is not None:
+            self._take(snapshot)
+            log.info(
+                "{store}: reloaded, {count} user(s)",
+                store=self.store.describe(),
+                count=len(self._users),
+            )
+
+    def _not_read(self, failure: Failure) -> None:
+        if failure.check(defer.TimeoutError, defer.CancelledError):
+            self._stuck = True
+            reason = f"{self.store.describe()}: no answer within {self.store.timeout:g} s"
+        else:
+            failure.trap(StoreError)
+            reason = str(failure.value)
+        if self._failing_since is not None:
+            return  # said once, when it began
+        self._failing_since = self._clock().seconds()
+        log.error(
+            "user store cannot be read: {reason}; the users last read serve logins for "
+            "{stale:g} s more, then logins are refused until it answers",
+            stale=self.stale_after,
+            reason=reason,
+        )
+
+    def _done_reloading(self, result: Any) -> None:
+        self._reloading = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pbd import newrealm
+from pbd import newrealm, sqlstore
 from pbd.assembly import Assembly, assemble
 from pbd.client import DEFAULT_TIMEOUT
 from pbd.config import load_config
@@ -95,10 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Set or change USER's password in FILE (created 0600 if missing), delete USER, "
             "or list the users. Changes are atomic and locked; the daemon picks them up "
-            "without a restart."
+            "without a restart. FILE may instead be an SQL user store (the sql checker's): "
+            "sqlite:PATH (created 0600 if missing) or a postgresql:// connection string; "
+            "its table is created by the first change."
         ),
     )
-    passwd.add_argument("file", metavar="FILE", type=Path)
+    passwd.add_argument("file", metavar="FILE|STORE")
     passwd.add_argument("user", metavar="USER", nargs="?")
     passwd.add_argument(
         "--scheme",
@@ -112,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     passwd.add_argument("--delete", action="store_true", help="remove USER")
     passwd.add_argument("--list", action="store_true", help="list users and schemes")
+    passwd.add_argument(
+        "--table",
+        default=sqlstore.DEFAULT_TABLE,
+        help=f"an SQL store's table (default: {sqlstore.DEFAULT_TABLE})",
+    )
     passwd.set_defaults(run=edit_passwords)
     call = commands.add_parser(
         "call",
@@ -303,35 +310,54 @@ def write_new_realm(arguments: argparse.Namespace) -> int:
 
 
 def edit_passwords(arguments: argparse.Namespace) -> int:
-    path: Path = arguments.file
+    try:
+        store = sqlstore.parse_target(arguments.file, arguments.table)
+    except sqlstore.StoreError as e:
+        return _usage(str(e))
+    if store is None and arguments.table != sqlstore.DEFAULT_TABLE:
+        return _usage("--table is for SQL stores (sqlite:PATH, postgresql://...)")
+    problem = sqlstore.check_table_name(arguments.table)
+    if problem is not None:
+        return _usage(f"--table: {problem}")
+    path = Path(arguments.file)
+    # What is shown: an SQL store's connection string may hold a password.
+    where = path if store is None else store.describe()
     # SIGTERM ends the command as Ctrl-C does: unwinding, so that a change
-    # under way removes its temporary file and leaves the old file in place.
+    # under way removes its temporary file and leaves the old file in place
+    # (an SQL change is one transaction: rolled back).
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if arguments.list:
             if arguments.user or arguments.delete:
                 return _usage("--list takes no USER and no --delete")
-            users = list_users(path)
+            users = list_users(path) if store is None else sqlstore.list_users(store)
             for user, scheme in users:
                 print(f"{user}\t{scheme}")
             if not users:
-                print(f"{path}: no users", file=sys.stderr)
+                print(f"{where}: no users", file=sys.stderr)
             return 0
         if not arguments.user:
             return _usage("give a USER (or --list)")
         if arguments.delete:
-            delete_user(path, arguments.user)
-            print(f"{path}: deleted {arguments.user}")
+            if store is None:
+                delete_user(path, arguments.user)
+            else:
+                sqlstore.delete_user(store, arguments.user)
+            print(f"{where}: deleted {arguments.user}")
             return 0
         check_user_name(arguments.user)
         password = _read_password(arguments.password_stdin)
         if password is None:
             return 1
-        created = set_password(path, arguments.user, hash_password(password, arguments.scheme))
+        hashed = hash_password(password, arguments.scheme)
+        if store is None:
+            created = set_password(path, arguments.user, hashed)
+        else:
+            created = sqlstore.set_password(store, arguments.user, hashed)
         verb = "added" if created else "changed the password of"
-        print(f"{path}: {verb} {arguments.user} ({arguments.scheme})")
+        print(f"{where}: {verb} {arguments.user} ({arguments.scheme})")
         return 0
-    except PasswordFileEditError as e:
+    except (PasswordFileEditError, sqlstore.StoreError) as e:
         print(f"pbd passwd: {e}", file=sys.stderr)
         return 1
     except OSError as e:

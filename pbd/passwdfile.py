@@ -133,20 +133,31 @@ def parse_password_file(text: str) -> dict[str, PasswordEntry]:
             raise PasswordFileError(number, "expected 'user:hash'")
         if user in entries:
             raise PasswordFileError(number, f"user {user!r} appears twice")
-        scheme = identify(hashed)
-        if scheme is None:
-            known = ", ".join((SCRAM_SCHEME, *SCHEMES))
-            raise PasswordFileError(
-                number, f"hash for {user!r} is in no known format (known: {known})"
-            )
-        entry = PasswordEntry(user, hashed, scheme)
         try:
-            entry.md5_digest  # noqa: B018 - fail now, not at login time
-            entry.scram_verifier  # noqa: B018
-        except (ValueError, binascii.Error):
-            raise PasswordFileError(number, f"malformed {scheme} hash for {user!r}") from None
-        entries[user] = entry
+            entries[user] = password_entry(user, hashed)
+        except ValueError as e:
+            raise PasswordFileError(number, str(e)) from None
     return entries
+
+
+def password_entry(user: str, hashed: str) -> PasswordEntry:
+    """
+    One user's entry, its hash checked now rather than at login time (a
+    password file's line, a user store's row).
+
+    @raise ValueError: saying what is wrong with the hash.
+    """
+    scheme = identify(hashed)
+    if scheme is None:
+        known = ", ".join((SCRAM_SCHEME, *SCHEMES))
+        raise ValueError(f"hash for {user!r} is in no known format (known: {known})")
+    entry = PasswordEntry(user, hashed, scheme)
+    try:
+        entry.md5_digest  # noqa: B018 - fail now, not at login time
+        entry.scram_verifier  # noqa: B018
+    except (ValueError, binascii.Error):
+        raise ValueError(f"malformed {scheme} hash for {user!r}") from None
+    return entry
 
 
 def identify(hashed: str) -> str | None:

@@ -1,0 +1,405 @@
+"""
+The sql checker and `pbd passwd` on SQL stores: SQLite files and a real
+PostgreSQL server (initdb and pg_ctl on a temporary data folder), with
+real daemons logging users in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import in_reactor
+import pytest
+from certs import Authority
+from configs import LOOPBACK
+from pb_client import call_as
+from pbd_daemon import PBD, run_twistd, write_config
+from twisted.cred.error import UnauthorizedLogin
+from twisted.spread import pb
+
+from pbd import client, sqlstore
+
+# Long enough for a busy machine; the daemon polls every 2 s.
+WITHIN = 30.0
+# pbd passwd's names have no spaces, no ':' and no leading '#'; SQL needs none of them.
+HOSTILE_NAME = "x');DROP/**/TABLE/**/pbd_users;--"
+
+
+def passwd(store: str, *arguments: str, password: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PBD, "passwd", store, *arguments, *(["--password-stdin"] if password else [])],
+        input=None if password is None else password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def portals(checker: dict, tls: dict | None = None) -> dict:
+    """
+    Portal 'users' behind the sql checker, portal 'other' behind memory
+    users; on clear TCP, and on TLS too when C{tls} is given.
+    """
+    listeners: list[dict] = [{"endpoint": LOOPBACK, "portals": ["users", "other"]}]
+    if tls is not None:
+        listeners.append({"endpoint": LOOPBACK, "portals": ["users"], "tls": tls})
+    return {
+        "listeners": listeners,
+        "portals": {
+            "users": {"realm": {"plugin": "echo"}, "checkers": [{"plugin": "sql", **checker}]},
+            "other": {
+                "realm": {"plugin": "echo"},
+                "checkers": [{"plugin": "memory", "users": {"olga": "olga-pw"}}],
+            },
+        },
+    }
+
+
+async def whoami(url: str, password: str, **options) -> str:
+    avatar = await client.login(url, password, **options)
+    try:
+        return await avatar.callRemote("whoami")
+    finally:
+        client.disconnect(avatar)
+
+
+def logs_in(port: int, user: str, password: str, portal: str = "users") -> bool:
+    try:
+        url = f"pb://{user}@127.0.0.1:{port}/{portal}"
+        return in_reactor.run(whoami, url, password) == user
+    except UnauthorizedLogin:
+        return False
+
+
+def eventually(condition, what: str) -> None:
+    """Until C{condition()} holds (a change reaches a daemon at its next poll)."""
+    deadline = time.monotonic() + WITHIN
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {WITHIN:g} s")
+        time.sleep(0.2)
+
+
+# -- SQLite
+
+
+def test_pbd_passwd_creates_and_edits_an_sqlite_store(tmp_path):
+    store = f"sqlite:{tmp_path / 'users.sqlite'}"
+    added = passwd(store, "alice", password="alice-first")
+    assert added.returncode == 0, added.stderr
+    assert "added alice (scram-sha-256)" in added.stdout
+    assert (tmp_path / "users.sqlite").stat().st_mode & 0o777 == 0o600
+    changed = passwd(store, "alice", "--scheme", "argon2", password="alice-second")
+    assert "changed the password of alice (argon2)" in changed.stdout
+    assert passwd(store, "bob", "--scheme", "hex_md5", password="bob-pw").returncode == 0
+    assert passwd(store, HOSTILE_NAME, "--scheme", "hex_md5", password="pw").returncode == 0
+    listing = passwd(store, "--list")
+    assert listing.stdout.splitlines() == [
+        "alice\targon2",
+        "bob\thex_md5",
+        f"{HOSTILE_NAME}\thex_md5",
+    ]
+    assert passwd(store, "bob", "--delete").returncode == 0
+    missing = passwd(store, "bob", "--delete")
+    assert missing.returncode == 1
+    assert "no user 'bob'; nothing changed" in missing.stderr
+    snapshot = sqlstore.read(sqlstore.Store("sqlite", str(tmp_path / "users.sqlite")))
+    assert sorted(snapshot.entries or {}) == sorted(["alice", HOSTILE_NAME])
+    assert snapshot.entries is not None and snapshot.entries["alice"].verify_plain("alice-second")
+    # Each change bumped the generation once: the daemons' cue.
+    assert snapshot.generation == 5
+    everything = "".join(r.stdout + r.stderr for r in (added, changed, listing))
+    assert "alice-first" not in everything and "$argon2" not in everything
+
+
+def test_pbd_passwd_refuses_what_it_cannot_do(tmp_path):
+    nowhere = passwd(f"sqlite:{tmp_path / 'none.sqlite'}", "--list")
+    assert nowhere.returncode == 1
+    assert "none.sqlite: no such file" in nowhere.stderr
+    table = passwd(f"sqlite:{tmp_path / 'u.sqlite'}", "a", "--table", "x;y", password="pw")
+    assert table.returncode == 2
+    assert "--table: a table name is a letter" in table.stderr
+    for_a_file = passwd(str(tmp_path / "users.passwd"), "a", "--table", "t", password="pw")
+    assert for_a_file.returncode == 2
+    assert "--table is for SQL stores" in for_a_file.stderr
+    assert list(tmp_path.iterdir()) == []
+    for result in (nowhere, table, for_a_file):
+        assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def sqlite_users(tmp_path: Path) -> Path:
+    """users.sqlite beside the config: a user for each mechanism, and a hostile name."""
+    store = f"sqlite:{tmp_path / 'users.sqlite'}"
+    for user, scheme in (("sam", "scram-sha-256"), ("ada", "argon2"), ("max", "hex_md5")):
+        assert passwd(store, user, "--scheme", scheme, password=f"{user}-pw").returncode == 0
+    hostile = passwd(store, HOSTILE_NAME, "--scheme", "hex_md5", password="hostile-pw")
+    assert hostile.returncode == 0
+    return tmp_path / "users.sqlite"
+
+
+def test_logins_with_every_mechanism_a_hash_allows(start_daemon, sqlite_users, tmp_path):
+    authority = Authority(tmp_path, "ca")
+    certificate, key = authority.issue("server", "localhost", server=True)
+    tls = {"certificate": certificate.name, "key": key.name}
+    daemon = start_daemon(portals({"database": "users.sqlite"}, tls=tls))
+    port = daemon.port("users")
+    url = f"pbs://{{}}@localhost:{daemon.listening()[1].port}/users"
+
+    # scram-sha-256 for a SCRAM verifier, plain over TLS for argon2.
+    assert in_reactor.run(whoami, url.format("sam"), "sam-pw", ca=authority.path) == "sam"
+    assert in_reactor.run(whoami, url.format("ada"), "ada-pw", ca=authority.path) == "ada"
+    with pytest.raises(UnauthorizedLogin):
+        in_reactor.run(whoami, url.format("ada"), "wrong", ca=authority.path)
+    # pb-md5, with a stock PB client, for hex_md5.
+    assert in_reactor.run(call_as, port, "max", "max-pw", "whoami") == "max"
+    with pytest.raises(pb.RemoteError):
+        in_reactor.run(call_as, port, "sam", "sam-pw", "whoami")
+    # A name with SQL in it is just a name.
+    assert in_reactor.run(call_as, port, HOSTILE_NAME, "hostile-pw", "whoami") == HOSTILE_NAME
+    # ada's hash cannot answer SCRAM or MD5: said once at start, as for a password file.
+    assert "user 'ada': a hash in argon2 cannot answer" in daemon.log
+    assert "sam-pw" not in daemon.log and "ada-pw" not in daemon.log
+
+
+def test_a_huge_name_is_refused_like_any_unknown_name(start_daemon, sqlite_users):
+    daemon = start_daemon(portals({"database": "users.sqlite"}))
+    port = daemon.port("users")
+
+    async def stock_login(user: str) -> None:
+        await call_as(port, user, "pw", "whoami")
+
+    # Refused, or the connection dropped by the wire's own bound: never a query.
+    with pytest.raises((pb.RemoteError, pb.PBConnectionLost)):
+        in_reactor.run(stock_login, "n" * 200_000)
+    assert logs_in(port, "sam", "sam-pw")
+    assert "n" * 1000 not in daemon.log
+
+
+def test_a_change_reaches_two_daemons_sharing_the_file(start_daemon, sqlite_users):
+    store = f"sqlite:{sqlite_users}"
+    first = start_daemon(portals({"database": "users.sqlite"}))
+    second = start_daemon(portals({"database": "users.sqlite"}))
+    ports = [first.port("users"), second.port("users")]
+    assert all(logs_in(port, "sam", "sam-pw") for port in ports)
+
+    assert passwd(store, "sam", password="sam-new").returncode == 0
+    for port in ports:
+        eventually(lambda port=port: logs_in(port, "sam", "sam-new"), "the new password")
+        assert not logs_in(port, "sam", "sam-pw")
+
+    assert passwd(store, "nina", password="nina-pw").returncode == 0
+    assert passwd(store, "sam", "--delete").returncode == 0
+    for port in ports:
+        # Two changes: a poll between them sees only the first.
+        eventually(lambda port=port: logs_in(port, "nina", "nina-pw"), "a new user")
+        eventually(lambda port=port: not logs_in(port, "sam", "sam-new"), "a deleted user")
+    first.wait_for_line("users.sqlite (table pbd_users): reloaded, 4 user(s)")
+
+
+def test_a_store_gone_refuses_its_logins_with_one_line_and_others_go_on(
+    start_daemon, sqlite_users, tmp_path
+):
+    daemon = start_daemon(portals({"database": "users.sqlite", "stale_after": 0}))
+    port = daemon.port("users")
+    assert logs_in(port, "sam", "sam-pw")
+
+    sqlite_users.rename(tmp_path / "elsewhere.sqlite")
+    daemon.wait_for_line("user store cannot be read")
+    assert not logs_in(port, "sam", "sam-pw")
+    assert not logs_in(port, "max", "max-pw")
+    assert logs_in(port, "olga", "olga-pw", portal="other")
+    refusal = daemon.wait_for_line("the user store cannot be read")
+    assert "login refused: user 'sam'" in refusal
+    assert daemon.log.count("user store cannot be read:") == 1
+
+    (tmp_path / "elsewhere.sqlite").rename(sqlite_users)
+    daemon.wait_for_line("users.sqlite (table pbd_users): read again")
+    assert logs_in(port, "sam", "sam-pw")
+
+
+def test_a_store_that_cannot_be_read_at_start_is_a_config_error(tmp_path, sqlite_users):
+    cases = {
+        "missing.sqlite": "checkers[0].database: cannot read the user store: ",
+        "users.sqlite": "checkers[0].table: a table name is a letter",
+    }
+    for database, message in cases.items():
+        checker = {"database": database}
+        if database == "users.sqlite":
+            checker["table"] = "users; --"
+        result = run_twistd(write_config(tmp_path, portals(checker)))
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert f"portals.users.{message}" in output
+        assert "Traceback" not in output
+    missing_table = run_twistd(
+        write_config(tmp_path, portals({"database": "users.sqlite", "table": "t"}))
+    )
+    assert (
+        "no user table; create it with 'pbd passwd sqlite:"
+        in missing_table.stdout + missing_table.stderr
+    )
+    both = run_twistd(
+        write_config(tmp_path, portals({"database": "users.sqlite", "dsn": "postgresql://x/y"}))
+    )
+    assert (
+        "checkers[0].dsn: give exactly one of database (SQLite) and dsn"
+        in both.stdout + both.stderr
+    )
+
+
+# -- PostgreSQL
+
+
+def _postgresql_binaries() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return Path(found).resolve().parent
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if Path(folder, "initdb").exists() and Path(folder, "pg_ctl").exists():
+            return Path(folder)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PostgreSQL:
+    """A PostgreSQL server of our own, on a temporary data folder and a free port."""
+
+    def __init__(self, binaries: Path, folder: Path, user: str | None) -> None:
+        self.binaries, self.folder, self.user = binaries, folder, user
+        self.data = folder / "data"
+        self.port = _free_port()
+        self.dsn = f"postgresql://pbd@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: str) -> None:
+        # PostgreSQL refuses to run as root: as root, it runs as an unprivileged user.
+        as_user = {"user": self.user, "group": self.user_group(), "extra_groups": []}
+        subprocess.run(
+            [str(self.binaries / command[0]), *command[1:]],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            cwd=self.folder,
+            **(as_user if self.user else {}),
+        )
+
+    def user_group(self) -> int | None:
+        return pwd.getpwnam(self.user).pw_gid if self.user else None
+
+    def initdb(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", "pbd", "-A", "trust", "--no-sync")
+
+    def start(self) -> None:
+        settings = (
+            f"-c port={self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.folder} -c fsync=off"
+        )
+        log = str(self.folder / "server.log")
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", log, "-o", settings, "-w", "-t", "60", "start"
+        )
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+
+@pytest.fixture
+def postgresql(tmp_path: Path) -> Iterator[PostgreSQL]:
+    binaries = _postgresql_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL's initdb and pg_ctl are not installed (.ci/run installs them)")
+    user = None
+    folder = tmp_path / "pg"
+    if os.geteuid() == 0:
+        # pytest's tmp_path is root's alone; the server's user needs a folder it owns.
+        user = "nobody"
+        folder = Path(tempfile.mkdtemp(prefix="pbd-pg-"))
+        os.chown(folder, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+    else:
+        folder.mkdir()
+    server = PostgreSQL(binaries, folder, user)
+    try:
+        server.initdb()
+        server.start()
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop()  # unless never started, or stopped by the test
+        if user is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_postgresql_store_shared_by_two_daemons(start_daemon, postgresql):
+    dsn = postgresql.dsn
+    for user, scheme in (("sam", "scram-sha-256"), ("max", "hex_md5"), (HOSTILE_NAME, "bcrypt")):
+        result = passwd(dsn, user, "--scheme", scheme, password=f"{len(user)}-pw")
+        assert result.returncode == 0, result.stderr
+    assert "PostgreSQL database postgres on 127.0.0.1" in result.stdout
+    listing = passwd(dsn, "--list")
+    assert listing.stdout.splitlines() == [
+        "max\thex_md5",
+        "sam\tscram-sha-256",
+        f"{HOSTILE_NAME}\tbcrypt",
+    ]
+
+    first = start_daemon(portals({"dsn": dsn}))
+    second = start_daemon(portals({"dsn": dsn}))
+    ports = [first.port("users"), second.port("users")]
+    for port in ports:
+        assert logs_in(port, "sam", "3-pw")  # scram
+        assert in_reactor.run(call_as, port, "max", "3-pw", "whoami") == "max"  # pb-md5
+
+    assert passwd(dsn, "sam", password="sam-new").returncode == 0
+    assert passwd(dsn, "max", "--delete").returncode == 0
+    for port in ports:
+        eventually(lambda port=port: logs_in(port, "sam", "sam-new"), "the new password")
+        assert not logs_in(port, "sam", "3-pw")
+        eventually(lambda port=port: not logs_in(port, "max", "3-pw"), "a deleted user")
+
+
+def test_postgresql_down_refuses_logins_with_one_line_and_others_go_on(start_daemon, postgresql):
+    assert passwd(postgresql.dsn, "sam", password="sam-pw").returncode == 0
+    daemon = start_daemon(portals({"dsn": postgresql.dsn, "stale_after": 0, "timeout": 2}))
+    port = daemon.port("users")
+    assert logs_in(port, "sam", "sam-pw")
+
+    postgresql.stop()
+    daemon.wait_for_line("user store cannot be read")
+    assert not logs_in(port, "sam", "sam-pw")
+    assert not logs_in(port, "sam", "sam-pw")
+    assert logs_in(port, "olga", "olga-pw", portal="other")
+    assert daemon.log.count("user store cannot be read:") == 1
+
+    postgresql.start()
+    daemon.wait_for_line("read again")
+    assert logs_in(port, "sam", "sam-pw")
+
+
+def test_postgresql_down_at_start_is_a_config_error(tmp_path, postgresql):
+    postgresql.stop()
+    secret_dsn = postgresql.dsn.replace("pbd@", "pbd:hunter2@")
+    result = run_twistd(write_config(tmp_path, portals({"dsn": secret_dsn, "timeout": 2})))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    where = "PostgreSQL database postgres on 127.0.0.1"
+    assert f"portals.users.checkers[0].dsn: cannot read the user store: {where}" in output
+    assert "hunter2" not in output
+    assert "Traceback" not in output
+    refused = passwd(secret_dsn, "--list")
+    assert refused.returncode == 1
+    assert "hunter2" not in refused.stderr and "Traceback" not in refused.stderr
