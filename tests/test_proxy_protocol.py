@@ -1,0 +1,290 @@
+"""
+Listeners behind a load balancer: the PROXY protocol (pbd.proxyprotocol).
+
+In memory: PROXY v1 and v2 headers pumped into a listener's factory, with
+a stock PB client behind them; time moved by a task.Clock. End to end: a
+real HAProxy (Debian's C{haproxy}) in front of two real daemons.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+import pytest
+from memory_pb import Connection, LogCapture, Server
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import ISSLTransport
+from twisted.spread import pb
+from twisted.test import iosim
+
+from pbd.config import ProxyProtocolConfig
+from pbd.limits import Limits
+from pbd.proxyprotocol import (
+    MAX_V2_HEADER,
+    MalformedHeaderError,
+    ProxyProtocolFactory,
+    is_trusted,
+    parse_header,
+)
+
+PROXY = "127.0.0.1"
+TRUSTED = ProxyProtocolConfig(
+    (ipaddress.ip_network("127.0.0.1"), ipaddress.ip_network("10.0.0.0/8")),
+    "listeners[0].proxy_protocol",
+    header_timeout=5.0,
+)
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def v1(client: str = "192.0.2.7", port: int = 51000) -> bytes:
+    return f"PROXY TCP4 {client} 127.0.0.1 {port} 8787\r\n".encode()
+
+
+def v2(client: str = "192.0.2.7", port: int = 51000, tlvs: bytes = b"") -> bytes:
+    source = ipaddress.ip_address(client)
+    if source.version == 4:
+        family, destination = 0x11, ipaddress.ip_address("127.0.0.1")
+    else:
+        family, destination = 0x21, ipaddress.ip_address("::1")
+    block = source.packed + destination.packed + struct.pack("!HH", port, 8787) + tlvs
+    return V2_SIGNATURE + bytes([0x21, family]) + struct.pack("!H", len(block)) + block
+
+
+V2_LOCAL = V2_SIGNATURE + bytes([0x20, 0x00]) + struct.pack("!H", 0)
+
+
+class Proxied:
+    """A memory_pb server's listener with proxy_protocol, and connections to it."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.server = Server(limits or Limits())
+        self.factory = ProxyProtocolFactory(
+            self.server.factory, TRUSTED, self.server.door, "listeners[0]"
+        )
+
+    def connect(self, header: bytes | None, source: str = PROXY) -> Connection | None:
+        """
+        A stock client's connection through the proxy at C{source}, which
+        sends C{header} first (nothing if None); None if refused at once.
+        """
+        proxied = self.factory.buildProtocol(IPv4Address("TCP", source, 40000))
+        if proxied is None:
+            return None
+        client_factory = pb.PBClientFactory()
+        client = client_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8787))
+        pump = iosim.connect(
+            proxied,
+            iosim.makeFakeServer(proxied),
+            client,
+            iosim.makeFakeClient(client),
+            clock=self.server.clock,
+            greet=False,
+        )
+        if header is not None:
+            proxied.dataReceived(header)
+        pump.flush()
+        return Connection(client_factory, client, proxied, pump)
+
+    @property
+    def open(self) -> int:
+        return self.server.door.connections.count
+
+
+def login(connection: Connection) -> pb.RemoteReference:
+    return connection.settle(connection.factory.login(UsernamePassword(b"alice", b"secret")))
+
+
+def lines(events: list[dict], text: str) -> list[dict]:
+    return [e for e in events if text in str(e.get("log_format", "")) + str(e.get("reason", ""))]
+
+
+def audit_peers(events: list[dict]) -> list[str]:
+    return [e["peer"] for e in events if e.get("pbd_event") == "login"]
+
+
+# -- the header
+
+
+@pytest.mark.parametrize("make", [v1, v2], ids=["v1", "v2"])
+def test_a_header_from_a_trusted_proxy_names_the_client_everywhere(make):
+    proxied = Proxied()
+    with LogCapture() as events:
+        connection = proxied.connect(make("192.0.2.7"))
+        assert connection is not None
+        avatar = login(connection)
+        assert connection.call(avatar, "whoami") == "alice"
+    broker = connection.server.wrappedProtocol
+    assert broker.session.peer.address == "192.0.2.7"
+    assert broker.transport.getPeer() == IPv4Address("TCP", "192.0.2.7", 51000)
+    assert audit_peers(events) == ["192.0.2.7"]
+    assert proxied.open == 1
+
+
+def test_pb_bytes_in_the_same_read_as_the_header_reach_the_broker():
+    proxied = Proxied()
+    proxied_protocol = proxied.factory.buildProtocol(IPv4Address("TCP", PROXY, 40000))
+    transport = iosim.makeFakeServer(proxied_protocol)
+    proxied_protocol.makeConnection(transport)
+    # The server speaks first (the dialect list), so answer as a client would.
+    proxied_protocol.dataReceived(v2() + b"\x02\x82pb")
+    broker = proxied_protocol.wrappedProtocol
+    assert broker is not None and broker.currentDialect == b"pb"
+
+
+def test_a_header_split_into_single_bytes_is_read():
+    for header in (v1(), v2("2001:db8::7")):
+        for end in range(len(header)):
+            assert parse_header(header[:end]) is None
+        parsed = parse_header(header + b"rest")
+        assert parsed is not None and parsed.length == len(header)
+    assert parse_header(v2("2001:db8::7")).source == IPv6Address("TCP", "2001:db8::7", 51000)
+
+
+def test_tlvs_after_the_addresses_are_skipped():
+    header = v2(tlvs=b"\x04\x00\x03abc")
+    parsed = parse_header(header + b"X")
+    assert parsed is not None and parsed.length == len(header)
+    assert parsed.source == IPv4Address("TCP", "192.0.2.7", 51000)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"\x02\x80pb\x82", "no PROXY header"),  # PB straight away: send-proxy is missing
+        (b"GET / HTTP/1.1\r\n", "no PROXY header"),
+        (b"PROXY TCP4 192.0.2.7 127.0.0.1 51000\r\n", "not 'PROXY TCP4"),
+        (b"PROXY TCP5 192.0.2.7 127.0.0.1 1 2\r\n", "not 'PROXY TCP4"),
+        (b"PROXY TCP4 evil 127.0.0.1 1 2\r\n", "not an IPv4 address"),
+        (b"PROXY TCP4 ::1 127.0.0.1 1 2\r\n", "not an IPv4 address"),
+        (b"PROXY TCP4 192.0.2.7 127.0.0.1 65536 2\r\n", "not a port number"),
+        (b"PROXY TCP4 192.0.2.7 127.0.0.1 -1 2\r\n", "not a port number"),
+        (b"PROXY TCP4 192.0.2.7 127.0.0.1 \xd9\xa3 2\r\n", "not ASCII"),
+        (b"PROXY " + b"9" * 120, "longer than 107 bytes"),
+        (V2_SIGNATURE + b"\x22\x11\x00\x0c" + bytes(12), "version/command 0x22"),
+        (V2_SIGNATURE + b"\x11\x11\x00\x0c" + bytes(12), "version/command 0x11"),
+        (V2_SIGNATURE + b"\x21\x11\x00\x04" + bytes(4), "too short for its addresses"),
+        (V2_SIGNATURE + b"\x21\x31\x00\xd8" + bytes(216), "not on TCP over IP"),
+        (V2_SIGNATURE + b"\x21\x12\x00\x0c" + bytes(12), "not on TCP over IP"),
+        (V2_SIGNATURE + b"\x21\x11\xff\xff", f"at most {MAX_V2_HEADER}"),
+    ],
+)
+def test_a_malformed_header_is_refused_with_a_reason(data, why):
+    with pytest.raises(MalformedHeaderError, match=why):
+        parse_header(data)
+
+
+def test_a_malformed_header_drops_that_connection_only_with_one_line():
+    proxied = Proxied()
+    good = proxied.connect(v1("192.0.2.7"))
+    with LogCapture() as events:
+        bad = proxied.connect(b"PROXY TCP4 evil 127.0.0.1 1 2\r\n")
+    assert bad is not None and bad.dropped
+    assert [e["reason"] for e in lines(events, "dropping connection from proxy")] == [
+        "not an IPv4 address in a PROXY v1 line"
+    ]
+    assert good is not None and not good.dropped
+    assert good.call(login(good), "whoami") == "alice"
+    assert proxied.factory.awaiting == 0
+
+
+# -- whom a header is believed from
+
+
+def test_a_client_connecting_directly_is_refused_and_logged_within_its_budget():
+    proxied = Proxied()
+    with LogCapture() as events:
+        refused = [proxied.connect(v1("10.9.9.9"), source="192.0.2.66") for _ in range(50)]
+    assert refused == [None] * 50
+    said = lines(events, "not a trusted proxy")
+    assert len(said) == proxied.server.door.peer_log.lines  # then the budget holds
+    assert said[0]["peer"] == "192.0.2.66"
+    assert "listeners[0].proxy_protocol" in said[0]["key_path"]
+    assert proxied.open == 0 and proxied.factory.awaiting == 0
+
+
+@pytest.mark.parametrize(
+    ("address", "trusted"),
+    [
+        (IPv4Address("TCP", "127.0.0.1", 1), True),
+        (IPv4Address("TCP", "10.20.30.40", 1), True),
+        (IPv4Address("TCP", "127.0.0.2", 1), False),
+        (IPv4Address("TCP", "11.0.0.1", 1), False),
+        (IPv6Address("TCP", "::ffff:10.1.2.3", 1), True),  # a dual-stack listener's IPv4 peer
+        (IPv6Address("TCP", "::1", 1), False),
+        (None, False),  # a Unix socket's peer has no address to trust
+    ],
+)
+def test_only_the_named_networks_are_proxies(address, trusted):
+    assert is_trusted(address, TRUSTED.trusted) is trusted
+
+
+# -- limits key on the client, and the wait for a header is bounded
+
+
+def test_per_address_caps_count_the_client_not_the_proxy():
+    proxied = Proxied(Limits(unauthenticated_per_address=2))
+    first = [proxied.connect(v2("192.0.2.7")) for _ in range(3)]
+    assert [c is not None and not c.dropped for c in first] == [True, True, False]
+    other = proxied.connect(v2("192.0.2.8"))  # the same proxy, another client
+    assert other is not None and not other.dropped
+    assert other.call(login(other), "whoami") == "alice"
+
+
+def test_a_proxy_that_sends_no_header_is_dropped_at_the_timeout():
+    proxied = Proxied()
+    with LogCapture() as events:
+        silent = proxied.connect(None)
+        partial = proxied.connect(v1()[:10])
+        assert proxied.factory.awaiting == 2
+        proxied.server.clock.advance(4.9)
+        assert silent is not None and not silent.dropped
+        proxied.server.clock.advance(0.2)
+    assert silent.dropped and partial is not None and partial.dropped
+    assert [e["reason"] for e in lines(events, "dropping connection from proxy")] == [
+        "no PROXY header within 5 s"
+    ] * 2
+    assert proxied.factory.awaiting == 0 and proxied.open == 0
+
+
+def test_connections_awaiting_a_header_count_against_the_total():
+    proxied = Proxied(Limits(connections=3))
+    served = proxied.connect(v1("192.0.2.7"))
+    waiting = [proxied.connect(None) for _ in range(2)]
+    assert served is not None and all(w is not None for w in waiting)
+    with LogCapture() as events:
+        assert proxied.connect(None) is None
+    assert len(lines(events, "limits.connections")) == 1
+    proxied.server.clock.advance(5)  # the two waiting are dropped: room again
+    assert proxied.connect(None) is not None
+
+
+def test_health_checks_leave_no_trace():
+    proxied = Proxied(Limits(connections_per_second_per_address=1, connection_burst_per_address=1))
+    with LogCapture() as events:
+        for _ in range(10):
+            check = proxied.connect(V2_LOCAL)  # check-send-proxy with send-proxy-v2
+            assert check is not None and check.server.transport.disconnecting
+            check.pump.flush()
+            plain = proxied.connect(None)  # a plain TCP check: connect, close
+            assert plain is not None
+            plain.server.transport.loseConnection()
+            plain.pump.flush()
+        unknown = proxied.connect(b"PROXY UNKNOWN\r\n")  # v1's own connection
+        assert unknown is not None and unknown.server.transport.disconnecting
+    assert events == []
+    assert proxied.open == 0 and proxied.factory.awaiting == 0
+    client = proxied.connect(v2("192.0.2.7"))  # the client's rate is untouched
+    assert client is not None and client.call(login(client), "whoami") == "alice"
+
+
+def test_a_connection_through_the_proxy_without_tls_is_not_tls():
+    # HAProxy terminating TLS: pbd sees plain TCP, so plain and
+    # tls-client-cert stay unusable (pbd.root asks ISSLTransport).
+    proxied = Proxied()
+    connection = proxied.connect(v2())
+    assert connection is not None
+    assert not ISSLTransport.providedBy(connection.server.wrappedProtocol.transport)
+
