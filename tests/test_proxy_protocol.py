@@ -8,13 +8,26 @@ real HAProxy (Debian's C{haproxy}) in front of two real daemons.
 
 from __future__ import annotations
 
+import csv
+import io
 import ipaddress
+import re
+import shutil
 import socket
 import struct
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
+import in_reactor
 import pytest
+from certs import make_server_certificate
+from configs import LOOPBACK, echo_config
 from memory_pb import Connection, LogCapture, Server
 from twisted.cred.credentials import UsernamePassword
+from twisted.internet import reactor, ssl
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import ISSLTransport
 from twisted.spread import pb
@@ -37,6 +50,7 @@ TRUSTED = ProxyProtocolConfig(
     header_timeout=5.0,
 )
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+RECIPE = Path(__file__).resolve().parents[1] / "config" / "haproxy" / "haproxy.cfg"
 
 
 def v1(client: str = "192.0.2.7", port: int = 51000) -> bytes:
@@ -288,3 +302,202 @@ def test_a_connection_through_the_proxy_without_tls_is_not_tls():
     assert connection is not None
     assert not ISSLTransport.providedBy(connection.server.wrappedProtocol.transport)
 
+
+# -- end to end: HAProxy in front of two daemons
+
+HAPROXY = shutil.which("haproxy")
+needs_haproxy = pytest.mark.skipif(
+    HAPROXY is None,
+    reason="haproxy is not installed (apt-get install haproxy; .ci/run installs it)",
+)
+CLIENT = "127.0.0.2"  # HAProxy itself connects from 127.0.0.1
+
+
+def behind_haproxy(config: dict) -> dict:
+    """C{config} with every listener on loopback, believing PROXY headers from 127.0.0.1."""
+    listeners = [
+        {"endpoint": LOOPBACK, **listener, "proxy_protocol": {"from": ["127.0.0.1"]}}
+        for listener in config["listeners"]
+    ]
+    return {**config, "listeners": listeners}
+
+
+def on_loopback(recipe: str, port: int, backends: list[int], frontend: str = "") -> str:
+    """
+    The recipe (config/haproxy/haproxy.cfg) on this machine: its frontend
+    on C{port}, its servers the daemons on C{backends}, checked often, and
+    round robin so that the test knows where each connection goes.
+    C{frontend}: more of the frontend's bind line (C{ssl crt ...}).
+    """
+    server = re.search(r"^ +server \S+ \S+ (.*)$", recipe, re.MULTILINE)
+    assert server is not None, "the recipe has no server line"
+    options = server.group(1).replace("inter 2s", "inter 100ms")
+    servers = "".join(
+        f"    server pbd{n} 127.0.0.1:{backend} {options}\n"
+        for n, backend in enumerate(backends, 1)
+    )
+    recipe = re.sub(r"^ +server .*\n", "", recipe, flags=re.MULTILINE)
+    recipe = re.sub(r"maxconn \d+", "maxconn 200", recipe)  # within a test's descriptors
+    recipe = recipe.replace("balance leastconn", f"balance roundrobin\n{servers}")
+    return re.sub(
+        r"^ +bind .*$", f"    bind 127.0.0.1:{port}{frontend}", recipe, flags=re.MULTILINE
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class HAProxy:
+    """A real C{haproxy -db} on a config written to C{folder}; stopped by L{stop}."""
+
+    def __init__(self, folder: Path, backends: list[int], frontend: str = "") -> None:
+        self.port = free_port()
+        self.control = Path(tempfile.mkdtemp(prefix="pbd-haproxy-")) / "stats.sock"
+        self.config = folder / "haproxy.cfg"
+        self.config.write_text(on_loopback(RECIPE.read_text(), self.port, backends, frontend))
+        self.config.write_text(
+            self.config.read_text().replace(
+                "global\n", f"global\n    stats socket {self.control}\n", 1
+            )
+        )
+        self.process = subprocess.Popen(
+            [HAPROXY or "haproxy", "-db", "-f", str(self.config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def stats(self) -> list[dict[str, str]]:
+        """HAProxy's C{show stat}: a row per frontend, backend and server."""
+        with socket.socket(socket.AF_UNIX) as control:
+            control.settimeout(5)
+            control.connect(str(self.control))
+            control.sendall(b"show stat\n")
+            text = b""
+            while chunk := control.recv(65536):
+                text += chunk
+        rows = list(csv.reader(io.StringIO(text.decode().lstrip("# "))))
+        return [dict(zip(rows[0], row, strict=False)) for row in rows[1:] if row]
+
+    def wait_until_checked(self, servers: int, timeout: float = 30) -> None:
+        """Until every server's health check has passed (L4OK: a TCP connect, and close)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                output = self.process.stdout.read() if self.process.stdout else ""
+                raise AssertionError(f"haproxy exited ({self.process.returncode}): {output}")
+            try:
+                checked = [
+                    row for row in self.stats() if row.get("check_status", "").startswith("L4OK")
+                ]
+            except OSError:
+                checked = []
+            if len(checked) == servers:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"haproxy's health checks did not pass: {self.stats()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        shutil.rmtree(self.control.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path):
+    """Start HAProxy in front of daemons: C{haproxy(ports, check=...)}; stopped afterwards."""
+    started: list[HAProxy] = []
+
+    def start(backends: list[int], frontend: str = "") -> HAProxy:
+        proxy = HAProxy(tmp_path, backends, frontend)
+        started.append(proxy)
+        proxy.wait_until_checked(len(backends))
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+async def stock_login(port: int, connect_tls: Any = None) -> tuple[str, str]:
+    """A stock client from 127.0.0.2 logs in as alice through port; (whoami, echo)."""
+    factory = pb.PBClientFactory()
+    if connect_tls is None:
+        reactor.connectTCP("127.0.0.1", port, factory, timeout=10, bindAddress=(CLIENT, 0))
+    else:
+        connect_tls(factory)
+    try:
+        avatar = await factory.login(UsernamePassword(b"alice", b"secret"))
+        return await avatar.callRemote("whoami"), await avatar.callRemote("echo", "hi")
+    finally:
+        factory.disconnect()
+
+
+def port_of(daemon: Any) -> int:
+    port = daemon.listener("demo").port
+    assert port is not None
+    return port
+
+
+def accepted_from(daemon: Any) -> list[str]:
+    return re.findall(r"login accepted: user 'alice' from (\S+)", daemon.log)
+
+
+@needs_haproxy
+def test_two_daemons_behind_haproxy_see_the_client(pbd_daemon, haproxy):
+    daemons = [pbd_daemon(behind_haproxy(echo_config())) for _ in range(2)]
+    proxy = haproxy([port_of(daemon) for daemon in daemons])
+    for _ in range(4):  # round robin: two logins each
+        assert in_reactor.run(stock_login, proxy.port) == ("alice", "hi")
+    for daemon in daemons:
+        daemon.wait_for_line("logout: user 'alice'")
+        assert accepted_from(daemon) == [CLIENT, CLIENT]
+    # HAProxy's health checks (with send-proxy-v2, a LOCAL header, then
+    # close) ran all along: not a line about them, nor about HAProxy.
+    proxy.wait_until_checked(2)
+    for daemon in daemons:
+        since_ready = daemon.log.split("pbd ready:", 1)[1].splitlines()[1:]
+        noise = [line for line in since_ready if f"user 'alice' from {CLIENT} " not in line]
+        assert noise == []
+
+
+def test_a_client_bypassing_haproxy_is_refused(pbd_daemon):
+    daemon = pbd_daemon(behind_haproxy(echo_config()))
+    with pytest.raises(Exception):  # noqa: B017 - the connection is closed at once
+        in_reactor.run(stock_login, port_of(daemon))
+    daemon.wait_for_line(
+        f"refusing a connection from {CLIENT} on listeners[0]: not a trusted proxy"
+    )
+    assert accepted_from(daemon) == []
+
+
+@needs_haproxy
+def test_tls_passed_through_haproxy_is_terminated_by_pbd(pbd_daemon, haproxy, tmp_path):
+    ca, certificate, key = make_server_certificate(tmp_path)
+    config = echo_config()
+    config["listeners"][0]["tls"] = {"certificate": str(certificate), "key": str(key)}
+    daemon = pbd_daemon(behind_haproxy(config))
+    proxy = haproxy([port_of(daemon)])
+    trust = ssl.Certificate.loadPEM(ca.read_bytes())
+
+    def connect_tls(factory: pb.PBClientFactory) -> None:
+        options = ssl.optionsForClientTLS("localhost", trustRoot=trust)
+        reactor.connectSSL(
+            "127.0.0.1", proxy.port, factory, options, timeout=10, bindAddress=(CLIENT, 0)
+        )
+
+    assert in_reactor.run(stock_login, proxy.port, connect_tls) == ("alice", "hi")
+    daemon.wait_for_line("logout: user 'alice'")
+    assert accepted_from(daemon) == [CLIENT]
