@@ -26,6 +26,7 @@ import pytest
 from certs import make_server_certificate
 from configs import LOOPBACK, echo_config
 from memory_pb import Connection, LogCapture, Server
+from pbd_daemon import run_pbd, run_twistd, write_config
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import reactor, ssl
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -33,7 +34,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.spread import pb
 from twisted.test import iosim
 
-from pbd.config import ProxyProtocolConfig
+from pbd.config import ProxyProtocolConfig, load_config
 from pbd.limits import Limits
 from pbd.proxyprotocol import (
     MAX_V2_HEADER,
@@ -501,3 +502,85 @@ def test_tls_passed_through_haproxy_is_terminated_by_pbd(pbd_daemon, haproxy, tm
     assert in_reactor.run(stock_login, proxy.port, connect_tls) == ("alice", "hi")
     daemon.wait_for_line("logout: user 'alice'")
     assert accepted_from(daemon) == [CLIENT]
+
+
+# -- the listener key
+
+
+def with_proxy_protocol(value: Any, endpoint: str = LOOPBACK) -> dict:
+    config = echo_config(endpoint=endpoint)
+    config["listeners"][0]["proxy_protocol"] = value
+    return config
+
+
+BAD_KEYS = {
+    "true": (True, "listeners[0].proxy_protocol: name the proxies to believe"),
+    "no from": ({}, "listeners[0].proxy_protocol.from: missing"),
+    "empty from": ({"from": []}, "listeners[0].proxy_protocol.from: must be a non-empty list"),
+    "a string": ({"from": "10.0.0.1"}, "listeners[0].proxy_protocol.from: must be a non-empty"),
+    "a name": (
+        {"from": ["haproxy.example"]},
+        "listeners[0].proxy_protocol.from[0]: not an IP address or network",
+    ),
+    "host bits": (
+        {"from": ["10.0.0.1/8"]},
+        "listeners[0].proxy_protocol.from[0]: not an IP address or network: 10.0.0.1/8 has host",
+    ),
+    "timeout": (
+        {"from": ["10.0.0.1"], "header_timeout": 0},
+        "listeners[0].proxy_protocol.header_timeout: expected a number of seconds greater than 0",
+    ),
+    "unknown key": (
+        {"from": ["10.0.0.1"], "trust_all": True},
+        "listeners[0].proxy_protocol.trust_all: unknown key",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_KEYS))
+def test_a_bad_proxy_protocol_key_is_one_clear_line(tmp_path, case):
+    value, expected = BAD_KEYS[case]
+    config_path = write_config(tmp_path, with_proxy_protocol(value))
+    result = run_pbd("check-config", str(config_path))
+    assert result.returncode != 0
+    assert f"{config_path}: {expected}" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("unix:/tmp/pbd-proxy-test.sock", "not on a unix: endpoint"),
+        ("ssl:0:privateKey=k.pem:certKey=c.pem", "not on a ssl: endpoint"),
+    ],
+)
+def test_a_proxy_header_needs_a_tcp_listener(tmp_path, endpoint, expected):
+    config = load(tmp_path, with_proxy_protocol({"from": ["127.0.0.1"]}, endpoint))
+    assert [problem.path for problem in config.problems] == ["listeners[0].proxy_protocol"]
+    assert expected in config.problems[0].message
+
+
+def test_twisteds_haproxy_endpoint_which_believes_anyone_is_refused(tmp_path):
+    config_path = write_config(tmp_path, echo_config(endpoint="haproxy:tcp:0"))
+    result = run_twistd(config_path)
+    assert result.returncode != 0
+    assert "listeners[0].endpoint: the haproxy: endpoint believes a PROXY header from any peer" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_key_is_read_into_networks(tmp_path):
+    config = load(tmp_path, with_proxy_protocol({"from": ["127.0.0.1", "fd00::/8"]}))
+    assert config.problems == ()
+    proxy = config.listeners[0].proxy_protocol
+    assert proxy == ProxyProtocolConfig(
+        (ipaddress.ip_network("127.0.0.1"), ipaddress.ip_network("fd00::/8")),
+        "listeners[0].proxy_protocol",
+        5.0,
+    )
+    assert load(tmp_path, echo_config()).listeners[0].proxy_protocol is None
+
+
+def load(folder: Path, config: dict) -> Any:
+    return load_config(write_config(folder, config))
