@@ -306,7 +306,8 @@ def test_a_connection_through_the_proxy_without_tls_is_not_tls():
 
 # -- end to end: HAProxy in front of two daemons
 
-HAPROXY = shutil.which("haproxy")
+# Debian puts it in /usr/sbin, outside a user's PATH.
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 needs_haproxy = pytest.mark.skipif(
     HAPROXY is None,
     reason="haproxy is not installed (apt-get install haproxy; .ci/run installs it)",
