@@ -503,6 +503,8 @@ def test_tls_passed_through_haproxy_is_terminated_by_pbd(pbd_daemon, haproxy, tm
     assert in_reactor.run(stock_login, proxy.port, connect_tls) == ("alice", "hi")
     daemon.wait_for_line("logout: user 'alice'")
     assert accepted_from(daemon) == [CLIENT]
+    # pbd's own TLS: plain passwords may be used, as on a direct TLS listener.
+    assert "plain" in in_reactor.run(mechanisms_offered, proxy.port, connect_tls)
 
 
 # -- the listener key
@@ -585,3 +587,36 @@ def test_the_key_is_read_into_networks(tmp_path):
 
 def load(folder: Path, config: dict) -> Any:
     return load_config(write_config(folder, config))
+
+
+@needs_haproxy
+def test_tls_terminated_by_haproxy_leaves_pbd_plain_tcp(pbd_daemon, haproxy, tmp_path):
+    ca, certificate, key = make_server_certificate(tmp_path)
+    combined = tmp_path / "haproxy.pem"  # HAProxy's crt: certificate and key in one file
+    combined.write_bytes(certificate.read_bytes() + key.read_bytes())
+    daemon = pbd_daemon(behind_haproxy(echo_config()))
+    proxy = haproxy([port_of(daemon)], frontend=f" ssl crt {combined}")
+    trust = ssl.Certificate.loadPEM(ca.read_bytes())
+
+    def connect_tls(factory: pb.PBClientFactory) -> None:
+        options = ssl.optionsForClientTLS("localhost", trustRoot=trust)
+        reactor.connectSSL(
+            "127.0.0.1", proxy.port, factory, options, timeout=10, bindAddress=(CLIENT, 0)
+        )
+
+    assert in_reactor.run(stock_login, proxy.port, connect_tls) == ("alice", "hi")
+    daemon.wait_for_line("logout: user 'alice'")
+    assert accepted_from(daemon) == [CLIENT]
+    # pbd saw no TLS: what it offers there is what a plain TCP listener offers.
+    offered = in_reactor.run(mechanisms_offered, proxy.port, connect_tls)
+    assert "plain" not in offered and "pb-md5" in offered
+
+
+async def mechanisms_offered(port: int, connect_tls: Any) -> list[str]:
+    factory = pb.PBClientFactory()
+    connect_tls(factory)
+    try:
+        root = await factory.getRootObject()
+        return await root.callRemote("mechanisms")
+    finally:
+        factory.disconnect()
