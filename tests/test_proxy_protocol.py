@@ -620,3 +620,15 @@ async def mechanisms_offered(port: int, connect_tls: Any) -> list[str]:
         return await root.callRemote("mechanisms")
     finally:
         factory.disconnect()
+
+
+@needs_haproxy
+def test_the_recipe_as_shipped_is_a_valid_haproxy_config():
+    result = subprocess.run(
+        [HAPROXY or "haproxy", "-c", "-f", str(RECIPE)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
