@@ -211,12 +211,6 @@ class ProxyProtocolFactory(Factory):
         # Connections open and awaiting their header.
         self.awaiting = 0
 
-    def doStart(self) -> None:
-        self.wrapped.doStart()
-
-    def doStop(self) -> None:
-        self.wrapped.doStop()
-
     def logPrefix(self) -> str:
         prefix = getattr(self.wrapped, "logPrefix", None)
         return f"{prefix() if callable(prefix) else type(self.wrapped).__name__} (PROXY)"

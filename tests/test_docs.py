@@ -683,7 +683,7 @@ def _(block: Block, docs: Docs) -> None:
 
 @sample("scaling-haproxy-config")
 def _(block: Block, docs: Docs) -> None:
-    assert_quoted_from(block, REPO / "config" / "haproxy" / "haproxy.cfg")
+    assert_quoted_from(block, REPO / "config" / "haproxy.cfg")
 
 
 @sample("legacy-old-client")

@@ -51,7 +51,7 @@ TRUSTED = ProxyProtocolConfig(
     header_timeout=5.0,
 )
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-RECIPE = Path(__file__).resolve().parents[1] / "config" / "haproxy" / "haproxy.cfg"
+RECIPE = Path(__file__).resolve().parents[1] / "config" / "haproxy.cfg"
 
 
 def v1(client: str = "192.0.2.7", port: int = 51000) -> bytes:
@@ -326,7 +326,7 @@ def behind_haproxy(config: dict) -> dict:
 
 def on_loopback(recipe: str, port: int, backends: list[int], frontend: str = "") -> str:
     """
-    The recipe (config/haproxy/haproxy.cfg) on this machine: its frontend
+    The recipe (config/haproxy.cfg) on this machine: its frontend
     on C{port}, its servers the daemons on C{backends}, checked often, and
     round robin so that the test knows where each connection goes.
     C{frontend}: more of the frontend's bind line (C{ssl crt ...}).
