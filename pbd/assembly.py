@@ -37,6 +37,7 @@ from pbd.interfaces import (
 from pbd.lifecycle import BuiltPlugin
 from pbd.options import option_problems
 from pbd.portals import PortalEntry, make_portal
+from pbd.proxyprotocol import ProxyProtocolFactory
 from pbd.root import PortalRoot
 from pbd.session import FrontDoor
 from pbd.twisted_private import inherited_sockets
@@ -47,7 +48,8 @@ ROOT_HINT = " (a root plugin is a twisted.spread.pb.Root subclass, or provides I
 @dataclass(frozen=True)
 class Listener:
     config: ListenerConfig
-    factory: ServerFactory | TLSServerFactory
+    # Behind a PROXY header reader when the listener has proxy_protocol.
+    factory: ServerFactory | TLSServerFactory | ProxyProtocolFactory
     # None when only checking a systemd endpoint outside systemd.
     endpoint: IStreamServerEndpoint | None
     # The portals it serves (None for a root listener), for a reload to update.
@@ -176,6 +178,7 @@ def assemble(
             )
             if tls is not None:
                 factory = TLSServerFactory(tls, False, factory)
+            factory = _behind_proxy(factory, listener_config, assembly)
             assembly.listeners.append(Listener(listener_config, factory, endpoint))
             continue
         if not _every_portal_can_log_in(listener_config, served, problems):
@@ -198,6 +201,7 @@ def assemble(
         )
         if tls is not None:
             factory = TLSServerFactory(tls, False, factory)
+        factory = _behind_proxy(factory, listener_config, assembly)
         assembly.listeners.append(Listener(listener_config, factory, endpoint, root))
     assembly.directory = _directory(config, assembly)
     for listener_config in config.listeners:
@@ -205,6 +209,18 @@ def assemble(
     if problems:
         raise ConfigError(config.source, problems)
     return assembly
+
+
+def _behind_proxy(factory: Any, listener: ListenerConfig, assembly: Assembly) -> Any:
+    """
+    The PROXY header comes first on the wire, before any TLS: its reader
+    is the outermost layer, and builds the rest for the client it names.
+    """
+    if listener.proxy_protocol is None:
+        return factory
+    return ProxyProtocolFactory(
+        factory, listener.proxy_protocol, assembly.front_door, listener.key_path
+    )
 
 
 def _root(spec: PluginConfig, config: Config, problems: list[Problem], assembly: Assembly) -> Any:

@@ -10,6 +10,7 @@ every problem.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -59,6 +60,25 @@ class TLSConfig:
     key_path: str
 
 
+# An IP network a PROXY header is believed from.
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Seconds a trusted proxy has to send its PROXY header once connected.
+DEFAULT_HEADER_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class ProxyProtocolConfig:
+    """
+    A listener behind a load balancer: every connection starts with a PROXY
+    header naming the client, believed only from the proxies named here.
+    """
+
+    trusted: tuple[IPNetwork, ...]
+    key_path: str
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     """
@@ -76,6 +96,8 @@ class ListenerConfig:
     tls: TLSConfig | None = None
     # The root plugin served instead of portals.
     root: PluginConfig | None = None
+    # None: connections come straight from clients, no PROXY header.
+    proxy_protocol: ProxyProtocolConfig | None = None
 
     @property
     def portal(self) -> str:
@@ -382,7 +404,7 @@ class _Reader(Checks):
 
     def listener(self, item: Any, path: str) -> ListenerConfig | None:
         """The listener, if its whole entry is sound; else its sound parts go loose."""
-        allowed = {"endpoint", "portal", "portals", "root", "legacy_login", "tls"}
+        allowed = {"endpoint", "portal", "portals", "root", "legacy_login", "tls", "proxy_protocol"}
         if self.mapping(item, path, allowed) is None:
             return None
         problems_before = len(self.problems)
@@ -399,6 +421,9 @@ class _Reader(Checks):
         if tls is not None and endpoint is not None and endpoint.split(":")[0].strip() == "ssl":
             self.fail(f"{path}.tls", "an ssl: endpoint already speaks TLS: use tcp: with tls:")
             tls = None
+        proxy = None
+        if endpoint is not None:
+            proxy = self.proxy_protocol(item.get("proxy_protocol"), endpoint, path)
         if endpoint is None or not (names or root) or len(self.problems) > problems_before:
             self.loose = replace(
                 self.loose,
@@ -407,7 +432,71 @@ class _Reader(Checks):
                 roots=self.loose.roots + ((root,) if root else ()),
             )
             return None
-        return ListenerConfig(endpoint, names, path, legacy_login is not False, tls, root)
+        return ListenerConfig(endpoint, names, path, legacy_login is not False, tls, root, proxy)
+
+    def proxy_protocol(self, value: Any, endpoint: str, path: str) -> ProxyProtocolConfig | None:
+        """
+        Whom a listener believes a PROXY header from. Never from anyone: a
+        client that may send its own header may claim any address, and so
+        escape every per-address limit and sign the audit log with it.
+        """
+        kind = endpoint.split(":", 1)[0].strip().lower()
+        if kind == "haproxy":
+            self.fail(
+                f"{path}.endpoint",
+                "the haproxy: endpoint believes a PROXY header from any peer: use a tcp: "
+                "endpoint with proxy_protocol: {from: [the proxies' addresses]}",
+            )
+            return None
+        if value is None or value is False:
+            return None
+        key_path = f"{path}.proxy_protocol"
+        if value is True:
+            self.fail(
+                key_path,
+                "name the proxies to believe: proxy_protocol: {from: [addresses or networks]} "
+                "(a header from anyone else would let a client claim any address)",
+            )
+            return None
+        body = self.mapping(value, key_path, {"from", "header_timeout"})
+        if body is None:
+            return None
+        problems_before = len(self.problems)
+        if kind in ("ssl", "unix"):
+            self.fail(
+                key_path,
+                f"a PROXY header comes first on a TCP connection: not on a {kind}: endpoint "
+                "(use tcp:, with a tls: block for TLS)",
+            )
+        trusted = self.trusted_proxies(self.required(body, "from", key_path), f"{key_path}.from")
+        timeout = self.number(
+            body.get("header_timeout", DEFAULT_HEADER_TIMEOUT),
+            f"{key_path}.header_timeout",
+            greater_than=0,
+            unit="seconds",
+        )
+        if trusted is None or timeout is None or len(self.problems) > problems_before:
+            return None
+        return ProxyProtocolConfig(trusted, key_path, timeout)
+
+    def trusted_proxies(self, value: Any, path: str) -> tuple[IPNetwork, ...] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            self.fail(path, "must be a non-empty list of IP addresses or networks (10.0.0.0/8)")
+            return None
+        networks = []
+        for index, item in enumerate(value):
+            where = f"{path}[{index}]"
+            if self.string(item, where) is None:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item.strip()))
+            except ValueError as e:
+                self.fail(where, f"not an IP address or network: {e}")
+        if len(networks) != len(value):
+            return None
+        return tuple(networks)
 
     def listener_root(self, item: dict, path: str) -> PluginConfig | None:
         """

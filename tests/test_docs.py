@@ -722,6 +722,20 @@ def assert_quoted_from(block: Block, path: Path) -> None:
         assert line in lines, f"{block.where}: {line!r} is not (in this order) in {path.name}"
 
 
+# docs/scaling.md: Behind HAProxy ------------------------------------------------------
+# test_bundled_configs checks the pbd config; test_proxy_protocol.py runs both.
+
+
+@sample("scaling-pbd-config")
+def _(block: Block, docs: Docs) -> None:
+    assert_quoted_from(block, REPO / "config" / "behind-haproxy.yaml")
+
+
+@sample("scaling-haproxy-config")
+def _(block: Block, docs: Docs) -> None:
+    assert_quoted_from(block, REPO / "config" / "haproxy.cfg")
+
+
 @sample("legacy-old-client")
 def _(block: Block, docs: Docs) -> None:
     # tests/test_legacy_docs.py runs the file against config/legacy.yaml.
