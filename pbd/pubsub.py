@@ -258,17 +258,20 @@ class RedisPubSub(_Channels):
     Two connections per process: one that publishes (one connection keeps
     the order of one process's messages) and one that subscribes (Redis
     gives a subscribing connection nothing else to do). Both reconnect with
-    backoff; the subscriber subscribes again to every channel in use.
+    backoff; the subscriber subscribes again to every channel in use. The
+    log says once when Redis is reachable (both connections up, every
+    channel subscribed) and once when it is lost.
     """
 
     def __init__(self, address: RedisAddress, reactor: Any) -> None:
         super().__init__()
         self.address = address
         self.reactor = reactor
-        self._publisher: Any = None
-        self._subscriber: Any = None
-        self._connection: Any = None  # the subscribing protocol, when connected
-        self._reachable: bool | None = None  # None: not yet tried
+        self._publisher_factory: Any = None
+        self._subscriber_factory: Any = None
+        self._publisher: Any = None  # the publishing protocol, when usable
+        self._subscriber: Any = None  # the subscribing protocol, when subscribed
+        self._reachable: bool | None = None  # None: not yet known
         self._closing = False
 
     def start(self) -> None:
@@ -279,22 +282,17 @@ class RedisPubSub(_Channels):
         def endpoint() -> Any:
             return HostnameEndpoint(self.reactor, self.address.host, self.address.port, timeout=10)
 
-        self._publisher = txredisapi.RedisFactory(
-            str(self.address),
-            self.address.db,
-            1,
-            isLazy=True,
-            password=self.address.password,
-            replyTimeout=10,
+        self._publisher_factory = txredisapi.RedisFactory(
+            str(self.address), None, 1, isLazy=True, password=self.address.password
         )
-        self._publisher.startConnecting(endpoint())
-        self._subscriber = txredisapi.SubscriberFactory(isLazy=True)
-        self._subscriber.password = self.address.password
-        self._subscriber.protocol = _subscriber_protocol(txredisapi)
-        self._subscriber.bus = self
-        self._subscriber.startConnecting(endpoint())
-        # Only the subscriber says "unreachable": it is always connected.
-        self.reactor.callLater(5, self._still_unreachable)
+        self._publisher_factory.protocol = _publisher_protocol(txredisapi)
+        self._subscriber_factory = txredisapi.SubscriberFactory(isLazy=True)
+        self._subscriber_factory.password = self.address.password
+        self._subscriber_factory.protocol = _subscriber_protocol(txredisapi)
+        for factory in (self._publisher_factory, self._subscriber_factory):
+            factory.bus = self
+            factory.startConnecting(endpoint())
+        self.reactor.callLater(UNREACHABLE_AFTER, self._still_unreachable)
 
     def _still_unreachable(self) -> None:
         if self._reachable is None and not self._closing:
@@ -308,16 +306,16 @@ class RedisPubSub(_Channels):
     def close(self) -> defer.Deferred:
         """Stop reconnecting and close both connections."""
         self._closing = True
-        closing = [f.disconnect() for f in (self._publisher, self._subscriber) if f is not None]
+        factories = (self._publisher_factory, self._subscriber_factory)
+        closing = [factory.disconnect() for factory in factories if factory is not None]
         return defer.gatherResults(closing, consumeErrors=True)
 
     def publish(self, channel: str, message: dict[str, Any] | bytes) -> defer.Deferred:
         text = encode(message)
-        pool = self._publisher.pool if self._publisher is not None else []
-        if not pool or not pool[0].connected:
+        if self._publisher is None:
             # Never queue while Redis is away: the queue would have no bound.
             return defer.fail(PubSubUnavailableError(f"Redis at {self.address} is not reachable"))
-        d = pool[0].publish(channel, text)
+        d = self._publisher.publish(channel, text)
         return d.addErrback(_unavailable, self.address)
 
     def subscribe(
@@ -325,7 +323,7 @@ class RedisPubSub(_Channels):
     ) -> Subscription:
         subscription = Subscription(self, channel, callback, on_subscribed)
         first = self.add(subscription)
-        connection = self._connection
+        connection = self._subscriber
         if connection is not None:
             if first:
                 connection.subscribe(channel).addCallbacks(
@@ -336,28 +334,50 @@ class RedisPubSub(_Channels):
         return subscription
 
     def channel_emptied(self, channel: str) -> None:
-        if self._connection is not None:
-            self._connection.unsubscribe(channel).addErrback(_lost_meanwhile)
+        if self._subscriber is not None:
+            self._subscriber.unsubscribe(channel).addErrback(_lost_meanwhile)
 
-    # -- the subscribing connection
+    # -- the connections
 
-    def connected(self, connection: Any) -> None:
-        if self._reachable is not True:
-            log.info("pubsub: connected to Redis at {address}", address=str(self.address))
-        self._reachable = True
-        self._connection = connection
+    def publisher_ready(self, connection: Any) -> None:
+        self._publisher = connection
+        self._maybe_reachable()
+
+    def subscriber_ready(self, connection: Any) -> None:
         channels = list(self.by_channel)
-        if channels:
-            every = [s for c in channels for s in self.by_channel.get(c, [])]
-            connection.subscribe(channels).addCallbacks(
-                lambda _: self.subscribed(every), _lost_meanwhile
-            )
-
-    def disconnected(self, connection: Any) -> None:
-        if connection is not self._connection:
+        if not channels:
+            self._subscriber_subscribed(connection, [])
             return
-        self._connection = None
-        if not self._closing:
+        every = [s for c in channels for s in self.by_channel.get(c, [])]
+        connection.subscribe(channels).addCallbacks(
+            lambda _: self._subscriber_subscribed(connection, every), _lost_meanwhile
+        )
+
+    def _subscriber_subscribed(self, connection: Any, subscriptions: list[Subscription]) -> None:
+        if not connection.connected:
+            return
+        self._subscriber = connection
+        self._maybe_reachable()
+        self.subscribed(subscriptions)
+
+    def _maybe_reachable(self) -> None:
+        if self._publisher is None or self._subscriber is None or self._reachable is True:
+            return
+        self._reachable = True
+        log.info(
+            "pubsub: connected to Redis at {address} ({channels} channel(s))",
+            address=str(self.address),
+            channels=len(self.by_channel),
+        )
+
+    def lost(self, connection: Any) -> None:
+        if connection is self._publisher:
+            self._publisher = None
+        elif connection is self._subscriber:
+            self._subscriber = None
+        else:
+            return
+        if self._reachable is not False and not self._closing:
             self._reachable = False
             log.warn(
                 "pubsub: lost Redis at {address}; members on this daemon only hear each "
@@ -375,16 +395,36 @@ class RedisPubSub(_Channels):
         self.deliver(channel, message)
 
 
+# How long a daemon tries before the log says Redis cannot be reached (it
+# goes on trying).
+UNREACHABLE_AFTER = 5.0
+
+
+def _publisher_protocol(txredisapi: Any) -> type:
+    class Publisher(txredisapi.RedisProtocol):
+        """Tells the bus when it is usable and when it is lost."""
+
+        def connectionMade(self) -> Any:
+            self.whenConnected().addCallback(lambda _: self.factory.bus.publisher_ready(self))
+            return super().connectionMade()
+
+        def connectionLost(self, reason: Any) -> None:
+            self.factory.bus.lost(self)
+            super().connectionLost(reason)
+
+    return Publisher
+
+
 def _subscriber_protocol(txredisapi: Any) -> type:
     class Subscriber(txredisapi.SubscriberProtocol):
         """Tells the bus when it is usable, lost, and what it hears."""
 
         def connectionMade(self) -> Any:
-            self.whenConnected().addCallback(lambda _: self.factory.bus.connected(self))
+            self.whenConnected().addCallback(lambda _: self.factory.bus.subscriber_ready(self))
             return super().connectionMade()
 
         def connectionLost(self, reason: Any) -> None:
-            self.factory.bus.disconnected(self)
+            self.factory.bus.lost(self)
             super().connectionLost(reason)
 
         def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
