@@ -20,9 +20,13 @@ from typing import Any
 
 import in_reactor
 import pytest
+from configs import LOOPBACK
 from pb_client import Mailbox
+from pbd_daemon import run_pbd, run_twistd, write_config
 from twisted.internet import defer, reactor
 
+from pbd.assembly import assemble
+from pbd.config import load_config
 from pbd.pubsub import (
     MAX_MESSAGE_BYTES,
     InProcessPubSub,
@@ -391,3 +395,58 @@ def test_chat_across_two_daemons_delivers_every_message_once_to_every_member(
     assert (
         members["bob"][1].events.count(("message", "lobby", "alice", "only east hears this")) == 1
     )
+
+
+# -- the config
+
+
+def test_a_bad_redis_url_is_one_line_naming_the_key_without_the_password(tmp_path):
+    config = chat_across("http://:s3cret@127.0.0.1:6379/0")
+    config["listeners"] = [{"endpoint": LOOPBACK, "portal": "chat"}]
+    config_path = write_config(tmp_path, config)
+    for result in (run_pbd("check-config", str(config_path)), run_twistd(config_path)):
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        assert f"{config_path}: pubsub.redis: a Redis URL is redis://host:port/db" in output
+        assert "s3cret" not in output
+        assert "Traceback" not in output
+
+
+def test_the_plugins_share_the_bus_in_force_across_a_reload(tmp_path):
+    config = chat_across("redis://127.0.0.1:1/0")
+    config["listeners"] = [{"endpoint": LOOPBACK, "portal": "chat"}]
+    first = assemble(load_config(write_config(tmp_path, config)), reactor, check_only=True)
+    assert isinstance(first.pubsub, RedisPubSub)
+    realm = first.built["portals.chat.realm"].instance
+    assert realm.bus.namespace == "pbd:portals.chat.realm"
+
+    config["pubsub"] = {"redis": "redis://127.0.0.1:2/0", "prefix": "site-b"}
+    reloaded = assemble(load_config(write_config(tmp_path, config)), reactor, in_force=first)
+    assert reloaded.pubsub is first.pubsub
+    assert "pubsub: changed; the bus in force is kept until pbd restarts" in reloaded.warnings
+
+
+def test_without_a_pubsub_section_the_bus_is_in_process(tmp_path):
+    config = chat_across("unused")
+    del config["pubsub"]
+    config["listeners"] = [{"endpoint": LOOPBACK, "portal": "chat"}]
+    assembly = assemble(load_config(write_config(tmp_path, config)), reactor, check_only=True)
+    assert isinstance(assembly.pubsub, InProcessPubSub)
+
+
+def test_a_daemon_that_cannot_reach_redis_serves_its_own_members_and_says_so(pbd_daemon):
+    daemon = pbd_daemon(chat_across(f"redis://127.0.0.1:{_free_port()}/0"))
+    alice_inbox, bob_inbox = Mailbox(), Mailbox()
+    with (
+        daemon.login("alice", "a-pw", client=alice_inbox) as alice,
+        daemon.login("bob", "b-pw", client=bob_inbox) as bob,
+    ):
+        alice.call("join", "lobby")
+        bob.call("join", "lobby")
+        alice.call("say", "lobby", "anyone?")
+        bob.call("members", "lobby")
+    assert bob_inbox.events == [
+        ("joined", "lobby", "bob"),
+        ("message", "lobby", "alice", "anyone?"),
+    ]
+    _wait_for_log(daemon, "pubsub: cannot reach Redis at redis://127.0.0.1:", 1)
