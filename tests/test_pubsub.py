@@ -20,7 +20,9 @@ from typing import Any
 
 import in_reactor
 import pytest
+import yaml
 from configs import LOOPBACK
+from docsamples import Block, all_blocks
 from pb_client import Mailbox
 from pbd_daemon import run_pbd, run_twistd, write_config
 from twisted.internet import defer, reactor
@@ -450,3 +452,41 @@ def test_a_daemon_that_cannot_reach_redis_serves_its_own_members_and_says_so(pbd
         ("message", "lobby", "alice", "anyone?"),
     ]
     _wait_for_log(daemon, "pubsub: cannot reach Redis at redis://127.0.0.1:", 1)
+
+
+# -- the README's samples
+
+
+def _readme_block(reason: str) -> Block:
+    (block,) = [b for b in all_blocks() if reason in (b.skip_reason or "")]
+    return block
+
+
+def test_the_readme_pubsub_section_is_a_valid_config(tmp_path):
+    block = _readme_block("tests/test_pubsub.py checks it")
+    config = chat_across("unused")
+    config["pubsub"] = yaml.safe_load(block.text)["pubsub"]
+    config["listeners"] = [{"endpoint": LOOPBACK, "portal": "chat"}]
+    result = run_pbd("check-config", str(write_config(tmp_path, config)))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_readme_pubsub_realm_tells_every_daemons_users_once():
+    namespace: dict[str, Any] = {}
+    exec(_readme_block("two realms on one bus").text, namespace)
+    bus = InProcessPubSub()
+    heard: list[tuple[str, str]] = []
+
+    class Mind:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def callRemote(self, method: str, text: str) -> None:
+            heard.append((self.name, text))
+
+    east, west = namespace["NoticeRealm"](), namespace["NoticeRealm"]()
+    for realm, name in ((east, "east"), (west, "west")):
+        realm.usePubSub(ScopedPubSub(bus, "pbd:portals.notices.realm"))
+        realm.minds.append(Mind(name))
+    east.post("tea at four")
+    assert heard == [("east", "tea at four"), ("west", "tea at four")]
