@@ -386,6 +386,16 @@ def test_chat_across_two_daemons_delivers_every_message_once_to_every_member(
             lambda: ("message", "lobby", "bob", "hello again") in members["carol"][1].events,
             "carol never heard bob after Redis came back",
         )
+
+        # A daemon that stops tells the others its members left.
+        west.stop()
+        east_members = {name: members[name] for name in ("alice", "bob")}
+        _pump_until(
+            east_members,
+            lambda: ("left", "lobby", "carol") in members["alice"][1].events,
+            "alice never heard that carol left with her daemon",
+        )
+        assert members["alice"][0].call("members", "lobby") == ["alice", "bob"]
     finally:
         for avatar, _inbox in members.values():
             avatar.close()
