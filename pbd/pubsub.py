@@ -159,14 +159,8 @@ class _Channels:
 
 def _call(function: Callable[..., Any], argument: Any, channel: str) -> None:
     """A subscriber's code: one that fails is logged and the others still run."""
-    try:
-        d = (
-            defer.maybeDeferred(function)
-            if argument is None
-            else defer.maybeDeferred(function, argument)
-        )
-    except Exception:  # pragma: no cover - maybeDeferred catches
-        return
+    arguments = () if argument is None else (argument,)
+    d = defer.maybeDeferred(function, *arguments)
     d.addErrback(
         lambda failure: log.failure(
             "pubsub: a subscriber of {channel!r} failed", failure, channel=channel
@@ -273,6 +267,7 @@ class RedisPubSub(_Channels):
         self._subscriber: Any = None  # the subscribing protocol, when subscribed
         self._reachable: bool | None = None  # None: not yet known
         self._closing = False
+        self._dropped_one = False
 
     def start(self) -> None:
         """Connect (and keep connecting): the daemon serves meanwhile."""
@@ -390,7 +385,13 @@ class RedisPubSub(_Channels):
             channel = channel.decode("utf-8", "replace")
         message = decode(data)
         if message is None:
-            log.warn("pubsub: dropped a message on {channel!r} that is not pbd's", channel=channel)
+            if not self._dropped_one:
+                self._dropped_one = True
+                log.warn(
+                    "pubsub: dropped a message on {channel!r} that is not pbd's (not a JSON "
+                    "object, or too large); further ones are dropped without a word",
+                    channel=channel,
+                )
             return
         self.deliver(channel, message)
 

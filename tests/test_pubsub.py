@@ -268,6 +268,29 @@ def test_publishing_without_redis_fails_at_once_and_resumes_when_it_is_back(redi
     assert heard == [{"n": "back"}]
 
 
+def test_what_is_not_a_pbd_message_is_dropped(redis_server):
+    bus = _bus(redis_server)
+    heard: list[dict] = []
+
+    async def listen() -> None:
+        await _subscribed(bus, "room", heard)
+
+    async def then_publish() -> None:
+        await bus.publish("room", {"n": 1})
+        await _until(lambda: heard, "the good message")
+
+    try:
+        in_reactor.run(listen)
+        with socket.create_connection(("127.0.0.1", redis_server.port), timeout=5) as raw:
+            for junk in (b"not-json", b"[1,2]"):
+                raw.sendall(b"PUBLISH room " + junk + b"\r\n")
+                assert raw.recv(64).startswith(b":1")
+        in_reactor.run(then_publish)
+    finally:
+        in_reactor.run(_close_all, bus)
+    assert heard == [{"n": 1}]
+
+
 # -- chat across two daemons
 
 
