@@ -268,6 +268,7 @@ class RedisPubSub(_Channels):
         self._reachable: bool | None = None  # None: not yet known
         self._closing = False
         self._dropped_one = False
+        self._told_when_reachable: list[Subscription] = []
 
     def start(self) -> None:
         """Connect (and keep connecting): the daemon serves meanwhile."""
@@ -352,11 +353,17 @@ class RedisPubSub(_Channels):
         if not connection.connected:
             return
         self._subscriber = connection
+        # Told once both connections are up: a subscriber that answers by
+        # publishing (chat's "hello") must be able to.
+        self._told_when_reachable.extend(subscriptions)
         self._maybe_reachable()
-        self.subscribed(subscriptions)
 
     def _maybe_reachable(self) -> None:
-        if self._publisher is None or self._subscriber is None or self._reachable is True:
+        if self._publisher is None or self._subscriber is None:
+            return
+        waiting, self._told_when_reachable = self._told_when_reachable, []
+        self.subscribed([s for s in waiting if s in self.by_channel.get(s.channel, ())])
+        if self._reachable is True:
             return
         self._reachable = True
         log.info(

@@ -523,3 +523,25 @@ def test_the_readme_pubsub_realm_tells_every_daemons_users_once():
         realm.minds.append(Mind(name))
     east.post("tea at four")
     assert heard == [("east", "tea at four"), ("west", "tea at four")]
+
+
+def test_a_daemon_that_starts_later_learns_who_is_in_the_rooms(pbd_daemon, redis_server):
+    east = pbd_daemon(chat_across(redis_server.url))
+    _wait_for_log(east, "pubsub: connected to Redis", 1)
+    alice_inbox, carol_inbox = Mailbox(), Mailbox()
+    with east.login("alice", "a-pw", client=alice_inbox) as alice:
+        alice.call("join", "lobby")
+        alice.call("join", "games")  # not a permanent room: followed once someone joins
+        west = pbd_daemon(chat_across(redis_server.url))
+        _wait_for_log(west, "pubsub: connected to Redis", 1)
+        with west.login("carol", "c-pw", client=carol_inbox) as carol:
+            members = {"alice": (alice, alice_inbox), "carol": (carol, carol_inbox)}
+            carol.call("join", "games")
+            expected = {"lobby": ["alice"], "games": ["alice", "carol"]}
+            _pump_until(
+                members,
+                lambda: all(carol.call("members", room) == expected[room] for room in expected),
+                "west never learnt who is in the rooms on east",
+            )
+    # Carol heard of alice in games once: in join's answer, or as a join.
+    assert carol_inbox.events.count(("joined", "games", "alice")) <= 1
