@@ -12,7 +12,10 @@ import time
 import pytest
 from pb_client import Mailbox
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
 from twisted.spread import pb
+
+from realms.chat import ChatError, ChatOptions, ChatRealm
 
 
 def chat_config(**realm_options):
@@ -91,3 +94,22 @@ def test_anonymous_users_cannot_chat(pbd_daemon):
 
     with pytest.raises(UnauthorizedLogin, match="login refused"):
         daemon.call("rooms", client=Mailbox())
+
+
+def test_a_reload_hands_the_realm_its_new_options_and_keeps_its_rooms():
+    class Mind:
+        def callRemote(self, method, *args):
+            return defer.succeed(None)
+
+    realm = ChatRealm(rooms=["lobby", "games"])
+    user = realm.requestAvatar(b"alice", Mind(), pb.IPerspective)[1]
+    user.perspective_join("games")
+
+    realm.reloaded(ChatOptions(rooms=["hall"], max_message_length=5))
+
+    # lobby was empty and is no longer permanent; games closes when alice leaves.
+    assert user.perspective_rooms() == ["games", "hall"]
+    with pytest.raises(ChatError, match="at most 5 characters"):
+        user.perspective_say("games", "too long")
+    user.perspective_leave("games")
+    assert user.perspective_rooms() == ["hall"]
