@@ -29,7 +29,6 @@ from twisted.cred.checkers import ANONYMOUS
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
@@ -37,8 +36,6 @@ from pbd.errors import OptionError
 from pbd.interfaces import ILifecycle, IUsesPubSub
 from pbd.options import given_or_read, option
 from pbd.pubsub import InProcessPubSub, IPubSub, PubSubUnavailableError, Subscription
-
-log = Logger()
 
 
 class ChatError(pb.Error):
@@ -76,15 +73,16 @@ class Room:
             member.notify(method, self.name, *args)
 
     def announce(self, event: str, **fields: Any) -> defer.Deferred:
-        """Tell the other daemons (they skip nothing: this daemon skips its own)."""
+        """
+        Tell the other daemons (each skips what it published itself).
+
+        @raise ChatError: the event is larger than the bus carries.
+        """
         message = {"event": event, "origin": self.realm.origin, **fields}
         try:
             d = self.realm.bus.publish(self.channel, message)
-        except ValueError:
-            log.failure(
-                "chat: room {room!r}: could not publish {event}", room=self.name, event=event
-            )
-            return defer.succeed(None)
+        except ValueError as e:
+            raise ChatError(f"too large to share with the other daemons: {e}") from None
         return d.addErrback(_bus_away)
 
     def follow(self) -> None:
@@ -186,8 +184,9 @@ class ChatUser(pb.Avatar):
             raise ChatError("a message is a string")
         if len(text) > self.realm.max_message_length:
             raise ChatError(f"messages are at most {self.realm.max_message_length} characters")
-        room.tell("message", self.name, text)
+        # Published first: what the bus refuses (too large) nobody hears.
         room.announce("message", user=self.name, text=text)
+        room.tell("message", self.name, text)
 
     def perspective_members(self, room_name: str) -> list[str]:
         return room_members(self.realm.room(room_name, create=False))

@@ -96,11 +96,31 @@ def test_anonymous_users_cannot_chat(pbd_daemon):
         daemon.call("rooms", client=Mailbox())
 
 
-def test_a_reload_hands_the_realm_its_new_options_and_keeps_its_rooms():
-    class Mind:
-        def callRemote(self, method, *args):
-            return defer.succeed(None)
+class Mind:
+    """A client object in memory: records what the realm tells it."""
 
+    def __init__(self):
+        self.events = []
+
+    def callRemote(self, method, *args):
+        self.events.append((method, *args))
+        return defer.succeed(None)
+
+
+def test_a_message_larger_than_the_bus_carries_is_refused_and_heard_by_nobody():
+    realm = ChatRealm(rooms=["lobby"], max_message_length=100_000)
+    alice_mind, bob_mind = Mind(), Mind()
+    alice = realm.requestAvatar(b"alice", alice_mind, pb.IPerspective)[1]
+    bob = realm.requestAvatar(b"bob", bob_mind, pb.IPerspective)[1]
+    alice.perspective_join("lobby")
+    bob.perspective_join("lobby")
+
+    with pytest.raises(ChatError, match="too large to share with the other daemons"):
+        alice.perspective_say("lobby", "x" * 70_000)
+    assert [event[0] for event in bob_mind.events] == ["joined"]
+
+
+def test_a_reload_hands_the_realm_its_new_options_and_keeps_its_rooms():
     realm = ChatRealm(rooms=["lobby", "games"])
     user = realm.requestAvatar(b"alice", Mind(), pb.IPerspective)[1]
     user.perspective_join("games")
