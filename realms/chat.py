@@ -231,8 +231,10 @@ class ChatOptions:
 @implementer(IRealm, IUsesPubSub, ILifecycle)
 class ChatRealm:
     """
-    Users join named rooms and talk to everyone in them, on this daemon and
-    on every daemon that shares its bus (C{pubsub:} in the config).
+    Users join named rooms and talk to everyone in them.
+
+    Rooms span every daemon that shares this one's bus (C{pubsub:} in the
+    config).
 
     Anonymous users are refused: every message carries its sender's name.
     """
