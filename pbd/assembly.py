@@ -33,11 +33,13 @@ from pbd.interfaces import (
     ILifecycle,
     IUsesDirectory,
     IUsesHashPool,
+    IUsesPubSub,
 )
 from pbd.lifecycle import BuiltPlugin
 from pbd.options import option_problems
 from pbd.portals import PortalEntry, make_portal
 from pbd.proxyprotocol import ProxyProtocolFactory
+from pbd.pubsub import InProcessPubSub, RedisPubSub, ScopedPubSub, parse_redis_url
 from pbd.root import PortalRoot
 from pbd.session import FrontDoor
 from pbd.twisted_private import inherited_sockets
@@ -81,6 +83,8 @@ class Assembly:
     metrics_endpoint: IStreamServerEndpoint | None = None
     # A reload's: the plugins of the config in force, by key path, to keep.
     previous_plugins: Mapping[str, BuiltPlugin] = field(default_factory=dict)
+    # The bus between pbd processes (config.pubsub), kept across reloads.
+    pubsub: InProcessPubSub | RedisPubSub = field(default_factory=InProcessPubSub)
 
     @property
     def plugins(self) -> list[Any]:
@@ -122,6 +126,7 @@ def assemble(
     assembly.warnings.extend(config.warnings)
     problems: list[Problem] = list(config.problems)
     _hash_threads(os.environ if environment is None else environment, assembly, problems)
+    assembly.pubsub = _pubsub(config, reactor, problems, assembly, in_force)
     built: dict[str, _BuiltPortal] = {}
     for name, portal_config in config.portals.items():
         portal = _portal(portal_config, config, problems, assembly)
@@ -208,6 +213,8 @@ def assemble(
         _show_directory(listener_config, roots.get(listener_config.key_path), assembly, problems)
     if problems:
         raise ConfigError(config.source, problems)
+    if in_force is None and not check_only and isinstance(assembly.pubsub, RedisPubSub):
+        assembly.pubsub.start()
     return assembly
 
 
@@ -221,6 +228,32 @@ def _behind_proxy(factory: Any, listener: ListenerConfig, assembly: Assembly) ->
     return ProxyProtocolFactory(
         factory, listener.proxy_protocol, assembly.front_door, listener.key_path
     )
+
+
+def _pubsub(
+    config: Config,
+    reactor: Any,
+    problems: list[Problem],
+    assembly: Assembly,
+    in_force: Assembly | None,
+) -> InProcessPubSub | RedisPubSub:
+    """
+    The bus: a reload keeps the one in force (its subscriptions belong to
+    plugins that carry on), so a changed C{pubsub:} waits for a restart.
+    """
+    if in_force is not None:
+        if config.pubsub != in_force.config.pubsub:
+            assembly.warnings.append("pubsub: changed; the bus in force is kept until pbd restarts")
+        return in_force.pubsub
+    if config.pubsub.redis is None:
+        return InProcessPubSub()
+    try:
+        address = parse_redis_url(config.pubsub.redis)
+    except ValueError as e:
+        # Not the URL itself: it may hold the password.
+        problems.append(Problem("pubsub.redis", str(e)))
+        return InProcessPubSub()
+    return RedisPubSub(address, reactor)
 
 
 def _root(spec: PluginConfig, config: Config, problems: list[Problem], assembly: Assembly) -> Any:
@@ -551,6 +584,15 @@ def _plugin(
         )
         return None
     if assembly is not None:
+        if IUsesPubSub.providedBy(instance):
+            prefix = assembly.config.pubsub.prefix
+            instance.usePubSub(ScopedPubSub(assembly.pubsub, f"{prefix}:{spec.key_path}"))
+            if config.workers > 1 and config.pubsub.redis is None:
+                assembly.warnings.append(
+                    f"{spec.key_path}: plugin {spec.plugin!r} reaches its users through the "
+                    f"bus, which is in-process: with workers: {config.workers} each worker's "
+                    "users reach only that worker's (give pubsub.redis)"
+                )
         built = BuiltPlugin(spec.key_path, spec.plugin, spec.options, instance)
         assembly.built[spec.key_path] = built
         assembly.fresh.append(built)

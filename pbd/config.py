@@ -123,6 +123,17 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class PubSubConfig:
+    """
+    The bus between pbd processes (L{pbd.pubsub}): a Redis URL, or L{None}
+    for in-process; C{prefix} keeps sites that share a Redis server apart.
+    """
+
+    redis: str | None = None
+    prefix: str = "pbd"
+
+
+@dataclass(frozen=True)
 class LooseParts:
     """
     The sound parts of entries that have a problem elsewhere (a realm whose
@@ -162,6 +173,7 @@ class Config:
     metrics: MetricsConfig | None = None
     # Worker processes serving the listeners (pbd.workers); 1: this process alone.
     workers: int = 1
+    pubsub: PubSubConfig = field(default_factory=PubSubConfig)
 
     @property
     def login_timeout(self) -> float:
@@ -248,7 +260,7 @@ class _Reader(Checks):
         if document is None:
             self.fail("", "the file is empty: it needs 'listeners' (and 'portals' for them)")
             return Config(source, (), problems=tuple(self.problems))
-        allowed = {"listeners", "portals", "limits", "metrics", "workers"}
+        allowed = {"listeners", "portals", "limits", "metrics", "pubsub", "workers"}
         if isinstance(document, dict) and "login_timeout" in document:
             allowed.add("login_timeout")  # the old place of limits.login_timeout
         top = self.mapping(document, "", allowed)
@@ -261,6 +273,7 @@ class _Reader(Checks):
         limits = self.limits(top.get("limits", {}))
         metrics = self.metrics(top["metrics"]) if "metrics" in top else None
         workers = self.workers(top.get("workers", 1))
+        pubsub = self.pubsub(top["pubsub"]) if "pubsub" in top else PubSubConfig()
         if "login_timeout" in top:
             self.warnings.append(
                 "login_timeout: moved to limits.login_timeout; the old key still works"
@@ -284,6 +297,7 @@ class _Reader(Checks):
             self.loose,
             metrics,
             workers,
+            pubsub,
         )
 
     def workers(self, value: Any) -> int:
@@ -303,6 +317,19 @@ class _Reader(Checks):
         if endpoint is None or self.string(endpoint, "metrics.endpoint") is None:
             return None
         return MetricsConfig(endpoint)
+
+    def pubsub(self, value: Any) -> PubSubConfig:
+        body = self.mapping(value, "pubsub", {"redis", "prefix"})
+        if body is None:
+            return PubSubConfig()
+        redis = body.get("redis")
+        if redis is not None:
+            redis = self.string(redis, "pubsub.redis")
+        prefix = self.string(body.get("prefix", "pbd"), "pubsub.prefix")
+        if prefix is not None and not PORTAL_NAME.match(prefix):
+            self.fail("pubsub.prefix", "a prefix is letters, digits, '_', '.' and '-'")
+            prefix = None
+        return PubSubConfig(redis, prefix if prefix is not None else "pbd")
 
     def limits(self, value: Any) -> Limits:
         if value is None:

@@ -128,3 +128,18 @@ class ILifecycle(Interface):
         C{seconds()}); a Deferred still unfired then is abandoned and the
         connections are closed.
         """
+
+
+class IUsesPubSub(Interface):
+    """
+    A realm, checker or root plugin that talks to its peers in other pbd
+    processes (the bundled C{chat} realm); pbd hands it an
+    L{pbd.pubsub.IPubSub} when it builds it, before anything is served:
+    Redis when the config has C{pubsub: redis:}, else in-process.
+    """
+
+    def usePubSub(pubsub) -> None:
+        """
+        Publish and subscribe through C{pubsub} from now on. Its channels
+        are the plugin's own (pbd prefixes them with the plugin's key path).
+        """

@@ -12,7 +12,10 @@ import time
 import pytest
 from pb_client import Mailbox
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
 from twisted.spread import pb
+
+from realms.chat import ChatError, ChatOptions, ChatRealm
 
 
 def chat_config(**realm_options):
@@ -91,3 +94,42 @@ def test_anonymous_users_cannot_chat(pbd_daemon):
 
     with pytest.raises(UnauthorizedLogin, match="login refused"):
         daemon.call("rooms", client=Mailbox())
+
+
+class Mind:
+    """A client object in memory: records what the realm tells it."""
+
+    def __init__(self):
+        self.events = []
+
+    def callRemote(self, method, *args):
+        self.events.append((method, *args))
+        return defer.succeed(None)
+
+
+def test_a_message_larger_than_the_bus_carries_is_refused_and_heard_by_nobody():
+    realm = ChatRealm(rooms=["lobby"], max_message_length=100_000)
+    alice_mind, bob_mind = Mind(), Mind()
+    alice = realm.requestAvatar(b"alice", alice_mind, pb.IPerspective)[1]
+    bob = realm.requestAvatar(b"bob", bob_mind, pb.IPerspective)[1]
+    alice.perspective_join("lobby")
+    bob.perspective_join("lobby")
+
+    with pytest.raises(ChatError, match="too large to share with the other daemons"):
+        alice.perspective_say("lobby", "x" * 70_000)
+    assert [event[0] for event in bob_mind.events] == ["joined"]
+
+
+def test_a_reload_hands_the_realm_its_new_options_and_keeps_its_rooms():
+    realm = ChatRealm(rooms=["lobby", "games"])
+    user = realm.requestAvatar(b"alice", Mind(), pb.IPerspective)[1]
+    user.perspective_join("games")
+
+    realm.reloaded(ChatOptions(rooms=["hall"], max_message_length=5))
+
+    # lobby was empty and is no longer permanent; games closes when alice leaves.
+    assert user.perspective_rooms() == ["games", "hall"]
+    with pytest.raises(ChatError, match="at most 5 characters"):
+        user.perspective_say("games", "too long")
+    user.perspective_leave("games")
+    assert user.perspective_rooms() == ["hall"]

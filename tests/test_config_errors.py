@@ -44,7 +44,8 @@ BAD_CONFIGS = {
     "not a mapping": ("- just\n- a list\n", "expected a mapping, got a list"),
     "unknown top-level key": (
         _with(lambda c: c.update(listners=[])),
-        "listners: unknown key (expected one of: limits, listeners, metrics, portals, workers)",
+        "listners: unknown key (expected one of: limits, listeners, metrics, portals, pubsub, "
+        "workers)",
     ),
     "unknown listener key": (
         _with(lambda c: c["listeners"][0].update(port=8787)),
