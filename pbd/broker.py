@@ -402,9 +402,14 @@ class _GuardedCall:
             meter.errored(timer() - started, meant_for_peer=True)
             raise
         except Exception:
-            meter.errored(timer() - started, meant_for_peer=False)
             failure = Failure()
-            self.broker.call_failed(name, failure)
+            # A method the object does not have is the peer's mistake, not a
+            # bug of the realm's: answered as stock PB answers it (an
+            # AttributeError), without a traceback in the log.
+            peers = failure.check(AttributeError) is not None and not _answers(self.target, name)
+            meter.errored(timer() - started, meant_for_peer=peers)
+            if not peers:
+                self.broker.call_failed(name, failure)
             return defer.fail(failure) if self.answer_required else None
         if isinstance(result, defer.Deferred):
             result.addBoth(self._timed, meter, timer, started)

@@ -200,3 +200,15 @@ def test_a_realm_that_never_answers_fails_the_login_at_the_login_timeout(pbd_dae
     opened = daemon.wait_for_notice("STATUS=1 connection(s), 0 logged in")
     daemon.wait_for_notice("STATUS=0 connection(s), 0 logged in", start=opened)
     assert daemon.call("hello", user="alice", password="a-pw") == "hello"
+
+
+def test_a_method_the_avatar_lacks_is_the_peers_mistake_not_a_realm_bug(pbd_daemon):
+    daemon = pbd_daemon(realm_config("BrokenForBobRealm"))
+    for _ in range(3):
+        with pytest.raises(pb.RemoteError) as raised:
+            daemon.call("no_such_method", user="alice", password="a-pw")
+        # As stock PB answers it.
+        assert raised.value.remoteType == b"builtins.AttributeError"
+    assert daemon.call("hello", user="alice", password="a-pw") == "hello"
+    assert "Traceback" not in daemon.log
+    assert "#critical" not in daemon.log
