@@ -396,22 +396,57 @@ class MetricsService(Service):
         return port.stopListening() if port is not None else None
 
 
+# Connections the metrics listener serves at once (Prometheus and a person
+# or two), and how long one may stay idle.
+METRICS_CONNECTIONS = 8
+METRICS_IDLE_TIMEOUT = 10
+
+
 def _site(registry: CollectorRegistry) -> Any:
     # Imported here: prometheus_client.twisted imports the global reactor,
     # which must not be installed before twistd has chosen one; and the
     # daemon without a metrics: section needs no web server.
     from prometheus_client.twisted import MetricsResource
+    from twisted.protocols.policies import WrappingFactory
     from twisted.web.resource import NoResource
-    from twisted.web.server import Site
+    from twisted.web.server import Request, Site
+
+    class BodilessRequest(Request):
+        """
+        The page is read-only: a request with a body (a length, or chunks)
+        is cut off before any of it is read, instead of spooled to a
+        temporary file as twisted.web does with a large body.
+        """
+
+        def gotLength(self, length: int | None) -> None:
+            if length != 0:
+                transport: Any = self.channel.transport
+                transport.abortConnection()
+                return
+            super().gotLength(length)
 
     class QuietSite(Site):
         """No access-log line per request: a scrape every 15 s would fill the log."""
 
         noisy = False
+        requestFactory = BodilessRequest
+        # A scrape takes milliseconds: an idle connection is let go soon.
+        timeOut = METRICS_IDLE_TIMEOUT
 
         def log(self, request: Any) -> None:
             pass
 
     root = NoResource("pbd serves its metrics at /metrics")
     root.putChild(b"metrics", MetricsResource(registry))
-    return QuietSite(root)
+
+    # Outside the PB listeners' limits: a few scrapers at once, no more, so
+    # that nobody can spend the daemon's file descriptors here.
+    class Capped(WrappingFactory):
+        noisy = False
+
+        def buildProtocol(self, addr: Any) -> Any:
+            if len(self.protocols) >= METRICS_CONNECTIONS:
+                return None
+            return super().buildProtocol(addr)
+
+    return Capped(QuietSite(root))

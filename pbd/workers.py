@@ -428,6 +428,14 @@ class _Gathered:
                 for sample in family.samples:
                     labels = {**sample.labels, "worker": str(index)}
                     into.add_sample(sample.name, labels, sample.value)
+        # The main's own reloads: a config it rejects never reaches a worker.
+        reloads = merged.setdefault(
+            "pbd_reloads", Metric("pbd_reloads", "Config reloads, by result.", "counter")
+        )
+        for result, count in list(self.main._reloads.items()):
+            reloads.add_sample(
+                "pbd_reloads_total", {"result": result, "worker": "main"}, float(count)
+            )
         yield from merged.values()
         yield GaugeMetricFamily(
             "pbd_workers", "Worker processes configured.", value=self.main.count

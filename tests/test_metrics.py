@@ -6,6 +6,7 @@ prometheus_client's parser; the counting itself in memory.
 from __future__ import annotations
 
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -104,7 +105,7 @@ def test_a_scrape_counts_what_the_clients_did(start_daemon):
     assert value(samples, "pbd_logins_total", **demo_login, result="ok") == 1
     assert value(samples, "pbd_logins_total", **demo_login, result="refused") == 1
     assert value(samples, "pbd_calls_total", portal="demo", method="echo", result="ok") == 3
-    assert value(samples, "pbd_calls_total", portal="demo", method=OTHER, result="failed") == 1
+    assert value(samples, "pbd_calls_total", portal="demo", method=OTHER, result="refused") == 1
     assert value(samples, "pbd_call_seconds_count", portal="demo") == 4
     refusals = named(samples, "pbd_refusals_total")
     assert refusals.pop(frozenset({("limit", "message_nesting")})) == 1
@@ -135,6 +136,61 @@ def test_only_metrics_is_served(start_daemon):
     assert "GET /metrics" not in daemon.log
 
 
+def _closed_by_the_daemon(connection: socket.socket) -> bool:
+    """Whether the daemon closes (or resets) C{connection} within a few seconds."""
+    connection.settimeout(5)
+    try:
+        while connection.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_a_request_with_a_body_is_cut_off_before_it_is_read(start_daemon):
+    daemon = start_daemon(with_metrics(echo_config()))
+    url = metrics_url(daemon)
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    for path in ("/metrics", "/other"):
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            connection.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n".encode()
+                + b"x" * 65536
+            )
+            assert _closed_by_the_daemon(connection)
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            connection.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            )
+            assert _closed_by_the_daemon(connection)
+    assert value(scrape(url), "pbd_reloads_total", result="ok") == 0  # still served
+
+
+def test_scrapers_at_once_are_capped(start_daemon):
+    daemon = start_daemon(with_metrics(echo_config()))
+    url = metrics_url(daemon)
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(8)]
+    try:
+        for connection in held:
+            connection.sendall(b"G")  # a request begun, never finished
+        with socket.create_connection((host, int(port)), timeout=10) as extra:
+            assert _closed_by_the_daemon(extra)
+    finally:
+        for connection in held:
+            connection.close()
+    deadline = time.monotonic() + 10
+    while True:  # the held connections are let go, then a scrape gets in again
+        try:
+            scrape(url)
+            break
+        except (OSError, urllib.error.URLError):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
 def test_made_up_method_names_leave_the_series_bounded(start_daemon):
     daemon = start_daemon(with_metrics(echo_config()))
     url = metrics_url(daemon)
@@ -154,7 +210,7 @@ def test_made_up_method_names_leave_the_series_bounded(start_daemon):
     calls = named(samples, "pbd_calls_total")
     demo_methods = {dict(labels)["method"] for labels in calls if ("portal", "demo") in labels}
     assert demo_methods == {OTHER}
-    assert value(samples, "pbd_calls_total", portal="demo", method=OTHER, result="failed") == 10_000
+    assert value(samples, "pbd_calls_total", portal="demo", method=OTHER, result="refused") == 10_000
     assert len(samples) < 150
     assert "guess" not in str(samples)
 

@@ -163,6 +163,12 @@ def test_a_reload_reaches_every_worker_and_a_bad_config_none(daemon, tmp_path):
     # (a logout audited late, from the logins above, is no reload)
     assert not [line for line in after if "[worker " in line and "reload" in line], after
     assert _pids_until(more, 2) == set(workers.values())
+    # The main counts its reloads: the rejected one reached no worker.
+    url = served.wait_for_line("/metrics").split("http://")[1].split()[0]
+    samples = scrape(f"http://{url}")
+    assert value(samples, "pbd_reloads_total", result="ok", worker="main") == 1
+    assert value(samples, "pbd_reloads_total", result="rejected", worker="main") == 1
+    assert value(samples, "pbd_reloads_total", result="rejected", worker="1") == 0
 
 
 def test_sigterm_lets_the_calls_in_flight_finish_then_everything_exits(daemon):
