@@ -200,7 +200,9 @@ def skeleton(name: str, folder: Path | None = None) -> Skeleton:
     @raise NewRealmError: C{name} is not a Python identifier, or names a
         module already importable here (the package would hide it).
     """
-    if not name.isidentifier() or keyword.iskeyword(name):
+    if keyword.iskeyword(name):
+        raise NewRealmError(f"{name!r} is a Python keyword: it cannot name a package")
+    if not name.isidentifier():
         raise NewRealmError(
             f"{name!r} is not a Python identifier (letters, digits and _, "
             "not starting with a digit): it names the package"

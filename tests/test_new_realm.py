@@ -112,7 +112,7 @@ def test_installed_it_is_listed_and_served_by_its_entry_point(guestbook, tmp_pat
     [
         ("9lives", "'9lives' is not a Python identifier"),
         ("guest-book", "'guest-book' is not a Python identifier"),
-        ("class", "'class' is not a Python identifier"),
+        ("class", "'class' is a Python keyword"),
         ("GuestBook", "'GuestBook': use lower case"),
         ("json", "'json' is already a module here: the package would hide it"),
     ],
