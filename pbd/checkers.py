@@ -96,8 +96,47 @@ class PasswordFileOptions:
     file: str = option(help="a password file (user:hash lines), relative to the config's folder")
 
 
+class _HashedUsersChecker(UserStoreChecker):
+    """
+    Users held as password-file entries (a file's, or an SQL store's):
+    looked up in memory, with decoys of the hash an unknown name would have.
+    """
+
+    _entries: dict[str, PasswordEntry]
+    _users: dict[str, StoredUser]
+
+    def _source(self) -> str:
+        """Where the users come from, as a warning names it."""
+        raise NotImplementedError
+
+    def configWarnings(self) -> list[str]:
+        return [
+            f"{self._source()}: user {entry.user!r}: a hash in {entry.scheme} cannot answer "
+            "PB's MD5 challenge or SCRAM: this user can log in only with plain, over TLS"
+            for entry in self._entries.values()
+            if entry.plain_only
+        ]
+
+    # -- the store
+
+    def lookup(self, name: str) -> StoredUser | None:
+        return self._users.get(name)
+
+    def stored_users(self) -> list[StoredUser]:
+        return list(self._users.values())
+
+    def decoy_password_hash(self, cost: str) -> StoredUser | None:
+        scheme = cost.split("/")[0]
+        try:
+            hashed = hash_password(os.urandom(16).hex(), scheme)
+        except UnusablePasswordError:
+            return None
+        scheme = identify(hashed) or scheme
+        return _stored(PasswordEntry("", hashed, scheme))
+
+
 @implementer(ICredentialsChecker, IConfigWarnings, IScramVerifierSource, IReloadable)
-class PasswordFileChecker(UserStoreChecker):
+class PasswordFileChecker(_HashedUsersChecker):
     """
     Users from a password file (C{user:hash} lines), re-read when it changes.
 
@@ -134,30 +173,8 @@ class PasswordFileChecker(UserStoreChecker):
         self._users = {name: _stored(entry) for name, entry in entries.items()}
         self._seen = self._signature()
 
-    def configWarnings(self) -> list[str]:
-        return [
-            f"{self.path}: user {entry.user!r}: a hash in {entry.scheme} cannot answer "
-            "PB's MD5 challenge or SCRAM: this user can log in only with plain, over TLS"
-            for entry in self._entries.values()
-            if entry.plain_only
-        ]
-
-    # -- the store
-
-    def lookup(self, name: str) -> StoredUser | None:
-        return self._users.get(name)
-
-    def stored_users(self) -> list[StoredUser]:
-        return list(self._users.values())
-
-    def decoy_password_hash(self, cost: str) -> StoredUser | None:
-        scheme = cost.split("/")[0]
-        try:
-            hashed = hash_password(os.urandom(16).hex(), scheme)
-        except UnusablePasswordError:
-            return None
-        scheme = identify(hashed) or scheme
-        return _stored(PasswordEntry("", hashed, scheme))
+    def _source(self) -> str:
+        return str(self.path)
 
     # -- IReloadable
 
@@ -286,7 +303,7 @@ class SqlOptions:
 
 
 @implementer(ICredentialsChecker, IConfigWarnings, IScramVerifierSource, IReloadable)
-class SqlChecker(UserStoreChecker):
+class SqlChecker(_HashedUsersChecker):
     """
     Users in an SQL database (L{pbd.sqlstore}): an SQLite file, or a
     PostgreSQL database that several daemons share.
@@ -326,23 +343,8 @@ class SqlChecker(UserStoreChecker):
         self._users = {name: _stored(entry) for name, entry in snapshot.entries.items()}
         self.generation += 1
 
-    def configWarnings(self) -> list[str]:
-        return [
-            f"{self.store.describe()}: user {entry.user!r}: a hash in {entry.scheme} cannot "
-            "answer PB's MD5 challenge or SCRAM: this user can log in only with plain, over TLS"
-            for entry in self._entries.values()
-            if entry.plain_only
-        ]
-
-    # -- the store
-
-    def lookup(self, name: str) -> StoredUser | None:
-        return self._users.get(name)
-
-    def stored_users(self) -> list[StoredUser]:
-        return list(self._users.values())
-
-    decoy_password_hash = PasswordFileChecker.decoy_password_hash
+    def _source(self) -> str:
+        return self.store.describe()
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
         if self._too_stale():

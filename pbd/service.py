@@ -7,7 +7,7 @@ config) and SIGTERM (stop gracefully).
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -215,14 +215,8 @@ class DaemonService(MultiService):
     async def _reload_until_settled(self) -> str:
         while True:
             self._reload_again = False
-            self.notifier.notify("RELOADING=1", monotonic_usec())
-            try:
-                result = await self._reload_once()
-            except Exception:
-                log.failure("reloading the config failed")
-                result = "failed"
+            result = await told_reload(self.notifier, self._reload_once)
             self.assembly.front_door.metrics.reload_finished(result)
-            self.notifier.notify("READY=1", f"STATUS=reload {result}")
             if not self._reload_again:
                 return result
 
@@ -359,6 +353,21 @@ def _metrics_service(assembly: Assembly) -> MetricsService | None:
         assembly.front_door.metrics.registry,
         assembly.config.metrics.endpoint,
     )
+
+
+async def told_reload(notifier: Notifier, reload_once: Callable[[], Awaitable[str]]) -> str:
+    """
+    One reload, with the service manager told before (RELOADING=1) and
+    after (READY=1 and how it ended); a bug in it ends it as C{"failed"}.
+    """
+    notifier.notify("RELOADING=1", monotonic_usec())
+    try:
+        result = await reload_once()
+    except Exception:
+        log.failure("reloading the config failed")
+        result = "failed"
+    notifier.notify("READY=1", f"STATUS=reload {result}")
+    return result
 
 
 def _reloadables(assembly: Assembly) -> list[Any]:

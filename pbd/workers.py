@@ -42,8 +42,9 @@ from pbd.config import load_config
 from pbd.errors import ConfigError, ListenError
 from pbd.listeners import ListenersService
 from pbd.metrics import MetricsService
-from pbd.notify import Notifier, monotonic_usec
+from pbd.notify import Notifier
 from pbd.reactor import the_reactor
+from pbd.service import told_reload
 from pbd.twisted_private import stopped_cleanly
 
 if TYPE_CHECKING:
@@ -277,14 +278,8 @@ class WorkersService(MultiService):
         return self._reloading
 
     async def _reload(self) -> str:
-        self.notifier.notify("RELOADING=1", monotonic_usec())
-        try:
-            result = await self._reload_once()
-        except Exception:
-            log.failure("reloading the config failed")
-            result = "failed"
+        result = await told_reload(self.notifier, self._reload_once)
         self._reloads[result] = self._reloads.get(result, 0) + 1
-        self.notifier.notify("READY=1", f"STATUS=reload {result}")
         return result
 
     async def _reload_once(self) -> str:

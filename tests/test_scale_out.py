@@ -28,6 +28,21 @@ def _chat_config(url: str, **more: Any) -> dict[str, Any]:
     return {**config, **more}
 
 
+def _join_and_chat(members: dict[str, tuple[Any, Mailbox]]) -> None:
+    """Everyone joins the lobby, sees everyone else there, and chats."""
+    for avatar, _inbox in members.values():
+        avatar.call("join", "lobby")
+    _pump_until(
+        members,
+        lambda: all(
+            avatar.call("members", "lobby") == sorted(members)
+            for avatar, _inbox in members.values()
+        ),
+        "the members in different processes never saw each other",
+    )
+    _say_and_check(members)
+
+
 def _say_and_check(members: dict[str, tuple[Any, Mailbox]], rounds: int = 3) -> None:
     """Each member says C{rounds} lines; every member hears every line once, in order."""
     for n in range(rounds):
@@ -78,17 +93,7 @@ def test_chat_across_two_workers_delivers_every_message_once(pbd_daemon, redis_s
         finally:
             os.kill(pid, signal.SIGCONT)
         assert len(set(_workers_of(daemon.log).values())) == 2, daemon.log
-        for avatar, _inbox in members.values():
-            avatar.call("join", "lobby")
-        _pump_until(
-            members,
-            lambda: all(
-                avatar.call("members", "lobby") == sorted(members)
-                for avatar, _inbox in members.values()
-            ),
-            "the members of the two workers never saw each other",
-        )
-        _say_and_check(members)
+        _join_and_chat(members)
     finally:
         for avatar, _inbox in members.values():
             avatar.close()
@@ -116,17 +121,7 @@ def test_chat_across_two_daemons_behind_haproxy_delivers_every_message_once(
             members[name] = (avatar, inbox)
         for daemon in daemons:
             assert len(re.findall(r"login accepted: user 'm\d'", daemon.log)) == 2, daemon.log
-        for avatar, _inbox in members.values():
-            avatar.call("join", "lobby")
-        _pump_until(
-            members,
-            lambda: all(
-                avatar.call("members", "lobby") == sorted(members)
-                for avatar, _inbox in members.values()
-            ),
-            "the members behind HAProxy never saw each other",
-        )
-        _say_and_check(members)
+        _join_and_chat(members)
     finally:
         for avatar, _inbox in members.values():
             avatar.close()
