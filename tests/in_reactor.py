@@ -54,3 +54,16 @@ async def _as_coroutine(function: Callable[..., Any], *args: Any, **kwargs: Any)
 
 async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds)
+
+
+def call(function: Callable[..., Any], *args: Any) -> Any:
+    """
+    Call a plain function in the reactor thread and return its result:
+    Twisted's objects (a factory's C{disconnect}, a transport) are not
+    thread-safe, and touching them from a test's thread corrupts the reactor.
+    """
+
+    async def once() -> Any:
+        return function(*args)
+
+    return run(once)

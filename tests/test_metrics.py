@@ -99,7 +99,7 @@ def test_a_scrape_counts_what_the_clients_did(start_daemon):
         in_reactor.run(calls)
         samples = scrape(url)
     finally:
-        factory.disconnect()
+        in_reactor.call(factory.disconnect)
 
     demo_login = {"portal": "demo", "mechanism": "pb-md5"}
     assert value(samples, "pbd_logins_total", **demo_login, result="ok") == 1

@@ -149,7 +149,7 @@ def test_logged_in_users_keep_their_answers_through_every_kind_of_reload(reloada
         assert _refused(first_greet_port)
         assert _call(early, "greet", "still") == "hello, still"
         assert _call(alice, "echo", 3) == 3
-        early_factory.disconnect()
+        in_reactor.call(early_factory.disconnect)
 
         # A config with problems: rejected whole, logged as check-config says it.
         broken = _config(greet={"plugin": "no_such_realm"})
@@ -165,7 +165,7 @@ def test_logged_in_users_keep_their_answers_through_every_kind_of_reload(reloada
         assert _call(alice, "echo", 4) == 4
         assert in_reactor.run(login, demo, "alice", "secret")[1] is not None
     finally:
-        factory.disconnect()
+        in_reactor.call(factory.disconnect)
 
 
 def test_a_listener_that_cannot_bind_rejects_the_reload_whole(reloadable):
@@ -213,7 +213,7 @@ def test_a_connection_not_logged_in_yet_logs_in_to_the_portals_served_now(reload
             in_reactor.run(log_in, "alice", "secret")
         assert raised.value.remoteType == UNAUTHORIZED
     finally:
-        factory.disconnect()
+        in_reactor.call(factory.disconnect)
     assert in_reactor.run(login, demo, "bob", "pw")[1] is not None
 
 
@@ -235,16 +235,16 @@ def test_a_rotated_certificate_is_served_to_new_connections(reloadable, tmp_path
 
     before_factory, before = in_reactor.run(login, port, "alice", "secret", connect=over_tls)
     try:
-        first = serial(before)
+        first = in_reactor.call(serial, before)
         authority.issue("server", "localhost", server=True)  # the same files, renewed
         assert "reloaded" in served.sighup()
         after_factory, after = in_reactor.run(login, port, "alice", "secret", connect=over_tls)
-        renewed = serial(after)
-        after_factory.disconnect()
+        renewed = in_reactor.call(serial, after)
+        in_reactor.call(after_factory.disconnect)
         assert renewed != first
         assert _call(before, "echo", "kept") == "kept"
     finally:
-        before_factory.disconnect()
+        in_reactor.call(before_factory.disconnect)
 
 
 def test_new_limits_apply_to_new_logins(reloadable):
@@ -259,7 +259,7 @@ def test_new_limits_apply_to_new_logins(reloadable):
             in_reactor.run(login, demo, "alice", "secret")
         assert _call(first[1], "echo", "first") == "first"
     finally:
-        first[0].disconnect()
+        in_reactor.call(first[0].disconnect)
 
 
 def test_lifecycle_hooks_in_order_and_a_hook_that_fails_or_hangs(reloadable):
@@ -279,7 +279,7 @@ def test_lifecycle_hooks_in_order_and_a_hook_that_fails_or_hangs(reloadable):
     assert "1 given new options" in served.reload(config)
     daemon.wait_for_line("hook: reloaded, greeting ahoy")
     assert _call(early, "greet", "early") == "ahoy, early"
-    early_factory.disconnect()
+    in_reactor.call(early_factory.disconnect)
     assert "hook: started, greeting ahoy" not in daemon.log
 
     # The stopping hook never finishes: the daemon stops at the deadline anyway.
