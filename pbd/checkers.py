@@ -125,6 +125,14 @@ class _HashedUsersChecker(UserStoreChecker):
     def stored_users(self) -> list[StoredUser]:
         return list(self._users.values())
 
+    _reloading: defer.Deferred | None = None
+
+    def _done_reloading(self, result: Any) -> None:
+        self._reloading = None
+        if isinstance(result, Failure):
+            # Not a read that failed (those are reported and handled): a bug.
+            log.failure("{source}: reloading the users failed", result, source=self._source())
+
     def decoy_password_hash(self, cost: str) -> StoredUser | None:
         scheme = cost.split("/")[0]
         try:
@@ -248,9 +256,6 @@ class PasswordFileChecker(_HashedUsersChecker):
             path=str(self.path),
             error=error,
         )
-
-    def _done_reloading(self, result: Any) -> None:
-        self._reloading = None
 
 
 @dataclass(frozen=True)
@@ -415,9 +420,6 @@ class SqlChecker(_HashedUsersChecker):
             stale=self.stale_after,
             reason=reason,
         )
-
-    def _done_reloading(self, result: Any) -> None:
-        self._reloading = None
 
 
 @dataclass(frozen=True)

@@ -175,10 +175,13 @@ def _postgresql(store: Store) -> Any:
             connect_timeout=max(2, math.ceil(store.timeout)),
             options=f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
         )
+    except psycopg.ProgrammingError:
+        # libpq's words may quote the string, password and all.
+        raise StoreError(f"{store.describe()}: a malformed connection string") from None
     except psycopg.Error as e:
         raise StoreError(f"{store.describe()}: {_first_line(e)}") from None
-    except Exception as e:  # a malformed connection string
-        raise StoreError(f"{store.describe()}: {_first_line(e)}") from None
+    except Exception:  # a malformed connection string, as psycopg's parser says it
+        raise StoreError(f"{store.describe()}: a malformed connection string") from None
 
 
 def _first_line(error: BaseException) -> str:

@@ -110,6 +110,7 @@ class WorkersService(MultiService):
         self._ready_told = False
         self._reloading: defer.Deferred | None = None
         self._reloads = {"ok": 0, "rejected": 0, "failed": 0}
+        self._reload_again = False
         self._status: task.LoopingCall | None = None
         self._last_status = ""
         self._previous_sighup: Any = None
@@ -161,6 +162,9 @@ class WorkersService(MultiService):
                 path=os.getcwd(),
                 childFDs={0: "w", 1: 1, 2: 2, worker.CONTROL_FD: theirs.fileno()},
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         slot.pid = slot.process.pid
@@ -187,7 +191,14 @@ class WorkersService(MultiService):
             answer = await control.callRemote(worker.Start)
         except Exception as e:
             if not self.stopping and slot.control is control:
-                log.error("worker {index} did not start: {error}", index=slot.index, error=e)
+                log.error(
+                    "worker {index} did not start: {error}; stopping it, to be started again",
+                    index=slot.index,
+                    error=e,
+                )
+                # Its process would live on serving nothing: end it, and
+                # _ended starts another with the usual backoff.
+                _signal(slot.process, "KILL")
             return
         slot.serving = True
         log.info("worker {index} (pid {pid}) serves", index=slot.index, pid=answer["pid"])
@@ -273,9 +284,17 @@ class WorkersService(MultiService):
             a worker could not.
         """
         if self._reloading is not None and not self._reloading.called:
-            return self._reloading.addCallback(lambda _: self.reload())
-        self._reloading = defer.ensureDeferred(self._reload())
+            self._reload_again = True  # one more after this one, however many ask
+            return self._reloading
+        self._reloading = defer.ensureDeferred(self._reload_until_settled())
         return self._reloading
+
+    async def _reload_until_settled(self) -> str:
+        while True:
+            self._reload_again = False
+            result = await self._reload()
+            if not self._reload_again:
+                return result
 
     async def _reload(self) -> str:
         result = await told_reload(self.notifier, self._reload_once)

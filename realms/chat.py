@@ -37,6 +37,15 @@ from pbd.interfaces import ILifecycle, IUsesPubSub
 from pbd.options import given_or_read, option
 from pbd.pubsub import InProcessPubSub, IPubSub, PubSubUnavailableError, Subscription
 
+# What one user may hold: rooms at once, and the length of a room's name
+# (each room followed costs a subscription on the bus and its messages).
+MAX_ROOMS_PER_USER = 64
+MAX_ROOM_NAME = 200
+# The names one answer to another daemon's "hello" carries at most, in
+# characters: the rest of a crowded room is left out of that daemon's list
+# rather than the answer refused by the bus.
+PRESENT_NAMES_BUDGET = 48 * 1024
+
 
 class ChatError(pb.Error):
     """A refusal the client sees as a C{pb.Error} with this message."""
@@ -108,7 +117,7 @@ class Room:
         user = message.get("user")
         if event == "hello":
             if self.members:
-                self.announce("present", users=[member.name for member in self.members])
+                self.announce("present", users=_within_budget(m.name for m in self.members))
         elif event == "present":
             users = message.get("users")
             if isinstance(users, list) and all(isinstance(u, str) for u in users):
@@ -130,6 +139,17 @@ class Room:
             self.tell("left", user)
         elif event == "message" and isinstance(message.get("text"), str):
             self.tell("message", user, message["text"])
+
+
+def _within_budget(names: Any) -> list[str]:
+    """As many names as L{PRESENT_NAMES_BUDGET} allows, in order."""
+    kept, used = [], 0
+    for name in names:
+        used += len(name) + 4  # the quotes, comma and space JSON adds
+        if used > PRESENT_NAMES_BUDGET:
+            break
+        kept.append(name)
+    return kept
 
 
 def _bus_away(failure: Any) -> None:
@@ -158,8 +178,11 @@ class ChatUser(pb.Avatar):
         """Join a room; returns who is in it now, yourself included."""
         if self.mind is None:
             raise ChatError("log in with a client object (login's 'client') to receive messages")
-        room = self.realm.room(room_name, create=True)
+        room = self.realm.room(room_name, create=False, may_create=True)
         if room.name not in self.rooms:
+            if len(self.rooms) >= MAX_ROOMS_PER_USER:
+                raise ChatError(f"you are in {MAX_ROOMS_PER_USER} rooms already: leave one first")
+            room = self.realm.room(room_name, create=True)
             self.rooms[room.name] = room
             room.members.append(self)
             room.follow()
@@ -168,7 +191,7 @@ class ChatUser(pb.Avatar):
         return room_members(room)
 
     def perspective_leave(self, room_name: str) -> None:
-        room = self.rooms.pop(room_name, None)
+        room = self.rooms.pop(room_name, None) if isinstance(room_name, str) else None
         if room is None:
             raise ChatError(f"you are not in room {room_name!r}")
         room.tell("left", self.name)
@@ -177,7 +200,7 @@ class ChatUser(pb.Avatar):
         self.realm.forget_if_empty(room)
 
     def perspective_say(self, room_name: str, text: str) -> None:
-        room = self.rooms.get(room_name)
+        room = self.rooms.get(room_name) if isinstance(room_name, str) else None
         if room is None:
             raise ChatError(f"join room {room_name!r} before speaking in it")
         if not isinstance(text, str):
@@ -267,10 +290,20 @@ class ChatRealm:
         for room in self.rooms.values():
             room.follow()
 
-    def room(self, name: Any, *, create: bool) -> Room:
+    def room(self, name: Any, *, create: bool, may_create: bool = False) -> Room:
+        """
+        The room named C{name}; made if C{create} (and new rooms are allowed).
+
+        @param may_create: only check that C{name} could be made: an
+            existing room is returned, a new one is not made yet.
+        """
         if not isinstance(name, str) or not name:
             raise ChatError("a room name is a non-empty string")
+        if len(name) > MAX_ROOM_NAME:
+            raise ChatError(f"a room name is at most {MAX_ROOM_NAME} characters")
         room = self.rooms.get(name)
+        if room is None and may_create and self.allow_new_rooms:
+            return Room(self, name, permanent=False)  # not kept: the caller decides
         if room is None:
             if not (create and self.allow_new_rooms):
                 raise ChatError(f"no such room: {name!r}")

@@ -133,3 +133,24 @@ def test_a_reload_hands_the_realm_its_new_options_and_keeps_its_rooms():
         user.perspective_say("games", "too long")
     user.perspective_leave("games")
     assert user.perspective_rooms() == ["hall"]
+
+
+def test_what_one_user_can_hold_is_bounded():
+    from realms.chat import MAX_ROOM_NAME, MAX_ROOMS_PER_USER
+
+    realm = ChatRealm()
+    user = realm.requestAvatar(b"alice", Mind(), pb.IPerspective)[1]
+    with pytest.raises(ChatError, match=f"at most {MAX_ROOM_NAME} characters"):
+        user.perspective_join("x" * (MAX_ROOM_NAME + 1))
+    for n in range(MAX_ROOMS_PER_USER):
+        user.perspective_join(f"room{n}")
+    with pytest.raises(ChatError, match="leave one first"):
+        user.perspective_join("one too many")
+    assert "one too many" not in realm.rooms  # refused before it was made
+    user.perspective_join("room0")  # rejoining a room held is no new room
+    for name in (["a", "list"], {"a": 1}):
+        with pytest.raises(ChatError):
+            user.perspective_leave(name)
+        with pytest.raises(ChatError):
+            user.perspective_say(name, "hi")
+    assert len(realm.rooms) == MAX_ROOMS_PER_USER

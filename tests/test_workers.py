@@ -188,3 +188,21 @@ def test_sigterm_lets_the_calls_in_flight_finish_then_everything_exits(daemon):
     assert answers == [pid]
     in_reactor.run(_disconnect, factory)
     assert not any(_alive(each) for each in workers.values())
+
+
+def test_a_worker_that_cannot_start_is_ended_and_started_again(daemon, tmp_path):
+    served = daemon(_config())
+    first = _worker_pids(served)[1]
+    # The file is broken (not reloaded): a worker started now cannot build it.
+    good = (tmp_path / "pbd.yaml").read_text()
+    (tmp_path / "pbd.yaml").write_text(good.replace("worker_realms:PidRealm", "nowhere:Nothing"))
+    os.kill(first, signal.SIGKILL)
+    line = served.wait_for_line("worker 1 did not start")
+    assert "stopping it, to be started again" in line
+    # Not left alive serving nothing: ended, and tried again once the file is good.
+    (tmp_path / "pbd.yaml").write_text(good)
+    deadline = time.monotonic() + 40
+    while _worker_pids(served)[1] == first and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _worker_pids(served)[1] != first
+    assert _alive(_worker_pids(served)[1])
