@@ -207,12 +207,6 @@ class Metrics:
     def connection_closed(self, listener: str) -> None:
         self.listener(listener).open -= 1
 
-    def bytes_received(self, listener: str, count: int) -> None:
-        self.listener(listener).bytes_in += count
-
-    def bytes_sent(self, listener: str, count: int) -> None:
-        self.listener(listener).bytes_out += count
-
     def login_finished(self, portal: str, mechanism: str, result: str) -> None:
         """A login attempt ended; C{result} is one of L{LOGIN_RESULTS}."""
         key = (portal, mechanism, result)
@@ -221,17 +215,6 @@ class Metrics:
     def refused(self, limit: str) -> None:
         """A limit (one of L{REFUSAL_LIMITS}) refused a connection, a login or a message."""
         self._refusals[limit] = self._refusals.get(limit, 0) + 1
-
-    def call_finished(self, portal: str, method: str, seconds: float, result: str) -> None:
-        """
-        A call ended (one of L{CALL_RESULTS}). For callers outside the
-        broker's per-message path, which keeps its meters.
-        """
-        meter = self.portal(portal).method(method, lambda: True)
-        if result == "ok":
-            meter.answered(seconds)
-        else:
-            meter.errored(seconds, meant_for_peer=result == "refused")
 
     def reload_finished(self, result: str) -> None:
         """A config reload ended: C{ok}, C{rejected} (a bad config) or C{failed}."""

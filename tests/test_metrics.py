@@ -316,9 +316,10 @@ def test_method_labels_stop_at_the_cap():
 
 def test_latency_lands_in_its_bucket():
     metrics = Metrics()
-    metrics.call_finished("demo", "echo", 0.003, "ok")
-    metrics.call_finished("demo", "echo", 0.003, "refused")
-    metrics.call_finished("demo", "echo", 20.0, "failed")
+    echo = metrics.portal("demo").method("echo", lambda: True)
+    echo.answered(0.003)
+    echo.errored(0.003, meant_for_peer=True)
+    echo.errored(20.0, meant_for_peer=False)
     samples = scraped(metrics)
     buckets = {
         dict(labels)["le"]: count
