@@ -86,7 +86,14 @@ QUICK = Sizes(rounds=2, warmup=500, sequential=1_000, pipelined=2_000, big=60, l
 class ServerProcess:
     """A server subprocess, the lines it prints, and the port it announced."""
 
-    def __init__(self, name: str, command: list[str], port_pattern: re.Pattern, cwd: Path):
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        port_pattern: re.Pattern,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+    ):
         self.name = name
         self.lines: list[str] = []
         self._port_pattern = port_pattern
@@ -98,6 +105,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env=env,
         )
         # Drained all along, so that a chatty server never blocks on a full pipe.
         self._reader = threading.Thread(target=self._read, daemon=True)

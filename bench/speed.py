@@ -87,6 +87,8 @@ class Pair:
     server: str
     client: str
     phases: tuple[str, ...]
+    # The client process runs pbd's pure-Python codec (PBD_PURE_PYTHON=1).
+    pure: bool = False
 
 
 PAIRS = [
@@ -94,6 +96,8 @@ PAIRS = [
     Pair("pbd, stock client", "pbd", "stock", tuple(CALL_PHASES)),
     Pair("pbd, pbd.client", "pbd", "pbd", tuple(CALL_PHASES)),
     Pair("pbd, pbd.blocking", "pbd", "blocking", tuple(CALL_PHASES)),
+    Pair("pbd pure-Python, stock client", "pbd-pure", "stock", tuple(CALL_PHASES)),
+    Pair("pbd pure-Python, pbd.blocking", "pbd-pure", "blocking", tuple(CALL_PHASES), pure=True),
     Pair("RPyC", "rpyc", "rpyc", tuple(CALL_PHASES)),
     Pair("Twisted floor", "floor", "floor", ("sequential", "pipelined")),
     Pair("PB floor, stock client", "pbfloor", "stock", ("sequential", "pipelined")),
@@ -121,6 +125,11 @@ def start_servers(directory: Path, profile: Path | None = None) -> dict[str, Ser
             [str(TWISTD), "-n", "--pidfile=", *profiled_pbd, "pbd", "-c", str(config)],
             r"serves portal 'demo' on 127\.0\.0\.1:(\d+)",
         ),
+        # The same daemon on its pure-Python codec: what the compiled one adds.
+        "pbd-pure": (
+            [str(TWISTD), "-n", "--pidfile=", "pbd", "-c", str(config)],
+            r"serves portal 'demo' on 127\.0\.0\.1:(\d+)",
+        ),
         "floor": (
             [sys.executable, str(HERE / "floor_server.py")],
             r"floor serving on 127\.0\.0\.1:(\d+)",
@@ -135,10 +144,13 @@ def start_servers(directory: Path, profile: Path | None = None) -> dict[str, Ser
             [sys.executable, str(HERE / "rpyc_server.py")],
             r"rpyc serving on 127\.0\.0\.1:(\d+)",
         )
+    if profile is not None or not any(pair.server == "pbd-pure" for pair in PAIRS):
+        del commands["pbd-pure"]
     servers: dict[str, ServerProcess] = {}
     try:
         for name, (command, pattern) in commands.items():
-            servers[name] = ServerProcess(name, command, re.compile(pattern), directory)
+            env = {**os.environ, "PBD_PURE_PYTHON": "1"} if name == "pbd-pure" else None
+            servers[name] = ServerProcess(name, command, re.compile(pattern), directory, env)
         for server in servers.values():
             server.wait_for_port()
     except BaseException:
@@ -176,7 +188,10 @@ def run_client(pair: Pair, servers: dict[str, ServerProcess], sizes: Sizes) -> d
         json.dumps(sizes.__dict__),
         ",".join(pair.phases),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    env = {**os.environ, "PBD_PURE_PYTHON": "1"} if pair.pure else None
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, env=env
+    )
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{pair.name} client failed:\n{done.stdout}\n{done.stderr}")
@@ -203,17 +218,24 @@ def measure(servers: dict[str, ServerProcess], sizes: Sizes) -> None:
 
 def report(results: dict[tuple[str, str], list[dict]], names: list[str]) -> None:
     names = list(dict.fromkeys(names))
+    widths = [max(19, len(name) + 2) for name in names]
+
+    def row(first: str, cells: list[str]) -> str:
+        return f"{first:<38}" + "".join(
+            f"{cell:>{width}}" for cell, width in zip(cells, widths, strict=True)
+        )
+
     print()
-    print(f"{'median over the rounds':<38}" + "".join(f"{name:>19}" for name in names))
+    print(row("median over the rounds", names))
     for phase, label in LABELS.items():
         cells = []
         for name in names:
             runs = results.get((name, phase))
             cells.append(f"{statistics.median(r['rate'] for r in runs):,.1f}" if runs else "-")
-        print(f"{label:<38}" + "".join(f"{cell:>19}" for cell in cells))
+        print(row(label, cells))
     for side, key in (("server", "cpu"), ("client", "client_cpu")):
         print()
-        print(f"{side + ' CPU per operation, us':<38}" + "".join(f"{name:>19}" for name in names))
+        print(row(side + " CPU per operation, us", names))
         for phase, label in LABELS.items():
             cells = []
             for name in names:
@@ -223,7 +245,7 @@ def report(results: dict[tuple[str, str], list[dict]], names: list[str]) -> None
                     continue
                 cpu = sum(r[key] for r in runs) / sum(r["operations"] for r in runs) * 1e6
                 cells.append(f"{cpu:,.0f}")
-            print(f"{label.split(',')[0]:<38}" + "".join(f"{cell:>19}" for cell in cells))
+            print(row(label.split(",")[0], cells))
     print()
     print("ratios, median of each round's ratio:")
     for left, right, phases in (
@@ -231,6 +253,10 @@ def report(results: dict[tuple[str, str], list[dict]], names: list[str]) -> None
         ("pbd, pbd.client", "stock PB", CALL_PHASES),
         ("pbd, pbd.client", "RPyC", CALL_PHASES),
         ("pbd, pbd.blocking", "RPyC", CALL_PHASES),
+        ("pbd pure-Python, stock client", "stock PB", CALL_PHASES),
+        ("pbd pure-Python, pbd.blocking", "RPyC", CALL_PHASES),
+        ("pbd, stock client", "pbd pure-Python, stock client", CALL_PHASES),
+        ("pbd, pbd.blocking", "pbd pure-Python, pbd.blocking", CALL_PHASES),
         ("pbd, pbd.client", "stock PB", ["logins-scram/logins-md5"]),
         ("PB floor, stock client", "stock PB", ["sequential", "pipelined"]),
         ("pbd, stock client", "PB floor, stock client", ["sequential", "pipelined"]),
@@ -254,10 +280,19 @@ EXCLUDED = [
     ("start-up", ("importlib", "marshal", "compile", "__build_class__", "_imp.", "<frozen")),
 ]
 CATEGORIES = [
-    ("Banana decode", ("pbd/banana.py", "spread/banana.py:180(dataReceived)", "b1282int")),
+    (
+        "Banana decode",
+        ("pbd/banana.py", "_speedups.decode", "spread/banana.py:180(dataReceived)", "b1282int"),
+    ),
     (
         "Banana encode",
-        ("pbd/encoder.py", "spread/banana.py:316(sendEncoded)", "(_encode)", "int2b128"),
+        (
+            "pbd/encoder.py",
+            "_speedups.encode",
+            "spread/banana.py:316(sendEncoded)",
+            "(_encode)",
+            "int2b128",
+        ),
     ),
     ("unjelly", ("unjelly", "_Unjellier", "jelly.py:6", "jelly.py:7")),
     ("jelly", ("jelly_plain", "jelly.py", "serialize")),
@@ -329,8 +364,8 @@ def main() -> None:
         "--skip",
         action="append",
         default=[],
-        choices=["stock", "pbd", "blocking", "rpyc", "floor"],
-        help="leave out a kind of client (repeatable)",
+        choices=["stock", "pbd", "blocking", "rpyc", "floor", "pure"],
+        help="leave out a kind of client, or pbd on its pure-Python codec (repeatable)",
     )
     arguments = parser.parse_args()
     sizes = QUICK if arguments.quick else FULL
@@ -345,7 +380,12 @@ def main() -> None:
     )
     if not _has_rpyc():
         print("rpyc is not installed (pip install -e '.[bench]'): no RPyC figures")
-    PAIRS[:] = [pair for pair in PAIRS if pair.client not in arguments.skip]
+    PAIRS[:] = [
+        pair
+        for pair in PAIRS
+        if pair.client not in arguments.skip
+        and not ("pure" in arguments.skip and pair.server == "pbd-pure")
+    ]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pbd-speed-") as directory:
         servers = start_servers(Path(directory))

@@ -26,11 +26,25 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.spread import banana
 
+from pbd.accelerator import accelerator
+
 _TYPE_BYTE = re.compile(rb"[\x80-\xff]")
 _LIST, _INT, _STRING, _NEG, _FLOAT, _LONGINT, _LONGNEG, _VOCAB = range(0x80, 0x88)
 _DOUBLE = struct.Struct("!d")
 # Larger than any count a message can reach: the bound that is not set.
 _NO_LIMIT = 1 << 62
+# How the accelerator's decode stopped (pbd/_speedups.c).
+(
+    _DONE,
+    _PREFIX_TOO_LONG,
+    _STRING_TOO_LONG,
+    _LIST_TOO_LONG,
+    _NESTED_TOO_DEEP,
+    _TOO_MANY_ITEMS,
+    _TOO_MANY_BYTES,
+    _VOCAB_OUTSIDE_PB,
+    _BAD_TYPE_BYTE,
+) = range(9)
 
 
 class MessageTooLargeError(banana.BananaError):
@@ -84,6 +98,9 @@ class FastDecoding:
             self._stash = None
             self._awaiting = 0
         buffer = self.buffer + chunk if self.buffer else chunk
+        if accelerator is not None and type(self).gotItem is banana.Banana.gotItem:
+            self._decode_accelerated(buffer)
+            return
         end = len(buffer)
         position = 0
         list_stack = self.listStack
@@ -172,6 +189,8 @@ class FastDecoding:
                     item = -number
                 elif type_byte == _FLOAT:
                     if end - rest < 8:
+                        if bounded:  # counted again when the whole float is here
+                            held_items -= 1
                         return
                     position = rest + 8
                     item = _DOUBLE.unpack_from(buffer, rest)[0]
@@ -198,6 +217,53 @@ class FastDecoding:
             if held_items != self._held_items or held_bytes != self._held_bytes:
                 self._held_items = held_items
                 self._held_bytes = held_bytes
+
+    def _decode_accelerated(self, buffer: bytes) -> None:
+        """The loop above, in C (L{accelerator}); the errors raised here."""
+        bounded = self.maxNesting is not None
+        state = [0, self._held_items, self._held_bytes, 0]
+        try:
+            stopped = accelerator.decode(  # type: ignore[union-attr]
+                buffer,
+                state,
+                self.listStack,
+                self,
+                self.incomingVocabulary,
+                self.callExpressionReceived,
+                self.prefixLimit,
+                banana.SIZE_LIMIT,
+                self.maxNesting if bounded else -1,
+                _NO_LIMIT if self.maxMessageItems is None else self.maxMessageItems,
+                _NO_LIMIT if self.maxMessageBytes is None else self.maxMessageBytes,
+            )
+        finally:
+            position, self._held_items, self._held_bytes, detail = state
+            self.buffer = buffer[position:] if position else buffer
+        if stopped == _DONE:
+            self._awaiting = detail
+        elif stopped == _PREFIX_TOO_LONG:
+            raise _prefix_too_long(buffer, position, self.prefixLimit)
+        elif stopped == _STRING_TOO_LONG:
+            raise banana.BananaError("Security precaution: String too long.")
+        elif stopped == _LIST_TOO_LONG:
+            raise banana.BananaError("Security precaution: List too long.")
+        elif stopped == _NESTED_TOO_DEEP:
+            raise MessageTooLargeError(
+                f"lists nested more than {self.maxNesting} deep", "message_nesting"
+            )
+        elif stopped == _TOO_MANY_ITEMS:
+            raise MessageTooLargeError(
+                f"a message of more than {self.maxMessageItems} items", "message_items"
+            )
+        elif stopped == _TOO_MANY_BYTES:
+            raise MessageTooLargeError(
+                f"a message of more than {self.maxMessageBytes} bytes", "message_bytes"
+            )
+        elif stopped == _VOCAB_OUTSIDE_PB:
+            item = self.incomingVocabulary[detail]
+            raise NotImplementedError(f"Invalid item for pb protocol {item!r}")
+        else:
+            raise NotImplementedError(f"Invalid Type Byte {bytes([detail])!r}")
 
 
 def _prefix_too_long(buffer: bytes, position: int, limit: int) -> banana.BananaError:

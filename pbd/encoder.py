@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.python.reflect import fullyQualifiedName
 from twisted.spread import banana
 
+from pbd.accelerator import accelerator
 from pbd.twisted_private import write_at_once
 
 _LIST, _INT, _STRING, _NEG, _FLOAT, _LONGINT, _LONGNEG, _VOCAB = (
@@ -42,6 +43,10 @@ _PREFIX_BOUNDS = (
 _LARGEST_INT = 2**31 - 1
 _SMALLEST_INT = -(2**31)
 _DOUBLE = struct.Struct("!d").pack
+# The accelerator encodes ints of up to 62 bits and leaves the rest to
+# Python, so it checks none against a prefix limit's bound: it is used only
+# where no int it encodes can be over that bound.
+_ACCELERATED_INTS = 2**62 - 1
 
 
 def _b128(number: int) -> bytes:
@@ -179,8 +184,13 @@ class FastEncoding:
             super().setPrefixLimit(limit)  # type: ignore[misc]
 
     def sendEncoded(self, obj: Any) -> None:
-        pieces: list[bytes] = []
         symbols = self.outgoingSymbols if self.currentDialect == b"pb" else None
+        if accelerator is not None and self._largestLongInt >= _ACCELERATED_INTS:
+            data = accelerator.encode(obj, symbols, _SIZE_LIMIT)
+            if data is not None:  # else a type, size or int it leaves to Python
+                self.write_message(data)
+                return
+        pieces: list[bytes] = []
         encode_into(obj, pieces.append, symbols, self._largestLongInt)
         self.write_message(b"".join(pieces))
 

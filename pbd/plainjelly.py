@@ -18,7 +18,8 @@ L{SecurityOptions}, does the whole value instead:
     unjellier for, or any s-expression not in the shape Jelly itself makes.
 
 C{tests/test_codec_differential.py} checks both against Twisted's on
-generated values and s-expressions.
+generated values and s-expressions, as it does their compiled twins in
+C{pbd/_speedups.c} (used where built, L{pbd.accelerator}).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.spread import jelly
+
+from pbd.accelerator import accelerator
 
 _NONE = b"None"
 _UNICODE = b"unicode"
@@ -148,7 +151,11 @@ class PlainJelly:
     ) -> Any:
         if plain_security(self.security) is not None:
             try:
-                return jelly_plain(object, set())
+                if accelerator is None:
+                    return jelly_plain(object, set())
+                sexp = accelerator.jelly_plain(object)
+                if sexp is not accelerator.NOT_PLAIN:
+                    return sexp
             except Exception:  # Jelly decides, and raises its own error
                 pass
         return super().serialize(object, perspective, method, args, kw)  # type: ignore[misc]
@@ -157,7 +164,11 @@ class PlainJelly:
         allowed = plain_security(self.security)
         if allowed is not None:
             try:
-                return unjelly_plain(sexp, allowed)
+                if accelerator is None:
+                    return unjelly_plain(sexp, allowed)
+                value = accelerator.unjelly_plain(sexp, allowed, _registry, _factories)
+                if value is not accelerator.NOT_PLAIN:
+                    return value
             except Exception:  # Jelly decides, and raises its own error
                 pass
         return super().unserialize(sexp, perspective)  # type: ignore[misc]

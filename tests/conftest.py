@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import both_codecs
 import in_reactor
 import pytest
 from configs import USERS
@@ -13,6 +14,13 @@ from pbd_daemon import Daemon, write_config
 @pytest.fixture(scope="session", autouse=True)
 def reactor_thread() -> None:
     in_reactor.start()
+
+
+@pytest.fixture(scope="module", params=both_codecs.CODECS)
+def codec(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test of a module that uses this runs with each of pbd's codecs (both_codecs.py)."""
+    with both_codecs.using(request.param):
+        yield request.param
 
 
 @pytest.fixture

@@ -12,6 +12,9 @@ from twisted.spread import banana, jelly
 
 from pbd.banana import FastDecoding
 
+# Every test runs with the compiled codec and with the pure-Python one.
+pytestmark = pytest.mark.usefixtures("codec")
+
 
 class Recorder:
     """Collects what a decoder makes of its input, or the exception it raised."""

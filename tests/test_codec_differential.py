@@ -23,6 +23,9 @@ from pbd.banana import FastDecoding
 from pbd.encoder import FastEncoding
 from pbd.plainjelly import PlainJelly
 
+# Every test runs with the compiled codec and with the pure-Python one.
+pytestmark = pytest.mark.usefixtures("codec")
+
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LONG_LIMIT = 2 ** (banana._PREFIX_LIMIT * 7) - 1
 VOCABULARY = list(pb.Broker.outgoingVocabulary)

@@ -25,6 +25,9 @@ from zope.interface import implementer
 
 from pbd.client import _ClientFactory
 
+# Every test runs with the compiled codec and with the pure-Python one.
+pytestmark = pytest.mark.usefixtures("codec")
+
 
 class Card(pb.Copyable):
     def __init__(self, suit: str, rank: int) -> None:

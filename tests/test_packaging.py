@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
 import subprocess
+import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from pbd_daemon import TWISTD, run_pbd
@@ -151,3 +155,31 @@ def test_the_build_backend_can_read_the_license_field():
     ]
     assert not setuptools.specifier.contains("76.1"), setuptools
     assert setuptools.specifier.contains("77.0")
+
+
+def test_the_compiled_codec_is_built_wherever_a_c_compiler_is():
+    """pip builds pbd._speedups as optional: a machine with a compiler must get it."""
+    import sysconfig
+
+    from pbd.accelerator import accelerator
+
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if shutil.which(compiler) is None or not headers.exists():
+        pytest.skip(f"no C compiler ({compiler}) or no Python headers: the pure-Python codec")
+    if os.environ.get("PBD_PURE_PYTHON", "") not in ("", "0"):
+        pytest.skip("PBD_PURE_PYTHON is set")
+    assert accelerator is not None, "pip did not build pbd._speedups, though a compiler is here"
+    assert Path(accelerator.__file__).suffix == ".so"
+
+
+def test_pbd_pure_python_turns_the_compiled_codec_off():
+    script = "from pbd.accelerator import accelerator; print(accelerator is None)"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PBD_PURE_PYTHON": "1"},
+    )
+    assert result.stdout.strip() == "True", result.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from typing import Any
 
 from pb_client import Mailbox
@@ -99,6 +100,13 @@ def test_chat_across_two_workers_delivers_every_message_once(pbd_daemon, redis_s
             avatar.close()
 
 
+def _wait_until(condition: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.05)
+
+
 @needs_haproxy
 def test_chat_across_two_daemons_behind_haproxy_delivers_every_message_once(
     pbd_daemon,
@@ -119,6 +127,10 @@ def test_chat_across_two_daemons_behind_haproxy_delivers_every_message_once(
                 f"pb://{name}@127.0.0.1:{proxy.port}", f"{name}-pw", client=inbox
             )
             members[name] = (avatar, inbox)
+        # A login's audit line may reach the log after its answer reached the client.
+        for name in NAMES[:4]:
+            line = f"accepted: user '{name}'"
+            _wait_until(lambda line=line: any(line in daemon.log for daemon in daemons))
         for daemon in daemons:
             assert len(re.findall(r"login accepted: user 'm\d'", daemon.log)) == 2, daemon.log
         _join_and_chat(members)
