@@ -196,10 +196,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
         key = loader.construct_object(key_node, deep=True)
         if key in mapping:
             raise yaml.constructor.ConstructorError(
-                "while reading a mapping",
-                node.start_mark,
-                f"duplicate key {key!r}",
-                key_node.start_mark,
+                None, None, f"duplicate key {key!r}", key_node.start_mark
             )
         mapping[key] = loader.construct_object(value_node, deep=True)
     return mapping
@@ -235,6 +232,10 @@ def load_config(path: Path | str) -> Config:
         problem = e.problem or e.context or "malformed"
         if "unknown escape character" in problem:
             problem += " (inside double quotes a backslash starts an escape: use single quotes)"
+        elif e.problem and e.context and e.context_mark and e.context_mark is not mark:
+            # Where the unfinished part began: often the line to fix.
+            began = f"line {e.context_mark.line + 1}, column {e.context_mark.column + 1}"
+            problem += f" ({e.context} that starts at {began})"
         raise ConfigError(source, [Problem(where, f"bad YAML: {problem}")]) from None
     except yaml.YAMLError as e:
         raise ConfigError(source, [Problem("", f"bad YAML: {e}")]) from None

@@ -37,6 +37,11 @@ BAD_CONFIGS = {
         "listeners:\n  - endpoint: [unclosed\nportals: {}\n",
         "line 3, column 8: bad YAML: expected ',' or ']'",
     ),
+    "unclosed quote": (
+        'listeners:\n  - endpoint: "tcp:8787\n    portal: demo\nportals: {}\n',
+        "line 5, column 1: bad YAML: found unexpected end of stream (while scanning a quoted "
+        "scalar that starts at line 2, column 15)",
+    ),
     "duplicate key": (
         "portals: {}\nportals: {}\nlisteners: []\n",
         "line 2, column 1: bad YAML: duplicate key 'portals'",
