@@ -324,16 +324,21 @@ class Daemon:
         client: Any = None,
         timeout: float = 10,
         mechanisms: list[str] | None = None,
+        remote_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """
         Log in (as L{login}), call C{method(*args, **kwargs)} on the avatar,
         log out; return the answer or raise the remote error.
+
+        @param remote_kwargs: more keyword arguments for the remote method,
+            for those named as one of this method's own (C{user},
+            C{timeout}, ...), which C{**kwargs} cannot carry.
         """
         with self.login(
             user, password, portal=portal, client=client, timeout=timeout, mechanisms=mechanisms
         ) as avatar:
-            return avatar.call(method, *args, **kwargs)
+            return avatar.call(method, *args, **{**(remote_kwargs or {}), **kwargs})
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM, then SIGKILL after C{timeout} seconds; return the exit status."""

@@ -30,6 +30,9 @@ class Counter(pb.Avatar):
     def perspective_whoami(self):
         return self.name
 
+    def perspective_keywords(self, **keywords):
+        return sorted(keywords.items())
+
 
 @implementer(IRealm)
 class CounterRealm:
@@ -64,6 +67,11 @@ def test_calls(pbd_daemon):
     assert daemon.call("add", 2, user="alice", password="secret") == 2
     assert daemon.call("whoami", user="alice", password="secret", mechanisms=["pb-md5"]) == "alice"
     assert daemon.call("whoami") is None
+    assert daemon.call("keywords", remote_kwargs={"user": "u", "timeout": 1}, size=2) == [
+        ("size", 2),
+        ("timeout", 1),
+        ("user", "u"),
+    ]
     with daemon.login("alice", "secret") as counter:
         assert [counter.call("add", 1), counter.call("add", 1)] == [1, 2]
     with pytest.raises(UnauthorizedLogin):
