@@ -109,6 +109,12 @@ class WorkersService(MultiService):
         self.stopping = False
         self._ready_told = False
         self._reloading: defer.Deferred | None = None
+        # Bumped when a reload hands its listeners over: a worker started
+        # before then, and not among those the reload told, catches up.
+        self._generation = 0
+        # While a reload is under way, the listeners of its config by key
+        # (None: those in force), for the workers that start meanwhile.
+        self._next_listeners: dict[str, Any] | None = None
         self._reloads = {"ok": 0, "rejected": 0, "failed": 0}
         self._reload_again = False
         self._status: task.LoopingCall | None = None
@@ -184,11 +190,33 @@ class WorkersService(MultiService):
             total = hashpool.default_size()
         return max(1, round(total / self.count))
 
+    def _listeners_for_workers(self) -> dict[str, Any]:
+        """The listening ports a worker starting now serves, by key."""
+        if self._next_listeners is not None:
+            return self._next_listeners
+        return {key: bound.port for key, bound in self.listeners.bound.items()}
+
     async def _start(self, slot: _Worker, control: amp.AMP) -> None:
         try:
-            for key, bound in self.listeners.bound.items():
-                await _hand_over(control, key, bound.port)
+            # The worker reads the file when told to start: it gets the
+            # listeners of the config in force, or of the one a reload under
+            # way puts in force (it read that file).
+            generation = self._generation
+            handed = self._listeners_for_workers()
+            for key, port in handed.items():
+                await _hand_over(control, key, port)
             answer = await control.callRemote(worker.Start)
+            while generation != self._generation:
+                # A reload handed its listeners over meanwhile, and told the
+                # workers serving then: not this one, which may have read
+                # the file before it changed.
+                generation = self._generation
+                listeners = self._listeners_for_workers()
+                missing = {key: listeners[key] for key in listeners.keys() - handed.keys()}
+                handed = listeners
+                result = await _reload_one(control, missing)
+                if result != "ok":
+                    log.error("worker {index}: reload {result}", index=slot.index, result=result)
         except Exception as e:
             if not self.stopping and slot.control is control:
                 log.error(
@@ -327,15 +355,20 @@ class WorkersService(MultiService):
             return "rejected"
         for each in newly_bound.values():
             _not_reading(each.port)
+        # No await from here to the workers told: a worker that starts from
+        # now on gets this config's listeners, one serving now is told.
+        self._generation += 1
+        self._next_listeners = self.listeners.ports_for(assembly.listeners, newly_bound)
         serving = self._serving()
-        for _, control in serving:
-            for key, each in newly_bound.items():
-                await _hand_over(control, key, each.port)
+        new_ports = {key: each.port for key, each in newly_bound.items()}
         answers = await defer.DeferredList(
-            [control.callRemote(worker.Reload) for _, control in serving], consumeErrors=True
+            [defer.ensureDeferred(_reload_one(control, new_ports)) for _, control in serving],
+            consumeErrors=True,
         )
-        results = [answer["result"] if ok else "failed" for ok, answer in answers]
-        await self.listeners.serve(assembly.listeners, newly_bound, assembly.directory)
+        results = [answer if ok else "failed" for ok, answer in answers]
+        stopped = self.listeners.serve(assembly.listeners, newly_bound, assembly.directory)
+        self._next_listeners = None
+        await stopped
         self.assembly = assembly
         for (slot, _), result in zip(serving, results, strict=True):
             if result != "ok":
@@ -460,6 +493,14 @@ class _Gathered:
         yield CounterMetricFamily(
             "pbd_worker_restarts", "Workers restarted after they died.", value=self.main.restarts
         )
+
+
+async def _reload_one(control: amp.AMP, new_ports: dict[str, Any]) -> str:
+    """Hand a worker the listening sockets it lacks, then have it reload; its result."""
+    for key, port in new_ports.items():
+        await _hand_over(control, key, port)
+    answer = await control.callRemote(worker.Reload)
+    return str(answer["result"])
 
 
 async def _hand_over(control: amp.AMP, key: str, port: Any) -> None:

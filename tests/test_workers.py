@@ -206,3 +206,36 @@ def test_a_worker_that_cannot_start_is_ended_and_started_again(daemon, tmp_path)
         time.sleep(0.1)
     assert _worker_pids(served)[1] != first
     assert _alive(_worker_pids(served)[1])
+
+
+def test_a_worker_restarted_during_a_reload_serves_the_listeners_of_the_new_config(
+    daemon, tmp_path
+):
+    served = daemon(_config())
+    workers = _worker_pids(served)
+    config = _config(more=PID_REALM)
+    config["listeners"].append({"endpoint": LOOPBACK, "portal": "more"})
+    write_config(tmp_path, config)
+    # Worker 2 is stopped in its tracks: the reload waits for its answer.
+    os.kill(workers[2], signal.SIGSTOP)
+    try:
+        served.process.send_signal(signal.SIGHUP)
+        # Logged as the main checks the file and binds the new listener, at once.
+        served.wait_for_line("reloading ")
+        # Worker 1 dies while the reload is under way, and is started again:
+        # it reads the new file, and must be handed the new config's listeners.
+        os.kill(workers[1], signal.SIGKILL)
+        served.wait_for_line(f"worker 1 (pid {workers[1]}) died")
+        deadline = time.monotonic() + 30
+        while _worker_pids(served)[1] == workers[1] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.kill(workers[2], signal.SIGCONT)
+    restarted = _worker_pids(served)[1]
+    assert restarted != workers[1]
+    served.wait_for_line("reloaded in 1 of 2 workers")  # worker 1's answer was lost
+    assert "did not start" not in served.log
+    line = served.wait_for_line("now serves portal 'more' on 127.0.0.1:")
+    more = int(line.rsplit(":", 1)[1])
+    assert _pids_until(more, 2) == {restarted, workers[2]}
+    assert _pids_until(served.port("who"), 2) == {restarted, workers[2]}
