@@ -23,7 +23,7 @@ from pbd.errors import ConfigError, ListenError
 from pbd.hashpool import HashPool
 from pbd.interfaces import IReloadable
 from pbd.listeners import Binder, ListenersService, stop_listening
-from pbd.metrics import MetricsService
+from pbd.metrics import MetricsService, endpoint_of, metrics_service
 from pbd.notify import Notifier, monotonic_usec
 from pbd.reactor import the_reactor
 from pbd.twisted_private import stopped_cleanly
@@ -228,11 +228,9 @@ class DaemonService(MultiService):
         try:
             assembly = assemble(load_config(source), reactor, in_force=in_force)
         except ConfigError as e:
-            for line in e.report().splitlines():
-                log.error("{line}", line=line)
-            return _rejected(source)
+            return reload_rejected(source, e.report().splitlines())
         metrics_moved = self.serve_metrics and (
-            _metrics_endpoint(assembly) != _metrics_endpoint(in_force)
+            endpoint_of(assembly.config) != endpoint_of(in_force.config)
         )
         metrics = _metrics_service(assembly) if metrics_moved else self.metrics
         try:
@@ -244,8 +242,7 @@ class DaemonService(MultiService):
                     stop_listening([each.port for each in newly_bound.values()])
                     raise
         except ListenError as e:
-            log.error("{source}: {error}", source=str(source), error=str(e))
-            return _rejected(source)
+            return reload_rejected(source, [f"{source}: {e}"])
         # From here on the new config is in force.
         if metrics_moved:
             if self.metrics is not None:
@@ -340,19 +337,10 @@ class DaemonService(MultiService):
         stopped_cleanly(the_reactor())
 
 
-def _metrics_endpoint(assembly: Assembly) -> str | None:
-    return assembly.config.metrics.endpoint if assembly.config.metrics is not None else None
-
-
 def _metrics_service(assembly: Assembly) -> MetricsService | None:
-    """The metrics listener, where the config has a C{metrics:} section."""
-    if assembly.metrics_endpoint is None or assembly.config.metrics is None:
-        return None
-    return MetricsService(
-        assembly.metrics_endpoint,
-        assembly.front_door.metrics.registry,
-        assembly.config.metrics.endpoint,
-    )
+    """This process's metrics listener, where the config has a C{metrics:} section."""
+    registry = assembly.front_door.metrics.registry
+    return metrics_service(assembly.config, assembly.metrics_endpoint, registry)
 
 
 async def told_reload(notifier: Notifier, reload_once: Callable[[], Awaitable[str]]) -> str:
@@ -374,7 +362,16 @@ def _reloadables(assembly: Assembly) -> list[Any]:
     return [plugin for plugin in assembly.plugins if IReloadable.providedBy(plugin)]
 
 
-def _rejected(source: Any) -> str:
+def reload_rejected(source: Any, problems: Sequence[str]) -> str:
+    """
+    Log why a reload of C{source} is rejected, one line a problem, then
+    that the config in force is unchanged (the single process and the
+    workers' main say it alike).
+
+    @return: C{"rejected"}, the reload's result.
+    """
+    for line in problems:
+        log.error("{line}", line=line)
     log.error(
         "reload rejected: {source} has the problems above; the config in force is unchanged",
         source=str(source),

@@ -41,10 +41,10 @@ from pbd.assembly import Assembly, assemble
 from pbd.config import load_config
 from pbd.errors import ConfigError, ListenError
 from pbd.listeners import ListenersService
-from pbd.metrics import MetricsService
+from pbd.metrics import MetricsService, endpoint_of, metrics_service
 from pbd.notify import Notifier
 from pbd.reactor import the_reactor
-from pbd.service import told_reload
+from pbd.service import reload_rejected, told_reload
 from pbd.twisted_private import stopped_cleanly
 
 if TYPE_CHECKING:
@@ -98,11 +98,10 @@ class WorkersService(MultiService):
         self.notifier = notifier or Notifier.from_environment()
         self.listeners = ListenersService(assembly.listeners, assembly.directory)
         self.listeners.setServiceParent(self)
-        self.metrics: MetricsService | None = None
-        if assembly.metrics_endpoint is not None and assembly.config.metrics is not None:
-            self.metrics = MetricsService(
-                assembly.metrics_endpoint, self._registry(), assembly.config.metrics.endpoint
-            )
+        self.metrics: MetricsService | None = metrics_service(
+            assembly.config, assembly.metrics_endpoint, self._registry()
+        )
+        if self.metrics is not None:
             self.metrics.setServiceParent(self)
         self.workers = [_Worker(index) for index in range(1, self.count + 1)]
         self.restarts = 0
@@ -335,24 +334,15 @@ class WorkersService(MultiService):
         try:
             assembly = assemble(load_config(source), the_reactor())
         except ConfigError as e:
-            for line in e.report().splitlines():
-                log.error("{line}", line=line)
-            log.error(
-                "reload rejected: {source} has the problems above; "
-                "the config in force is unchanged",
-                source=str(source),
-            )
-            return "rejected"
+            return reload_rejected(source, e.report().splitlines())
         if assembly.config.workers != self.count:
             log.warn("workers: a new number of workers takes effect when pbd restarts")
-        if _metrics_endpoint(assembly) != _metrics_endpoint(self.assembly):
+        if endpoint_of(assembly.config) != endpoint_of(self.assembly.config):
             log.warn("metrics.endpoint: a new endpoint takes effect when pbd restarts")
         try:
             newly_bound = self.listeners.bind_new(assembly.listeners)
         except ListenError as e:
-            log.error("{source}: {error}", source=str(source), error=str(e))
-            log.error("reload rejected: the config in force is unchanged")
-            return "rejected"
+            return reload_rejected(source, [f"{source}: {e}"])
         for each in newly_bound.values():
             _not_reading(each.port)
         # No await from here to the workers told: a worker that starts from
@@ -516,10 +506,6 @@ def _stop_reading(listeners: ListenersService) -> None:
 
 def _not_reading(port: Any) -> None:
     port.stopReading()
-
-
-def _metrics_endpoint(assembly: Assembly) -> str | None:
-    return assembly.config.metrics.endpoint if assembly.config.metrics is not None else None
 
 
 def _signal(process: Any, name: str) -> None:
