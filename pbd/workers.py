@@ -43,6 +43,7 @@ from pbd.errors import ConfigError, ListenError
 from pbd.listeners import ListenersService
 from pbd.metrics import MetricsService, endpoint_of, metrics_service
 from pbd.notify import Notifier
+from pbd.pubsub import RedisPubSub
 from pbd.reactor import the_reactor
 from pbd.service import reload_rejected, told_reload
 from pbd.twisted_private import stopped_cleanly
@@ -95,6 +96,10 @@ class WorkersService(MultiService):
         super().__init__()
         self.assembly = assembly
         self.count = assembly.config.workers
+        # The main serves nobody: its assembly only checks the config, and
+        # gives the listeners to bind. Its bus would hold Redis connections
+        # that nothing uses.
+        _close_bus(assembly)
         self.notifier = notifier or Notifier.from_environment()
         self.listeners = ListenersService(assembly.listeners, assembly.directory)
         self.listeners.setServiceParent(self)
@@ -332,7 +337,9 @@ class WorkersService(MultiService):
         source = self.assembly.config.source
         log.info("reloading {source} in {count} workers", source=str(source), count=self.count)
         try:
-            assembly = assemble(load_config(source), the_reactor())
+            # Built against the config in force: the plugins it already
+            # checked are kept, only new or changed ones are built to check.
+            assembly = assemble(load_config(source), the_reactor(), in_force=self.assembly)
         except ConfigError as e:
             return reload_rejected(source, e.report().splitlines())
         if assembly.config.workers != self.count:
@@ -506,6 +513,11 @@ def _stop_reading(listeners: ListenersService) -> None:
 
 def _not_reading(port: Any) -> None:
     port.stopReading()
+
+
+def _close_bus(assembly: Assembly) -> None:
+    if isinstance(assembly.pubsub, RedisPubSub):
+        assembly.pubsub.close().addErrback(lambda _: None)
 
 
 def _signal(process: Any, name: str) -> None:
