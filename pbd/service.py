@@ -175,15 +175,13 @@ class DaemonService(MultiService):
             self.metrics.setServiceParent(self)
         # Last, so that it starts after the others and stops before them.
         NotifyService(self.notifier, assembly.front_door.connections).setServiceParent(self)
-        self._reloading: defer.Deferred | None = None
-        self._reload_again = False
-        self._previous_sighup: Any = None
+        self.reloads = Reloads(self.notifier, self._reload_once, self._reload_finished)
 
     _signalled = False
 
     def startService(self) -> None:
         # Before the children start: "pbd ready" and READY=1 invite a reload.
-        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        self.reloads.on_sighup()
         super().startService()
         the_reactor().callWhenRunning(self._running)
 
@@ -192,9 +190,6 @@ class DaemonService(MultiService):
         lifecycle.tell_started(self.assembly.fresh, self.assembly.front_door.clock)
 
     # -- reloading
-
-    def _on_sighup(self, signum: int, frame: Any) -> None:
-        the_reactor().callFromThread(self.reload)
 
     def reload(self) -> defer.Deferred:
         """
@@ -206,19 +201,10 @@ class DaemonService(MultiService):
             problems, or a new listener cannot bind: all logged) or
             C{"failed"} (a bug: logged with its traceback).
         """
-        if self._reloading is not None and not self._reloading.called:
-            self._reload_again = True
-            return self._reloading
-        self._reloading = defer.ensureDeferred(self._reload_until_settled())
-        return self._reloading
+        return self.reloads.reload()
 
-    async def _reload_until_settled(self) -> str:
-        while True:
-            self._reload_again = False
-            result = await told_reload(self.notifier, self._reload_once)
-            self.assembly.front_door.metrics.reload_finished(result)
-            if not self._reload_again:
-                return result
+    def _reload_finished(self, result: str) -> None:
+        self.assembly.front_door.metrics.reload_finished(result)
 
     async def _reload_once(self) -> str:
         in_force = self.assembly
@@ -306,9 +292,7 @@ class DaemonService(MultiService):
         return handle
 
     def stopService(self) -> defer.Deferred:
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        self.reloads.not_on_sighup()
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
@@ -356,6 +340,61 @@ async def told_reload(notifier: Notifier, reload_once: Callable[[], Awaitable[st
         result = "failed"
     notifier.notify("READY=1", f"STATUS=reload {result}")
     return result
+
+
+class Reloads:
+    """
+    The reloads of a daemon (the single process, or the workers' main):
+    asked for by SIGHUP or L{reload}, one at a time, each told to systemd;
+    one asked for while one runs runs once more after it, however many ask.
+    """
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        reload_once: Callable[[], Awaitable[str]],
+        finished: Callable[[str], Any],
+    ) -> None:
+        """
+        @param reload_once: one reload; its result, C{"ok"}, C{"rejected"}
+            or C{"failed"}.
+        @param finished: told each reload's result (the metrics count them).
+        """
+        self.notifier = notifier
+        self.reload_once = reload_once
+        self.finished = finished
+        self._running: defer.Deferred | None = None
+        self._again = False
+        self._previous_sighup: Any = None
+
+    def on_sighup(self) -> None:
+        """SIGHUP reloads from now on."""
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def not_on_sighup(self) -> None:
+        """SIGHUP does what it did before L{on_sighup}."""
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        the_reactor().callFromThread(self.reload)
+
+    def reload(self) -> defer.Deferred:
+        """@return: a Deferred firing with the result of the last reload run."""
+        if self._running is not None and not self._running.called:
+            self._again = True
+            return self._running
+        self._running = defer.ensureDeferred(self._until_settled())
+        return self._running
+
+    async def _until_settled(self) -> str:
+        while True:
+            self._again = False
+            result = await told_reload(self.notifier, self.reload_once)
+            self.finished(result)
+            if not self._again:
+                return result
 
 
 def _reloadables(assembly: Assembly) -> list[Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import sys
 import time
@@ -45,7 +44,7 @@ from pbd.metrics import MetricsService, endpoint_of, metrics_service
 from pbd.notify import Notifier
 from pbd.pubsub import RedisPubSub
 from pbd.reactor import the_reactor
-from pbd.service import reload_rejected, told_reload
+from pbd.service import Reloads, reload_rejected
 from pbd.twisted_private import stopped_cleanly
 
 if TYPE_CHECKING:
@@ -112,7 +111,6 @@ class WorkersService(MultiService):
         self.restarts = 0
         self.stopping = False
         self._ready_told = False
-        self._reloading: defer.Deferred | None = None
         # Bumped when a reload hands its listeners over: a worker started
         # before then, and not among those the reload told, catches up.
         self._generation = 0
@@ -120,10 +118,9 @@ class WorkersService(MultiService):
         # (None: those in force), for the workers that start meanwhile.
         self._next_listeners: dict[str, Any] | None = None
         self._reloads = {"ok": 0, "rejected": 0, "failed": 0}
-        self._reload_again = False
+        self.reloads = Reloads(self.notifier, self._reload_once, self._reload_finished)
         self._status: task.LoopingCall | None = None
         self._last_status = ""
-        self._previous_sighup: Any = None
 
     def listen(self) -> None:
         """
@@ -138,7 +135,7 @@ class WorkersService(MultiService):
             self.metrics.listen()
 
     def startService(self) -> None:
-        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        self.reloads.on_sighup()
         super().startService()
         for slot in self.workers:
             self._spawn(slot)
@@ -303,9 +300,6 @@ class WorkersService(MultiService):
 
     # -- reloading
 
-    def _on_sighup(self, signum: int, frame: Any) -> None:
-        the_reactor().callFromThread(self.reload)
-
     def reload(self) -> defer.Deferred:
         """
         Check the config file here, then have every worker put it in force.
@@ -315,23 +309,10 @@ class WorkersService(MultiService):
             worker is told) or a new listener cannot bind, C{"failed"} when
             a worker could not.
         """
-        if self._reloading is not None and not self._reloading.called:
-            self._reload_again = True  # one more after this one, however many ask
-            return self._reloading
-        self._reloading = defer.ensureDeferred(self._reload_until_settled())
-        return self._reloading
+        return self.reloads.reload()
 
-    async def _reload_until_settled(self) -> str:
-        while True:
-            self._reload_again = False
-            result = await self._reload()
-            if not self._reload_again:
-                return result
-
-    async def _reload(self) -> str:
-        result = await told_reload(self.notifier, self._reload_once)
+    def _reload_finished(self, result: str) -> None:
         self._reloads[result] = self._reloads.get(result, 0) + 1
-        return result
 
     async def _reload_once(self) -> str:
         source = self.assembly.config.source
@@ -382,9 +363,7 @@ class WorkersService(MultiService):
     # -- stopping
 
     def stopService(self) -> defer.Deferred:
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        self.reloads.not_on_sighup()
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
