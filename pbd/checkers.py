@@ -377,8 +377,11 @@ class SqlChecker(_HashedUsersChecker):
             return False
         return self._clock().seconds() - self._failing_since >= self.stale_after
 
+    # A SIGHUP came while a read given up on still ran: the next poll reads everything.
+    _read_all = False
+
     def reloadIfChanged(self) -> defer.Deferred | None:
-        return self._reload(self._generation_seen)
+        return self._reload(None if self._read_all else self._generation_seen)
 
     def reload(self) -> defer.Deferred:
         """Read every user again (SIGHUP), whatever the generation says."""
@@ -389,8 +392,10 @@ class SqlChecker(_HashedUsersChecker):
             return self._reloading
         if self._reading:
             # One given up on has not returned yet: the polls after it retry.
+            self._read_all = self._read_all or unless_generation is None
             return defer.succeed(None)
         self._reading = True
+        self._read_all = False
         answer: defer.Deferred = defer.Deferred()
 
         def returned(result: Any) -> None:

@@ -275,10 +275,12 @@ class Reads:
 
     def __init__(self) -> None:
         self.waiting: list[tuple[Any, tuple, defer.Deferred]] = []
+        self.history: list[tuple[Any, tuple, defer.Deferred]] = []
 
     def __call__(self, function: Any, *arguments: Any) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
         self.waiting.append((function, arguments, d))
+        self.history.append((function, arguments, d))
         return d
 
     def answer(self) -> None:
@@ -323,8 +325,10 @@ def test_polling_goes_on_after_a_read_that_timed_out(polled):
         checker.reloadIfChanged()
         clock.advance(3)  # no answer within the timeout
         assert len(reads.waiting) == 1
-        # It still hangs in its thread: no second read, the polls wait for it.
+        # It still hangs in its thread: no second read, the polls (and a
+        # SIGHUP) wait for it.
         checker.reloadIfChanged()
+        checker.reload()
         assert len(reads.waiting) == 1
         reads.fail()
         # It returned: the next polls read again, and fail again without a word.
@@ -332,6 +336,9 @@ def test_polling_goes_on_after_a_read_that_timed_out(polled):
             checker.reloadIfChanged()
             clock.advance(1)
             reads.fail()
+        # The first of them read everything, as the SIGHUP asked; the others
+        # only the generation.
+        assert [arguments[1] for _, arguments, _ in reads.history] == [1, None, 1, 1]
         assert _logs_in(checker, clock)  # the users last read, for stale_after
         clock.advance(10)
         assert not _logs_in(checker, clock)
