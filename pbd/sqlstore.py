@@ -233,7 +233,8 @@ def _postgresql(store: Store, deadline: Deadline | None = None) -> Any:
 
 
 def _milliseconds(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
+    # Rounded up: a wait this long ends past the deadline, not a hair before.
+    return max(1, math.ceil(seconds * 1000))
 
 
 class _Bounded:
