@@ -287,7 +287,10 @@ class SqlOptions:
     )
     table: str = option("pbd_users", help="the users' table (its generation: TABLE_generation)")
     timeout: float = option(
-        5.0, help="how long a connection or a query may take", greater_than=0, unit="seconds"
+        5.0,
+        help="how long one read of the store may take in all (its connection and queries)",
+        greater_than=0,
+        unit="seconds",
     )
     stale_after: float = option(
         30.0,
@@ -363,19 +366,22 @@ class SqlChecker(_HashedUsersChecker):
     # When reads began to fail (the clock's seconds), None while they work.
     _failing_since: float | None = None
     _reloading: defer.Deferred | None = None
-    # A read that timed out may still hang in its thread: no polling then,
-    # until a SIGHUP asks again.
-    _stuck = False
+    # Whether a read still runs in its thread, even one given up on: never
+    # two at once, so a database that hangs holds one thread, not one a poll.
+    _reading = False
+    # Runs a blocking read; tests swap in their own.
+    run_in_thread: Any = staticmethod(threads.deferToThread)
 
     def _too_stale(self) -> bool:
         if self._failing_since is None:
             return False
         return self._clock().seconds() - self._failing_since >= self.stale_after
 
+    # A SIGHUP came while a read given up on still ran: the next poll reads everything.
+    _read_all = False
+
     def reloadIfChanged(self) -> defer.Deferred | None:
-        if self._stuck:
-            return None
-        return self._reload(self._generation_seen)
+        return self._reload(None if self._read_all else self._generation_seen)
 
     def reload(self) -> defer.Deferred:
         """Read every user again (SIGHUP), whatever the generation says."""
@@ -384,15 +390,27 @@ class SqlChecker(_HashedUsersChecker):
     def _reload(self, unless_generation: int | None) -> defer.Deferred:
         if self._reloading is not None:
             return self._reloading
-        d = threads.deferToThread(sqlstore.read, self.store, unless_generation)
-        d.addTimeout(self.store.timeout, self._clock())
-        d.addCallbacks(self._read, self._not_read)
-        d.addBoth(self._done_reloading)
-        self._reloading = d
-        return d
+        if self._reading:
+            # One given up on has not returned yet: the polls after it retry.
+            self._read_all = self._read_all or unless_generation is None
+            return defer.succeed(None)
+        self._reading = True
+        self._read_all = False
+        answer: defer.Deferred = defer.Deferred()
+
+        def returned(result: Any) -> None:
+            self._reading = False
+            answer.callback(result)  # ignored when the answer came too late
+
+        self.run_in_thread(sqlstore.read, self.store, unless_generation).addBoth(returned)
+        # The read ends by its own deadline; this one holds even if it does not.
+        answer.addTimeout(self.store.timeout, self._clock())
+        answer.addCallbacks(self._read, self._not_read)
+        answer.addBoth(self._done_reloading)
+        self._reloading = answer
+        return answer
 
     def _read(self, snapshot: Snapshot) -> None:
-        self._stuck = False
         if self._failing_since is not None:
             self._failing_since = None
             log.info("{store}: read again", store=self.store.describe())
@@ -406,17 +424,16 @@ class SqlChecker(_HashedUsersChecker):
 
     def _not_read(self, failure: Failure) -> None:
         if failure.check(defer.TimeoutError, defer.CancelledError):
-            self._stuck = True
             reason = f"{self.store.describe()}: no answer within {self.store.timeout:g} s"
         else:
             failure.trap(StoreError)
             reason = str(failure.value)
         if self._failing_since is not None:
-            return  # said once, when it began
+            return  # said once, when it began; the polls go on
         self._failing_since = self._clock().seconds()
         log.error(
             "user store cannot be read: {reason}; the users last read serve logins for "
-            "{stale:g} s more, then logins are refused until it answers",
+            "{stale:g} s more, then logins are refused until it answers (retrying)",
             stale=self.stale_after,
             reason=reason,
         )

@@ -97,6 +97,15 @@ class ListenersService(Service):
         keyed = [(k, each) for k, each in _keyed(listeners) if k not in self.bound]
         return _bind_all(keyed, self.bind)
 
+    def ports_for(
+        self, listeners: Sequence[Listener], newly_bound: dict[str, _BoundListener]
+    ) -> dict[str, IListeningPort]:
+        """
+        The port of each of C{listeners}, by key: those L{serve} will serve
+        them on (a port bound now, or one of C{newly_bound}).
+        """
+        return {key: (newly_bound.get(key) or self.bound[key]).port for key, _ in _keyed(listeners)}
+
     def serve(
         self,
         listeners: Sequence[Listener],

@@ -36,6 +36,8 @@ from pbd.errors import ListenError
 if TYPE_CHECKING:
     from prometheus_client.core import CollectorRegistry, Metric
 
+    from pbd.config import Config
+
 log = Logger()
 
 # Distinct method labels per portal; past them, and for names the object
@@ -320,6 +322,23 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         return self.metrics.collect()
+
+
+def endpoint_of(config: Config) -> str | None:
+    """The config's C{metrics.endpoint}, as written: a reload compares it to tell a move."""
+    return config.metrics.endpoint if config.metrics is not None else None
+
+
+def metrics_service(
+    config: Config, endpoint: IStreamServerEndpoint | None, registry: CollectorRegistry
+) -> MetricsService | None:
+    """
+    The service that serves C{registry} on the config's C{metrics:}
+    endpoint (C{endpoint}, parsed), or L{None} where it has none.
+    """
+    if endpoint is None or config.metrics is None:
+        return None
+    return MetricsService(endpoint, registry, config.metrics.endpoint)
 
 
 class MetricsService(Service):

@@ -340,22 +340,38 @@ class RedisPubSub(_Channels):
         self._maybe_reachable()
 
     def subscriber_ready(self, connection: Any) -> None:
-        channels = list(self.by_channel)
-        if not channels:
-            self._subscriber_subscribed(connection, [])
+        self._subscribe_on(connection, [])
+
+    def _subscribe_on(self, connection: Any, on_redis: list[str]) -> None:
+        """
+        Subscribe a (re)connected subscriber to every channel in use, then
+        put it in use; C{on_redis}: the channels it is subscribed to already.
+        """
+        missing = [channel for channel in self.by_channel if channel not in on_redis]
+        if not missing:
+            self._subscriber_subscribed(connection, on_redis)
             return
-        every = [s for c in channels for s in self.by_channel.get(c, [])]
-        connection.subscribe(channels).addCallbacks(
-            lambda _: self._subscriber_subscribed(connection, every), _lost_meanwhile
+        # Channels followed while this SUBSCRIBE is under way are subscribed
+        # by the next round, before the connection is put in use.
+        connection.subscribe(missing).addCallbacks(
+            lambda _: self._subscribe_on(connection, [*on_redis, *missing]), _lost_meanwhile
         )
 
-    def _subscriber_subscribed(self, connection: Any, subscriptions: list[Subscription]) -> None:
+    def _subscriber_subscribed(self, connection: Any, on_redis: list[str]) -> None:
         if not connection.connected:
             return
+        # Channels left while the connection was being subscribed.
+        gone = [channel for channel in on_redis if channel not in self.by_channel]
+        if gone:
+            connection.unsubscribe(gone).addErrback(_lost_meanwhile)
         self._subscriber = connection
         # Told once both connections are up: a subscriber that answers by
         # publishing (chat's "hello") must be able to.
-        self._told_when_reachable.extend(subscriptions)
+        self._told_when_reachable = [
+            subscription
+            for channel in on_redis
+            for subscription in self.by_channel.get(channel, ())
+        ]
         self._maybe_reachable()
 
     def _maybe_reachable(self) -> None:

@@ -23,7 +23,7 @@ from pbd.errors import ConfigError, ListenError
 from pbd.hashpool import HashPool
 from pbd.interfaces import IReloadable
 from pbd.listeners import Binder, ListenersService, stop_listening
-from pbd.metrics import MetricsService
+from pbd.metrics import MetricsService, endpoint_of, metrics_service
 from pbd.notify import Notifier, monotonic_usec
 from pbd.reactor import the_reactor
 from pbd.twisted_private import stopped_cleanly
@@ -175,15 +175,13 @@ class DaemonService(MultiService):
             self.metrics.setServiceParent(self)
         # Last, so that it starts after the others and stops before them.
         NotifyService(self.notifier, assembly.front_door.connections).setServiceParent(self)
-        self._reloading: defer.Deferred | None = None
-        self._reload_again = False
-        self._previous_sighup: Any = None
+        self.reloads = Reloads(self.notifier, self._reload_once, self._reload_finished)
 
     _signalled = False
 
     def startService(self) -> None:
         # Before the children start: "pbd ready" and READY=1 invite a reload.
-        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        self.reloads.on_sighup()
         super().startService()
         the_reactor().callWhenRunning(self._running)
 
@@ -192,9 +190,6 @@ class DaemonService(MultiService):
         lifecycle.tell_started(self.assembly.fresh, self.assembly.front_door.clock)
 
     # -- reloading
-
-    def _on_sighup(self, signum: int, frame: Any) -> None:
-        the_reactor().callFromThread(self.reload)
 
     def reload(self) -> defer.Deferred:
         """
@@ -206,19 +201,10 @@ class DaemonService(MultiService):
             problems, or a new listener cannot bind: all logged) or
             C{"failed"} (a bug: logged with its traceback).
         """
-        if self._reloading is not None and not self._reloading.called:
-            self._reload_again = True
-            return self._reloading
-        self._reloading = defer.ensureDeferred(self._reload_until_settled())
-        return self._reloading
+        return self.reloads.reload()
 
-    async def _reload_until_settled(self) -> str:
-        while True:
-            self._reload_again = False
-            result = await told_reload(self.notifier, self._reload_once)
-            self.assembly.front_door.metrics.reload_finished(result)
-            if not self._reload_again:
-                return result
+    def _reload_finished(self, result: str) -> None:
+        self.assembly.front_door.metrics.reload_finished(result)
 
     async def _reload_once(self) -> str:
         in_force = self.assembly
@@ -228,11 +214,9 @@ class DaemonService(MultiService):
         try:
             assembly = assemble(load_config(source), reactor, in_force=in_force)
         except ConfigError as e:
-            for line in e.report().splitlines():
-                log.error("{line}", line=line)
-            return _rejected(source)
+            return reload_rejected(source, e.report().splitlines())
         metrics_moved = self.serve_metrics and (
-            _metrics_endpoint(assembly) != _metrics_endpoint(in_force)
+            endpoint_of(assembly.config) != endpoint_of(in_force.config)
         )
         metrics = _metrics_service(assembly) if metrics_moved else self.metrics
         try:
@@ -244,8 +228,7 @@ class DaemonService(MultiService):
                     stop_listening([each.port for each in newly_bound.values()])
                     raise
         except ListenError as e:
-            log.error("{source}: {error}", source=str(source), error=str(e))
-            return _rejected(source)
+            return reload_rejected(source, [f"{source}: {e}"])
         # From here on the new config is in force.
         if metrics_moved:
             if self.metrics is not None:
@@ -309,9 +292,7 @@ class DaemonService(MultiService):
         return handle
 
     def stopService(self) -> defer.Deferred:
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        self.reloads.not_on_sighup()
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
@@ -340,19 +321,10 @@ class DaemonService(MultiService):
         stopped_cleanly(the_reactor())
 
 
-def _metrics_endpoint(assembly: Assembly) -> str | None:
-    return assembly.config.metrics.endpoint if assembly.config.metrics is not None else None
-
-
 def _metrics_service(assembly: Assembly) -> MetricsService | None:
-    """The metrics listener, where the config has a C{metrics:} section."""
-    if assembly.metrics_endpoint is None or assembly.config.metrics is None:
-        return None
-    return MetricsService(
-        assembly.metrics_endpoint,
-        assembly.front_door.metrics.registry,
-        assembly.config.metrics.endpoint,
-    )
+    """This process's metrics listener, where the config has a C{metrics:} section."""
+    registry = assembly.front_door.metrics.registry
+    return metrics_service(assembly.config, assembly.metrics_endpoint, registry)
 
 
 async def told_reload(notifier: Notifier, reload_once: Callable[[], Awaitable[str]]) -> str:
@@ -370,11 +342,75 @@ async def told_reload(notifier: Notifier, reload_once: Callable[[], Awaitable[st
     return result
 
 
+class Reloads:
+    """
+    The reloads of a daemon (the single process, or the workers' main):
+    asked for by SIGHUP or L{reload}, one at a time, each told to systemd;
+    one asked for while one runs runs once more after it, however many ask.
+    """
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        reload_once: Callable[[], Awaitable[str]],
+        finished: Callable[[str], Any],
+    ) -> None:
+        """
+        @param reload_once: one reload; its result, C{"ok"}, C{"rejected"}
+            or C{"failed"}.
+        @param finished: told each reload's result (the metrics count them).
+        """
+        self.notifier = notifier
+        self.reload_once = reload_once
+        self.finished = finished
+        self._running: defer.Deferred | None = None
+        self._again = False
+        self._previous_sighup: Any = None
+
+    def on_sighup(self) -> None:
+        """SIGHUP reloads from now on."""
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def not_on_sighup(self) -> None:
+        """SIGHUP does what it did before L{on_sighup}."""
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        the_reactor().callFromThread(self.reload)
+
+    def reload(self) -> defer.Deferred:
+        """@return: a Deferred firing with the result of the last reload run."""
+        if self._running is not None and not self._running.called:
+            self._again = True
+            return self._running
+        self._running = defer.ensureDeferred(self._until_settled())
+        return self._running
+
+    async def _until_settled(self) -> str:
+        while True:
+            self._again = False
+            result = await told_reload(self.notifier, self.reload_once)
+            self.finished(result)
+            if not self._again:
+                return result
+
+
 def _reloadables(assembly: Assembly) -> list[Any]:
     return [plugin for plugin in assembly.plugins if IReloadable.providedBy(plugin)]
 
 
-def _rejected(source: Any) -> str:
+def reload_rejected(source: Any, problems: Sequence[str]) -> str:
+    """
+    Log why a reload of C{source} is rejected, one line a problem, then
+    that the config in force is unchanged (the single process and the
+    workers' main say it alike).
+
+    @return: C{"rejected"}, the reload's result.
+    """
+    for line in problems:
+        log.error("{line}", line=line)
     log.error(
         "reload rejected: {source} has the problems above; the config in force is unchanged",
         source=str(source),

@@ -12,7 +12,9 @@ The daemon only reads (SQLite opened read-only); C{pbd passwd} creates the
 tables and makes every change. Every statement is parameterised; the
 table's name, the one thing spliced into SQL, is checked against
 L{TABLE_NAME} first. These functions block: the daemon calls them in a
-thread, never on the event loop.
+thread, never on the event loop. A read ends within the store's
+C{timeout} whatever the database does (its connection and every statement
+share that time), so the thread it runs in is soon free again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import math
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +58,8 @@ class Store:
     kind: Literal["sqlite", "postgresql"]
     target: str
     table: str = DEFAULT_TABLE
-    # Seconds a connection or a statement may take.
+    # Seconds a read may take in all (its connection and statements); a
+    # change (pbd passwd) gives as long to each of its steps.
     timeout: float = 5.0
 
     def describe(self) -> str:
@@ -103,10 +107,47 @@ def _postgresql_place(dsn: str) -> str:
 # -- connecting
 
 
+class Deadline:
+    """
+    When one read's time (L{Store.timeout}) is up: its connection and each
+    of its statements get only what is left of it.
+    """
+
+    def __init__(self, store: Store, now: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.now = now
+        self.end = now() + store.timeout
+
+    def left(self) -> float:
+        """
+        Seconds left.
+
+        @raise StoreError: when there are none.
+        """
+        left = self.end - self.now()
+        if left <= 0:
+            raise self.error()
+        return left
+
+    def passed(self) -> bool:
+        return self.now() >= self.end
+
+    def error(self) -> StoreError:
+        return StoreError(f"{self.store.describe()}: no answer within {self.store.timeout:g} s")
+
+
 @contextmanager
-def _connection(store: Store, write: bool) -> Iterator[Any]:
-    """A connection in a transaction: committed when the block ends well, else rolled back."""
-    connection = _sqlite(store, write) if store.kind == "sqlite" else _postgresql(store)
+def _connection(store: Store, write: bool, deadline: Deadline | None = None) -> Iterator[Any]:
+    """
+    A connection in a transaction: committed when the block ends well, else
+    rolled back. Given a C{deadline} (reads), every statement ends by it.
+    """
+    if store.kind == "sqlite":
+        connection = _sqlite(store, write, deadline)
+    else:
+        connection = _postgresql(store, deadline)
+    if deadline is not None:
+        connection = _Bounded(store, connection, deadline)
     try:
         yield connection
         connection.commit()
@@ -117,17 +158,22 @@ def _connection(store: Store, write: bool) -> Iterator[Any]:
         connection.close()
 
 
-def _sqlite(store: Store, write: bool) -> Any:
+def _sqlite(store: Store, write: bool, deadline: Deadline | None = None) -> Any:
     path = Path(store.target)
     if not write:
         # Read-only: the daemon never creates a file, nor changes one.
         uri = f"file:{quote(str(path))}?mode=ro"
+        seconds = deadline.left() if deadline is not None else store.timeout
         try:
-            return sqlite3.connect(uri, uri=True, timeout=store.timeout)
+            connection = sqlite3.connect(uri, uri=True, timeout=seconds)
         except sqlite3.Error as e:
             if not path.exists():
                 raise StoreError(f"{path}: no such file") from None
             raise StoreError(f"{path}: {e}") from None
+        if deadline is not None:
+            # A statement still running at the deadline is interrupted.
+            connection.set_progress_handler(deadline.passed, 1000)
+        return connection
     if not path.parent.is_dir():
         raise StoreError(f"{path}: no such folder: {path.parent}")
     try:
@@ -163,16 +209,18 @@ class _SqliteTransaction:
         self._connection.close()
 
 
-def _postgresql(store: Store) -> Any:
+def _postgresql(store: Store, deadline: Deadline | None = None) -> Any:
     try:
         import psycopg
     except ImportError:
         raise StoreError("PostgreSQL needs psycopg: pip install 'pbd-daemon[postgresql]'") from None
-    milliseconds = max(1, int(store.timeout * 1000))
+    seconds = deadline.left() if deadline is not None else store.timeout
+    milliseconds = _milliseconds(seconds)
     try:
         return psycopg.connect(
             store.target,
-            connect_timeout=max(2, math.ceil(store.timeout)),
+            # libpq waits at least 2 s (for each address a host name has).
+            connect_timeout=max(2, math.ceil(seconds)),
             options=f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
         )
     except psycopg.ProgrammingError:
@@ -182,6 +230,41 @@ def _postgresql(store: Store) -> Any:
         raise StoreError(f"{store.describe()}: {_first_line(e)}") from None
     except Exception:  # a malformed connection string, as psycopg's parser says it
         raise StoreError(f"{store.describe()}: a malformed connection string") from None
+
+
+def _milliseconds(seconds: float) -> int:
+    # Rounded up: a wait this long ends past the deadline, not a hair before.
+    return max(1, math.ceil(seconds * 1000))
+
+
+class _Bounded:
+    """A reading connection whose every statement is given only the read's time left."""
+
+    def __init__(self, store: Store, connection: Any, deadline: Deadline) -> None:
+        self._store = store
+        self._connection = connection
+        self._deadline = deadline
+
+    def execute(self, sql: str, parameters: tuple = ()) -> Any:
+        milliseconds = _milliseconds(self._deadline.left())
+        if self._store.kind == "postgresql":
+            self._connection.execute(
+                "SELECT set_config('statement_timeout', %s, false)", (str(milliseconds),)
+            )
+        else:
+            # How long SQLite waits for a writer's lock (the progress handler
+            # ends a statement that runs past the deadline).
+            self._connection.execute(f"PRAGMA busy_timeout = {milliseconds}")
+        return self._connection.execute(sql, parameters)
+
+    def commit(self) -> None:
+        self._connection.commit()
+
+    def rollback(self) -> None:
+        self._connection.rollback()
+
+    def close(self) -> None:
+        self._connection.close()
 
 
 def _first_line(error: BaseException) -> str:
@@ -241,15 +324,20 @@ class Snapshot:
     entries: dict[str, PasswordEntry] | None
 
 
-def read(store: Store, unless_generation: int | None = None) -> Snapshot:
+def read(
+    store: Store, unless_generation: int | None = None, deadline: Deadline | None = None
+) -> Snapshot:
     """
     The store's generation, and its users unless the generation is still
     C{unless_generation}.
 
-    @raise StoreError: when the store cannot be read, or a row's hash is
-        malformed (nothing is loaded then).
+    @param deadline: when the read is given up (by default, C{store.timeout}
+        from now): the connection and the statements share that time.
+    @raise StoreError: when the store cannot be read in time, or a row's
+        hash is malformed (nothing is loaded then).
     """
-    with _reported(store), _connection(store, write=False) as connection:
+    deadline = deadline or Deadline(store)
+    with _in_time(deadline), _connection(store, write=False, deadline=deadline) as connection:
         if not _has_tables(store, connection):
             raise _missing_tables(store)
         # The generation first: a change committed between the two reads
@@ -258,6 +346,18 @@ def read(store: Store, unless_generation: int | None = None) -> Snapshot:
         if generation == unless_generation:
             return Snapshot(generation, None)
         return Snapshot(generation, _entries(store, connection))
+
+
+@contextmanager
+def _in_time(deadline: Deadline) -> Iterator[None]:
+    """Database errors as L{StoreError}s; any after the deadline says that time ran out."""
+    try:
+        with _reported(deadline.store):
+            yield
+    except StoreError:
+        if deadline.passed():
+            raise deadline.error() from None
+        raise
 
 
 def _generation(store: Store, connection: Any) -> int:
@@ -339,7 +439,8 @@ def delete_user(store: Store, user: str) -> None:
 
 def list_users(store: Store) -> list[tuple[str, str]]:
     """(user, scheme) for every user: never the hashes."""
-    with _reported(store), _connection(store, write=False) as connection:
+    deadline = Deadline(store)
+    with _in_time(deadline), _connection(store, write=False, deadline=deadline) as connection:
         if not _has_tables(store, connection):
             raise _missing_tables(store)
         entries = _entries(store, connection)

@@ -159,7 +159,25 @@ class WorkerControl(amp.AMP):
     @Reload.responder
     def reload(self) -> defer.Deferred:
         assert self.service is not None
-        return self.service.reload().addCallback(lambda result: {"result": result})
+
+        def reloaded(result: str) -> dict:
+            if result == "ok":
+                self._close_unused()
+            return {"result": result}
+
+        return self.service.reload().addCallback(reloaded)
+
+    def _close_unused(self) -> None:
+        """
+        Once a reload put the main's config in force, close the sockets
+        handed over that it has no listener for: kept open here, a port the
+        main stopped would go on queueing connections that nobody accepts.
+        (Until then they wait: a worker that read the file before a reload
+        uses them when it catches up.)
+        """
+        for fd, _ in self.sockets.values():
+            os.close(fd)
+        self.sockets.clear()
 
     @Stop.responder
     def stop(self) -> dict:

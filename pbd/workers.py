@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import sys
 import time
@@ -41,10 +40,11 @@ from pbd.assembly import Assembly, assemble
 from pbd.config import load_config
 from pbd.errors import ConfigError, ListenError
 from pbd.listeners import ListenersService
-from pbd.metrics import MetricsService
+from pbd.metrics import MetricsService, endpoint_of, metrics_service
 from pbd.notify import Notifier
+from pbd.pubsub import RedisPubSub
 from pbd.reactor import the_reactor
-from pbd.service import told_reload
+from pbd.service import Reloads, reload_rejected
 from pbd.twisted_private import stopped_cleanly
 
 if TYPE_CHECKING:
@@ -95,25 +95,32 @@ class WorkersService(MultiService):
         super().__init__()
         self.assembly = assembly
         self.count = assembly.config.workers
+        # The main serves nobody: its assembly only checks the config, and
+        # gives the listeners to bind. Its bus would hold Redis connections
+        # that nothing uses.
+        _close_bus(assembly)
         self.notifier = notifier or Notifier.from_environment()
         self.listeners = ListenersService(assembly.listeners, assembly.directory)
         self.listeners.setServiceParent(self)
-        self.metrics: MetricsService | None = None
-        if assembly.metrics_endpoint is not None and assembly.config.metrics is not None:
-            self.metrics = MetricsService(
-                assembly.metrics_endpoint, self._registry(), assembly.config.metrics.endpoint
-            )
+        self.metrics: MetricsService | None = metrics_service(
+            assembly.config, assembly.metrics_endpoint, self._registry()
+        )
+        if self.metrics is not None:
             self.metrics.setServiceParent(self)
         self.workers = [_Worker(index) for index in range(1, self.count + 1)]
         self.restarts = 0
         self.stopping = False
         self._ready_told = False
-        self._reloading: defer.Deferred | None = None
+        # Bumped when a reload hands its listeners over: a worker started
+        # before then, and not among those the reload told, catches up.
+        self._generation = 0
+        # While a reload is under way, the listeners of its config by key
+        # (None: those in force), for the workers that start meanwhile.
+        self._next_listeners: dict[str, Any] | None = None
         self._reloads = {"ok": 0, "rejected": 0, "failed": 0}
-        self._reload_again = False
+        self.reloads = Reloads(self.notifier, self._reload_once, self._reload_finished)
         self._status: task.LoopingCall | None = None
         self._last_status = ""
-        self._previous_sighup: Any = None
 
     def listen(self) -> None:
         """
@@ -128,7 +135,7 @@ class WorkersService(MultiService):
             self.metrics.listen()
 
     def startService(self) -> None:
-        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        self.reloads.on_sighup()
         super().startService()
         for slot in self.workers:
             self._spawn(slot)
@@ -184,11 +191,33 @@ class WorkersService(MultiService):
             total = hashpool.default_size()
         return max(1, round(total / self.count))
 
+    def _listeners_for_workers(self) -> dict[str, Any]:
+        """The listening ports a worker starting now serves, by key."""
+        if self._next_listeners is not None:
+            return self._next_listeners
+        return {key: bound.port for key, bound in self.listeners.bound.items()}
+
     async def _start(self, slot: _Worker, control: amp.AMP) -> None:
         try:
-            for key, bound in self.listeners.bound.items():
-                await _hand_over(control, key, bound.port)
+            # The worker reads the file when told to start: it gets the
+            # listeners of the config in force, or of the one a reload under
+            # way puts in force (it read that file).
+            generation = self._generation
+            handed = self._listeners_for_workers()
+            for key, port in handed.items():
+                await _hand_over(control, key, port)
             answer = await control.callRemote(worker.Start)
+            while generation != self._generation:
+                # A reload handed its listeners over meanwhile, and told the
+                # workers serving then: not this one, which may have read
+                # the file before it changed.
+                generation = self._generation
+                listeners = self._listeners_for_workers()
+                missing = {key: listeners[key] for key in listeners.keys() - handed.keys()}
+                handed = listeners
+                result = await _reload_one(control, missing)
+                if result != "ok":
+                    log.error("worker {index}: reload {result}", index=slot.index, result=result)
         except Exception as e:
             if not self.stopping and slot.control is control:
                 log.error(
@@ -271,9 +300,6 @@ class WorkersService(MultiService):
 
     # -- reloading
 
-    def _on_sighup(self, signum: int, frame: Any) -> None:
-        the_reactor().callFromThread(self.reload)
-
     def reload(self) -> defer.Deferred:
         """
         Check the config file here, then have every worker put it in force.
@@ -283,59 +309,44 @@ class WorkersService(MultiService):
             worker is told) or a new listener cannot bind, C{"failed"} when
             a worker could not.
         """
-        if self._reloading is not None and not self._reloading.called:
-            self._reload_again = True  # one more after this one, however many ask
-            return self._reloading
-        self._reloading = defer.ensureDeferred(self._reload_until_settled())
-        return self._reloading
+        return self.reloads.reload()
 
-    async def _reload_until_settled(self) -> str:
-        while True:
-            self._reload_again = False
-            result = await self._reload()
-            if not self._reload_again:
-                return result
-
-    async def _reload(self) -> str:
-        result = await told_reload(self.notifier, self._reload_once)
+    def _reload_finished(self, result: str) -> None:
         self._reloads[result] = self._reloads.get(result, 0) + 1
-        return result
 
     async def _reload_once(self) -> str:
         source = self.assembly.config.source
         log.info("reloading {source} in {count} workers", source=str(source), count=self.count)
         try:
-            assembly = assemble(load_config(source), the_reactor())
+            # Built against the config in force: the plugins it already
+            # checked are kept, only new or changed ones are built to check.
+            assembly = assemble(load_config(source), the_reactor(), in_force=self.assembly)
         except ConfigError as e:
-            for line in e.report().splitlines():
-                log.error("{line}", line=line)
-            log.error(
-                "reload rejected: {source} has the problems above; "
-                "the config in force is unchanged",
-                source=str(source),
-            )
-            return "rejected"
+            return reload_rejected(source, e.report().splitlines())
         if assembly.config.workers != self.count:
             log.warn("workers: a new number of workers takes effect when pbd restarts")
-        if _metrics_endpoint(assembly) != _metrics_endpoint(self.assembly):
+        if endpoint_of(assembly.config) != endpoint_of(self.assembly.config):
             log.warn("metrics.endpoint: a new endpoint takes effect when pbd restarts")
         try:
             newly_bound = self.listeners.bind_new(assembly.listeners)
         except ListenError as e:
-            log.error("{source}: {error}", source=str(source), error=str(e))
-            log.error("reload rejected: the config in force is unchanged")
-            return "rejected"
+            return reload_rejected(source, [f"{source}: {e}"])
         for each in newly_bound.values():
             _not_reading(each.port)
+        # No await from here to the workers told: a worker that starts from
+        # now on gets this config's listeners, one serving now is told.
+        self._generation += 1
+        self._next_listeners = self.listeners.ports_for(assembly.listeners, newly_bound)
         serving = self._serving()
-        for _, control in serving:
-            for key, each in newly_bound.items():
-                await _hand_over(control, key, each.port)
+        new_ports = {key: each.port for key, each in newly_bound.items()}
         answers = await defer.DeferredList(
-            [control.callRemote(worker.Reload) for _, control in serving], consumeErrors=True
+            [defer.ensureDeferred(_reload_one(control, new_ports)) for _, control in serving],
+            consumeErrors=True,
         )
-        results = [answer["result"] if ok else "failed" for ok, answer in answers]
-        await self.listeners.serve(assembly.listeners, newly_bound, assembly.directory)
+        results = [answer if ok else "failed" for ok, answer in answers]
+        stopped = self.listeners.serve(assembly.listeners, newly_bound, assembly.directory)
+        self._next_listeners = None
+        await stopped
         self.assembly = assembly
         for (slot, _), result in zip(serving, results, strict=True):
             if result != "ok":
@@ -352,9 +363,7 @@ class WorkersService(MultiService):
     # -- stopping
 
     def stopService(self) -> defer.Deferred:
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        self.reloads.not_on_sighup()
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
@@ -462,6 +471,14 @@ class _Gathered:
         )
 
 
+async def _reload_one(control: amp.AMP, new_ports: dict[str, Any]) -> str:
+    """Hand a worker the listening sockets it lacks, then have it reload; its result."""
+    for key, port in new_ports.items():
+        await _hand_over(control, key, port)
+    answer = await control.callRemote(worker.Reload)
+    return str(answer["result"])
+
+
 async def _hand_over(control: amp.AMP, key: str, port: Any) -> None:
     """Send a listening socket to a worker, as the listener C{key}."""
     await control.callRemote(worker.Adopt, key=key, socket=port.fileno(), family=port.socket.family)
@@ -477,8 +494,9 @@ def _not_reading(port: Any) -> None:
     port.stopReading()
 
 
-def _metrics_endpoint(assembly: Assembly) -> str | None:
-    return assembly.config.metrics.endpoint if assembly.config.metrics is not None else None
+def _close_bus(assembly: Assembly) -> None:
+    if isinstance(assembly.pubsub, RedisPubSub):
+        assembly.pubsub.close().addErrback(lambda _: None)
 
 
 def _signal(process: Any, name: str) -> None:

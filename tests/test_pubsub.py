@@ -291,6 +291,71 @@ def test_what_is_not_a_pbd_message_is_dropped(redis_server):
     assert heard == [{"n": 1}]
 
 
+class ChangesMeanwhile(RedisPubSub):
+    """A bus whose user follows and leaves rooms while a SUBSCRIBE is under way."""
+
+    meanwhile: Callable[[], Any] | None = None
+
+    def subscriber_ready(self, connection: Any) -> None:
+        super().subscriber_ready(connection)  # sends SUBSCRIBE; Redis has not answered yet
+        if self.meanwhile is not None:
+            self.meanwhile()
+            self.meanwhile = None
+
+
+def _subscribers(server: RedisServer, *channels: str) -> dict[str, int]:
+    """How many connections Redis has subscribed to each channel (PUBSUB NUMSUB)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        raw.sendall(f"PUBSUB NUMSUB {' '.join(channels)}\r\n".encode())
+        reply = b""
+        while reply.count(b"\r\n") < 1 + 3 * len(channels):
+            reply += raw.recv(4096)
+    lines = reply.decode().split("\r\n")
+    # *6, then $5 lobby :1 for each channel
+    return {lines[2 + 3 * n]: int(lines[3 + 3 * n][1:]) for n in range(len(channels))}
+
+
+def test_rooms_followed_or_left_while_the_subscriber_connects_are_so_on_redis(redis_server):
+    # Every connection of the subscriber, the first or after Redis came
+    # back, subscribes to the rooms in use; meanwhile users come and go.
+    bus = ChangesMeanwhile(parse_redis_url(redis_server.url), reactor)
+    other = _bus(redis_server)
+    heard: dict[str, list[dict]] = {"lobby": [], "kitchen": [], "cellar": []}
+    told: list[str] = []
+    follow: dict[str, Any] = {}
+
+    def subscribe(room: str) -> None:
+        follow[room] = bus.subscribe(room, heard[room].append, lambda: told.append(room))
+
+    def meanwhile() -> None:
+        subscribe("kitchen")
+        follow["cellar"].unsubscribe()
+
+    async def start() -> None:
+        subscribe("lobby")
+        subscribe("cellar")
+        bus.meanwhile = meanwhile
+        bus.start()
+        await _until(lambda: bus._subscriber is not None, "the subscriber connected")
+        await _until(lambda: sorted(told) == ["kitchen", "lobby"], f"told {told}")
+        await _until(lambda: other._publisher is not None, "the other bus connected")
+        for room in heard:
+            await other.publish(room, {"room": room})
+        await _until(lambda: heard["lobby"] and heard["kitchen"], f"heard {heard}")
+
+    try:
+        in_reactor.run(start)
+        assert _subscribers(redis_server, "lobby", "kitchen", "cellar") == {
+            "lobby": 1,
+            "kitchen": 1,
+            "cellar": 0,
+        }
+    finally:
+        in_reactor.run(_close_all, bus, other)
+    assert heard == {"lobby": [{"room": "lobby"}], "kitchen": [{"room": "kitchen"}], "cellar": []}
+    assert sorted(told) == ["kitchen", "lobby"]
+
+
 # -- chat across two daemons
 
 

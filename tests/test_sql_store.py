@@ -11,23 +11,32 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import in_reactor
 import pytest
 from certs import Authority
 from configs import LOOPBACK
+from memory_pb import LogCapture, at_once
 from pb_client import call_as
 from pbd_daemon import PBD, run_twistd, write_config
+from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, task
 from twisted.spread import pb
 
 from pbd import client, sqlstore
+from pbd.checkers import SqlChecker
+from pbd.hashpool import HashPool
+from pbd.passwdfile import hash_password
 
 # Long enough for a busy machine; the daemon polls every 2 s.
 WITHIN = 30.0
@@ -258,6 +267,122 @@ def test_a_store_that_cannot_be_read_at_start_is_a_config_error(tmp_path, sqlite
     )
 
 
+# -- polling, in memory: the store's reads run when the test says
+
+
+class Reads:
+    """Stands in for the reads' thread: each read waits until the test ends it."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Any, tuple, defer.Deferred]] = []
+        self.history: list[tuple[Any, tuple, defer.Deferred]] = []
+
+    def __call__(self, function: Any, *arguments: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.waiting.append((function, arguments, d))
+        self.history.append((function, arguments, d))
+        return d
+
+    def answer(self) -> None:
+        """The oldest read runs now, against the real file."""
+        function, arguments, d = self.waiting.pop(0)
+        try:
+            result = function(*arguments)
+        except sqlstore.StoreError as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+    def fail(self, reason: str = "the database is down") -> None:
+        self.waiting.pop(0)[2].errback(sqlstore.StoreError(reason))
+
+
+@pytest.fixture
+def polled(tmp_path: Path) -> tuple[SqlChecker, task.Clock, Reads]:
+    """An sql checker on users.sqlite (sam, sam-pw), its clock and its reads."""
+    store = sqlstore.Store("sqlite", str(tmp_path / "users.sqlite"))
+    sqlstore.set_password(store, "sam", hash_password("sam-pw", "hex_md5"))
+    checker = SqlChecker(database="users.sqlite", timeout=3, stale_after=10, config_dir=tmp_path)
+    clock, reads = task.Clock(), Reads()
+    checker.clock = clock
+    checker.run_in_thread = reads
+    checker.useHashPool(HashPool(submit=at_once))
+    return checker, clock, reads
+
+
+def _logs_in(checker: SqlChecker, clock: task.Clock) -> bool:
+    answers: list[Any] = []
+    d = checker.requestAvatarId(UsernamePassword(b"sam", b"sam-pw"))
+    d.addBoth(answers.append)
+    clock.advance(5)  # a plain password's answer waits for the slowest scheme
+    assert answers, "no answer"
+    return answers[0] == b"sam"
+
+
+def test_polling_goes_on_after_a_read_that_timed_out(polled):
+    checker, clock, reads = polled
+    with LogCapture() as events:
+        checker.reloadIfChanged()
+        clock.advance(3)  # no answer within the timeout
+        assert len(reads.waiting) == 1
+        # It still hangs in its thread: no second read, the polls (and a
+        # SIGHUP) wait for it.
+        checker.reloadIfChanged()
+        checker.reload()
+        assert len(reads.waiting) == 1
+        reads.fail()
+        # It returned: the next polls read again, and fail again without a word.
+        for _ in range(3):
+            checker.reloadIfChanged()
+            clock.advance(1)
+            reads.fail()
+        # The first of them read everything, as the SIGHUP asked; the others
+        # only the generation.
+        assert [arguments[1] for _, arguments, _ in reads.history] == [1, None, 1, 1]
+        assert _logs_in(checker, clock)  # the users last read, for stale_after
+        clock.advance(10)
+        assert not _logs_in(checker, clock)
+        # The database is back: the next poll finds it, with no SIGHUP.
+        checker.reloadIfChanged()
+        reads.answer()
+        assert _logs_in(checker, clock)
+    lines = [e["log_format"].format(**e) for e in events if "log_format" in e]
+    failures = [line for line in lines if "user store cannot be read" in line]
+    assert len(failures) == 1, lines
+    assert "no answer within 3 s" in failures[0]
+    assert any(line.endswith(": read again") for line in lines), lines
+
+
+def test_a_read_shares_its_time_between_its_connection_and_statements(tmp_path):
+    store = sqlstore.Store("sqlite", str(tmp_path / "users.sqlite"), timeout=1)
+    sqlstore.set_password(store, "sam", hash_password("sam-pw", "hex_md5"))
+    now = [0.0]
+
+    def slow_clock() -> float:
+        # Each look at the time finds 0.3 s more gone: no step is too slow
+        # on its own, the four of them are.
+        now[0] += 0.3
+        return now[0]
+
+    assert sqlstore.read(store).generation == 1
+    with pytest.raises(sqlstore.StoreError, match="no answer within 1 s"):
+        sqlstore.read(store, deadline=sqlstore.Deadline(store, slow_clock))
+
+
+def test_a_statement_held_up_past_the_deadline_is_given_up_by_the_read(tmp_path):
+    store = sqlstore.Store("sqlite", str(tmp_path / "users.sqlite"), timeout=0.2)
+    sqlstore.set_password(store, "sam", hash_password("sam-pw", "hex_md5"))
+    writer = sqlite3.connect(tmp_path / "users.sqlite", isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")  # a writer that holds the file
+    try:
+        with pytest.raises(sqlstore.StoreError, match=r"no answer within 0\.2 s"):
+            sqlstore.read(store)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert sqlstore.read(store).generation == 1
+
+
 # -- PostgreSQL
 
 
@@ -316,6 +441,16 @@ class PostgreSQL:
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    @contextlib.contextmanager
+    def hanging(self) -> Iterator[None]:
+        """The server stopped in its tracks (SIGSTOP): it answers nothing until the block ends."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture
@@ -388,6 +523,23 @@ def test_postgresql_down_refuses_logins_with_one_line_and_others_go_on(start_dae
     postgresql.start()
     daemon.wait_for_line("read again")
     assert logs_in(port, "sam", "sam-pw")
+
+
+def test_postgresql_that_hangs_then_answers_is_read_again_without_sighup(start_daemon, postgresql):
+    assert passwd(postgresql.dsn, "sam", password="sam-pw").returncode == 0
+    # libpq waits 2 s for a connection at least: longer than this timeout.
+    daemon = start_daemon(portals({"dsn": postgresql.dsn, "stale_after": 0, "timeout": 1}))
+    port = daemon.port("users")
+    assert logs_in(port, "sam", "sam-pw")
+
+    with postgresql.hanging():
+        line = daemon.wait_for_line("user store cannot be read")
+        assert "no answer within 1 s" in line
+        assert not logs_in(port, "sam", "sam-pw")
+    # The polls went on: the first one after the server is back finds it.
+    daemon.wait_for_line("read again", timeout=WITHIN)
+    assert logs_in(port, "sam", "sam-pw")
+    assert daemon.log.count("user store cannot be read:") == 1
 
 
 def test_postgresql_down_at_start_is_a_config_error(tmp_path, postgresql):

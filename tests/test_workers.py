@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from configs import LOOPBACK
 from pb_client import login
 from pbd_daemon import Daemon, write_config
 from test_metrics import named, scrape, value
+from test_pubsub import RedisServer, redis_server  # noqa: F401 (a fixture)
 
 TESTS = Path(__file__).resolve().parent
 ON_PATH = {"PYTHONPATH": str(TESTS)}
@@ -206,3 +208,74 @@ def test_a_worker_that_cannot_start_is_ended_and_started_again(daemon, tmp_path)
         time.sleep(0.1)
     assert _worker_pids(served)[1] != first
     assert _alive(_worker_pids(served)[1])
+
+
+def test_a_worker_restarted_during_a_reload_serves_the_listeners_of_the_new_config(
+    daemon, tmp_path
+):
+    served = daemon(_config())
+    workers = _worker_pids(served)
+    config = _config(more=PID_REALM)
+    config["listeners"].append({"endpoint": LOOPBACK, "portal": "more"})
+    write_config(tmp_path, config)
+    # Worker 2 is stopped in its tracks: the reload waits for its answer.
+    os.kill(workers[2], signal.SIGSTOP)
+    try:
+        served.process.send_signal(signal.SIGHUP)
+        # Logged as the main checks the file and binds the new listener, at once.
+        served.wait_for_line("reloading ")
+        # Worker 1 dies while the reload is under way, and is started again:
+        # it reads the new file, and must be handed the new config's listeners.
+        os.kill(workers[1], signal.SIGKILL)
+        served.wait_for_line(f"worker 1 (pid {workers[1]}) died")
+        deadline = time.monotonic() + 30
+        while _worker_pids(served)[1] == workers[1] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.kill(workers[2], signal.SIGCONT)
+    restarted = _worker_pids(served)[1]
+    assert restarted != workers[1]
+    served.wait_for_line("reloaded in ")  # in 1 or 2: worker 1 may have answered before it died
+    assert "did not start" not in served.log
+    line = served.wait_for_line("now serves portal 'more' on 127.0.0.1:")
+    more = int(line.rsplit(":", 1)[1])
+    assert _pids_until(more, 2) == {restarted, workers[2]}
+    assert _pids_until(served.port("who"), 2) == {restarted, workers[2]}
+
+
+@pytest.fixture
+def redis(request: pytest.FixtureRequest) -> RedisServer:
+    """A redis-server of the test's own (test_pubsub's fixture)."""
+    return request.getfixturevalue("redis_server")
+
+
+def _redis_clients(server: RedisServer) -> int:
+    """How many connections Redis has, besides this one asking (CLIENT LIST)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        raw.sendall(b"CLIENT LIST\r\n")
+        reply = b""
+        while not reply.endswith(b"\n\r\n"):
+            reply += raw.recv(65536)
+    body = reply.split(b"\r\n", 1)[1]  # after the bulk string's $LENGTH
+    return len([line for line in body.split(b"\n") if line.startswith(b"id=")]) - 1
+
+
+def test_the_main_checks_each_plugin_once_and_opens_no_bus(daemon, redis):
+    config = _config()
+    config["portals"]["who"]["realm"] = {"plugin": "worker_realms:BuiltRealm"}
+    config["pubsub"] = {"redis": redis.url}
+    served = daemon(config)
+    for index in (1, 2):
+        served.wait_for_line(f"[worker {index}] [pbd.pubsub#info] pubsub: connected to Redis")
+    # Each worker publishes over one connection and subscribes over another;
+    # the main, which serves nobody, holds none.
+    assert _redis_clients(redis) == 4
+
+    served.process.send_signal(signal.SIGHUP)
+    served.wait_for_line("reloaded in 2 of 2 workers: ok")
+    built = [line for line in served.lines if "built-realm built in pid" in line]
+    # Once in each worker, and once in the main to check the config: an
+    # unchanged realm is kept across reloads, in the main as in the workers.
+    assert len([line for line in built if "[worker " not in line]) == 1, built
+    assert len(built) == 3, built
+    assert _redis_clients(redis) == 4

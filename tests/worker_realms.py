@@ -1,4 +1,4 @@
-"""A realm for the worker tests (tests/test_workers.py): it says which process served the call."""
+"""Realms for the worker tests (tests/test_workers.py): they say which process served the call."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.cred.portal import IRealm
 from twisted.internet import reactor, task
+from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
@@ -23,3 +24,11 @@ class WhoServes(pb.Avatar):
 class PidRealm:
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple:
         return pb.IPerspective, WhoServes(), lambda: None
+
+
+@implementer(IRealm)
+class BuiltRealm(PidRealm):
+    """A PidRealm that logs each time it is built, and in which process."""
+
+    def __init__(self) -> None:
+        Logger().info("built-realm built in pid {pid}", pid=os.getpid())
