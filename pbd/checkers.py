@@ -35,7 +35,6 @@ from pbd.passwdfile import (
     identify,
     read_password_file,
 )
-from pbd.reactor import the_reactor
 from pbd.scram import Verifier
 from pbd.sqlstore import Snapshot, Store, StoreError, check_table_name
 from pbd.userstore import StoredUser, UserStoreChecker, scram_cost
@@ -194,14 +193,18 @@ class PasswordFileChecker(_HashedUsersChecker):
         return (status.st_ino, status.st_size, status.st_mtime_ns)
 
     _reloading: defer.Deferred | None = None
-    # A read that timed out may still hang in its thread: no polling then,
-    # until a SIGHUP asks again.
-    _stuck = False
+    # Whether a read still runs in its thread, even one given up on: never
+    # two at once, so a file that hangs holds one thread, not one a poll.
+    _reading = False
+    # A SIGHUP came while a read given up on still ran: the next read is whole.
+    _read_all = False
+    # Since when reads time out (the clock's seconds): said once, not each poll.
+    _hanging_since: float | None = None
+    # Runs a blocking read; tests swap in their own.
+    run_in_thread: Any = staticmethod(threads.deferToThread)
 
     def reloadIfChanged(self) -> defer.Deferred | None:
-        if self._stuck:
-            return None
-        return self._reload(only_if_changed=True)
+        return self._reload(only_if_changed=not self._read_all)
 
     def reload(self) -> defer.Deferred:
         """Re-read the file; a file that fails to parse leaves the previous users in force."""
@@ -212,14 +215,25 @@ class PasswordFileChecker(_HashedUsersChecker):
         # on a slow disk, or have been replaced by something that blocks.
         if self._reloading is not None:
             return self._reloading
-        reactor = the_reactor()
+        if self._reading:
+            # One given up on has not returned yet: the polls after it retry.
+            self._read_all = self._read_all or not only_if_changed
+            return defer.succeed(None)
+        self._reading = True
+        self._read_all = False
+        answer: defer.Deferred = defer.Deferred()
 
-        d = threads.deferToThread(self._read, only_if_changed)
-        d.addTimeout(RELOAD_TIMEOUT, reactor)
-        d.addCallbacks(self._reloaded, self._timed_out)
-        d.addBoth(self._done_reloading)
-        self._reloading = d
-        return d
+        def returned(result: Any) -> None:
+            self._reading = False
+            answer.callback(result)  # ignored when the answer came too late
+
+        self.run_in_thread(self._read, only_if_changed).addBoth(returned)
+        # The thread's result may never come: this holds even then.
+        answer.addTimeout(RELOAD_TIMEOUT, self._clock())
+        answer.addCallbacks(self._reloaded, self._timed_out)
+        answer.addBoth(self._done_reloading)
+        self._reloading = answer
+        return answer
 
     def _read(self, only_if_changed: bool) -> _Reading:
         """In a thread: the file's signature, and its users if it is to be reloaded."""
@@ -235,7 +249,9 @@ class PasswordFileChecker(_HashedUsersChecker):
 
     def _reloaded(self, reading: _Reading) -> None:
         self._seen = reading.signature
-        self._stuck = False
+        if self._hanging_since is not None:
+            self._hanging_since = None
+            log.info("{path}: read again", path=str(self.path))
         if reading.error is not None:
             self._refused(reading.error)
         elif reading.users is not None and reading.entries is not None:
@@ -247,8 +263,10 @@ class PasswordFileChecker(_HashedUsersChecker):
 
     def _timed_out(self, failure: Failure) -> None:
         failure.trap(defer.TimeoutError, defer.CancelledError)
-        self._stuck = True
-        self._refused(f"not read within {RELOAD_TIMEOUT:g} s; send SIGHUP to try again")
+        if self._hanging_since is not None:
+            return  # said once, when it began; the polls go on
+        self._hanging_since = self._clock().seconds()
+        self._refused(f"not read within {RELOAD_TIMEOUT:g} s; read again once that read returns")
 
     def _refused(self, error: str) -> None:
         log.error(

@@ -118,3 +118,55 @@ def test_an_unknown_name_is_checked_against_a_random_md5_and_refused():
             outcome.append
         )
         assert (outcome == [b"alice"]) is accepted
+
+
+class _HeldReads:
+    """A checker's reads in a thread, held until the test lets each return."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple] = []
+        self.started = 0
+
+    def __call__(self, function, *arguments):
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self.waiting.append((function, arguments, d))
+        self.started += 1
+        return d
+
+    def finish(self) -> None:
+        function, arguments, d = self.waiting.pop(0)
+        d.callback(function(*arguments))
+
+
+def test_a_password_file_read_that_hangs_is_given_up_and_polling_goes_on_once_it_returns(
+    tmp_path,
+):
+    from memory_pb import LogCapture
+
+    from pbd.checkers import RELOAD_TIMEOUT
+
+    users = tmp_path / "users"
+    users.write_text(f"sam:{hash_password('old-pw', 'hex_md5')}\n")
+    checker = PasswordFileChecker(file="users", config_dir=tmp_path)
+    clock, reads = task.Clock(), _HeldReads()
+    checker.clock, checker.run_in_thread = clock, reads
+    with LogCapture() as events:
+        checker.reloadIfChanged()
+        clock.advance(RELOAD_TIMEOUT)  # given up on; it still runs in its thread
+        for _ in range(3):  # the polls meanwhile start no second read
+            checker.reloadIfChanged()
+            clock.advance(RELOAD_TIMEOUT)
+        checker.reload()  # nor does a SIGHUP: it is remembered
+        assert reads.started == 1
+        users.write_text(f"sam:{hash_password('new-pw', 'hex_md5')}\n")
+        reads.finish()  # the hung read returns, too late to count
+        checker.reloadIfChanged()  # the next poll reads, and reads it all
+        reads.finish()
+    assert reads.started == 2
+    assert checker.lookup("sam").md5_digest == md5(b"new-pw").digest()
+    lines = [e["log_format"].format(**e) for e in events if "log_format" in e]
+    given_up = [line for line in lines if "not read within" in line]
+    assert len(given_up) == 1, lines  # one line for the whole outage
+    assert any(line.endswith(": read again") for line in lines), lines
