@@ -114,15 +114,15 @@ class ConnectionTable:
         At the total, another connection that has not logged in is dropped
         to make room.
         """
-        if peer.address is not None:
-            if not self._rate.take(peer.address):
+        if peer.limit_key is not None:
+            if not self._rate.take(peer.limit_key):
                 rate = self.limits.connections_per_second_per_address
                 self._refused("connections_per_second_per_address")
-                return f"more than {rate:g} new connections a second from {peer}"
-            waiting = self.waiting(peer.address)
+                return f"more than {rate:g} new connections a second from {peer.counted}"
+            waiting = self.waiting(peer.limit_key)
             if waiting >= self.limits.unauthenticated_per_address:
                 self._refused("unauthenticated_per_address")
-                return f"{waiting} connections from {peer} have not logged in"
+                return f"{waiting} connections from {peer.counted} have not logged in"
         if self.count >= self.capacity:
             # Refused, or another dropped to make room: the total did either way.
             self._refused("connections")
@@ -146,18 +146,18 @@ class ConnectionTable:
 
     def opened(self, connection: Connection) -> None:
         self._open.add(connection)
-        self._waiting.setdefault(connection.peer.address, {})[connection] = None
+        self._waiting.setdefault(connection.peer.limit_key, {})[connection] = None
         if self.metrics is not None:
             self.metrics.connection_opened(connection.peer.listener)
 
     def login_refusal(self, peer: Peer, user: Hashable | None) -> str | None:
         """Why a login as C{user} (a hashable key, or None) may not be added, or L{None}."""
         if (
-            peer.address is not None
-            and self._by_address[peer.address] >= self.limits.logged_in_per_address
+            peer.limit_key is not None
+            and self._by_address[peer.limit_key] >= self.limits.logged_in_per_address
         ):
             self._refused("logged_in_per_address")
-            return f"{peer} has {self.limits.logged_in_per_address} connections logged in"
+            return f"{peer.counted} has {self.limits.logged_in_per_address} connections logged in"
         if user is not None and self._by_user[user] >= self.limits.logged_in_per_user:
             self._refused("logged_in_per_user")
             return f"this user has {self.limits.logged_in_per_user} connections logged in"
@@ -167,7 +167,7 @@ class ConnectionTable:
         """A connection logged in (again: the last login's user is the one counted)."""
         self._forget_waiting(connection)
         self._forget_logged_in(connection)
-        address = connection.peer.address
+        address = connection.peer.limit_key
         self._logged_in[connection] = (address, user)
         self._by_address[address] += 1
         if user is not None:
@@ -182,11 +182,11 @@ class ConnectionTable:
         self._leaving.discard(connection)
 
     def _forget_waiting(self, connection: Connection) -> None:
-        waiting = self._waiting.get(connection.peer.address)
+        waiting = self._waiting.get(connection.peer.limit_key)
         if waiting is not None and connection in waiting:
             del waiting[connection]
             if not waiting:
-                del self._waiting[connection.peer.address]
+                del self._waiting[connection.peer.limit_key]
 
     def _forget_logged_in(self, connection: Connection) -> None:
         counted = self._logged_in.pop(connection, None)

@@ -9,6 +9,7 @@ came from. The checkers judge them; a realm never sees a password.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from dataclasses import dataclass, field
 from hashlib import md5
 from typing import Any
@@ -31,13 +32,51 @@ class Peer:
     @ivar address: the source IP address, or L{None} for a Unix socket
         (which has no address that limits could key on).
     @ivar listener: the config key path of the listener, e.g. C{listeners[0]}.
+    @ivar limit_key: what the per-address limits count this peer as
+        (L{limit_key}); the audit and log lines name C{address}.
     """
 
     address: str | None
     listener: str
+    limit_key: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limit_key", limit_key(self.address))
 
     def __str__(self) -> str:
         return self.address if self.address is not None else "unix socket"
+
+    @property
+    def counted(self) -> str:
+        """The peer, and what its limits count it as where that differs: for their messages."""
+        if self.limit_key is None or self.limit_key == self.address:
+            return str(self)
+        return f"{self} ({self.limit_key})"
+
+
+# How much of an IPv6 address names one peer: a subscriber is handed a /64
+# (at least) and its host picks any address in it, so per-address limits
+# keyed on the whole address would give one host 2**64 allowances.
+IPV6_PEER_PREFIX = 64
+
+
+def limit_key(address: str | None) -> str | None:
+    """
+    The per-address limits' key for a source address: an IPv4 address as
+    it is (also one mapped into IPv6, C{::ffff:192.0.2.7}), an IPv6 address
+    as its /64 network (C{2001:db8:1:2::/64}); L{None} for a Unix socket.
+    """
+    if address is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP address (a scoped one, say): as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PEER_PREFIX), strict=False))
+    return address
 
 
 class IPeerCredentials(ICredentials):

@@ -53,7 +53,7 @@ class PeerLog:
 
     def emit(self, peer: Peer, write: Callable[[], None]) -> None:
         """Call C{write()}, which logs one line about C{peer}, if its budget allows."""
-        key = peer.address
+        key = peer.limit_key
         now = self.clock.seconds()
         window = self._windows.get(key)
         if window is None or now - window.started >= self.interval:
@@ -74,15 +74,15 @@ class PeerLog:
             self.clock.callLater(max(0.0, remaining), self._end_of_window, peer, window)
 
     def _end_of_window(self, peer: Peer, window: _Window) -> None:
-        if self._windows.get(peer.address) is window and window.suppressed:
+        if self._windows.get(peer.limit_key) is window and window.suppressed:
             self._summarise(peer, window)
-            del self._windows[peer.address]
+            del self._windows[peer.limit_key]
 
     def _summarise(self, peer: Peer, window: _Window) -> None:
         log.info(
             "... {count:,} more lines from {peer} in the last {interval:g} s",
             count=window.suppressed,
-            peer=str(peer),
+            peer=peer.counted,
             interval=self.interval,
             pbd_event="suppressed",
         )

@@ -447,8 +447,8 @@ class LoginSession:
 
     def _throttle_keys(self, portal: str, user: Any) -> list[Hashable]:
         keys: list[Hashable] = []
-        if self.peer.address is not None:
-            keys.append(("address", self.peer.address))
+        if self.peer.limit_key is not None:
+            keys.append(("address", self.peer.limit_key))
         if user is not None:
             keys.append(("user", portal, user))
         return keys

@@ -83,7 +83,8 @@ def check_md5(credentials: Any, digest: bytes | None) -> bool:
 
 
 def peer_address(credentials: Any) -> str | None:
-    return credentials.peer.address if IPeerCredentials.providedBy(credentials) else None
+    """Where the credentials came from, as the per-address limits count it."""
+    return credentials.peer.limit_key if IPeerCredentials.providedBy(credentials) else None
 
 
 def _name(credentials: Any) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.cred.portal import Portal
 from twisted.internet import defer, task
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import globalLogPublisher
 from twisted.spread import pb
 from twisted.test import iosim
@@ -66,7 +66,8 @@ class Server:
 
     def connect(self, address: str = "10.0.0.1") -> Connection | None:
         """A stock client's connection from C{address}; None if the server refused it."""
-        broker = self.factory.buildProtocol(IPv4Address("TCP", address, 40000))
+        kind = IPv6Address if ":" in address else IPv4Address
+        broker = self.factory.buildProtocol(kind("TCP", address, 40000))
         if broker is None:
             return None
         client_factory = pb.PBClientFactory()
