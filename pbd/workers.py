@@ -23,7 +23,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,32 @@ RESTART_SETTLED = 30.0
 SCRAPE_TIMEOUT = 5.0
 # Extra seconds a stopping worker gets past limits.shutdown_timeout before SIGKILL.
 STOP_GRACE = 5.0
+# Seconds the main waits for a worker to answer a start or a reload before
+# it takes the worker for hung, ends it and starts another (which reads the
+# config in force): one stuck worker must not hold every reload after it.
+ANSWER_TIMEOUT_VARIABLE = "PBD_WORKER_TIMEOUT"
+DEFAULT_ANSWER_TIMEOUT = 60.0
+
+
+def answer_timeout(environment: Mapping[str, str] = os.environ) -> float:
+    """C{PBD_WORKER_TIMEOUT} seconds, or the default (with a warning if it is not a number > 0)."""
+    written = environment.get(ANSWER_TIMEOUT_VARIABLE)
+    if written is None:
+        return DEFAULT_ANSWER_TIMEOUT
+    try:
+        seconds = float(written)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        log.warn(
+            "{variable}={written!r} (environment variable): expected seconds above 0; "
+            "using {default:g}",
+            variable=ANSWER_TIMEOUT_VARIABLE,
+            written=written,
+            default=DEFAULT_ANSWER_TIMEOUT,
+        )
+        return DEFAULT_ANSWER_TIMEOUT
+    return seconds
 
 
 @dataclass
@@ -110,6 +136,7 @@ class WorkersService(MultiService):
         self.workers = [_Worker(index) for index in range(1, self.count + 1)]
         self.restarts = 0
         self.stopping = False
+        self.answer_timeout = answer_timeout()
         self._ready_told = False
         # Bumped when a reload hands its listeners over: a worker started
         # before then, and not among those the reload told, catches up.
@@ -205,8 +232,8 @@ class WorkersService(MultiService):
             generation = self._generation
             handed = self._listeners_for_workers()
             for key, port in handed.items():
-                await _hand_over(control, key, port)
-            answer = await control.callRemote(worker.Start)
+                await self._answered(_hand_over(control, key, port))
+            answer = await self._answered(control.callRemote(worker.Start))
             while generation != self._generation:
                 # A reload handed its listeners over meanwhile, and told the
                 # workers serving then: not this one, which may have read
@@ -215,7 +242,7 @@ class WorkersService(MultiService):
                 listeners = self._listeners_for_workers()
                 missing = {key: listeners[key] for key in listeners.keys() - handed.keys()}
                 handed = listeners
-                result = await _reload_one(control, missing)
+                result = await self._answered(_reload_one(control, missing))
                 if result != "ok":
                     log.error("worker {index}: reload {result}", index=slot.index, result=result)
         except Exception as e:
@@ -223,7 +250,7 @@ class WorkersService(MultiService):
                 log.error(
                     "worker {index} did not start: {error}; stopping it, to be started again",
                     index=slot.index,
-                    error=e,
+                    error=self._why(e),
                 )
                 # Its process would live on serving nothing: end it, and
                 # _ended starts another with the usual backoff.
@@ -236,6 +263,15 @@ class WorkersService(MultiService):
             log.info("all {count} workers serve", count=self.count)
             self._last_status = await self._status_line()
             self.notifier.notify("READY=1", self._last_status)
+
+    def _answered(self, asked: Any) -> defer.Deferred:
+        """A worker's answer, or a L{defer.TimeoutError} after the answer timeout."""
+        return defer.ensureDeferred(asked).addTimeout(self.answer_timeout, the_reactor())
+
+    def _why(self, error: BaseException) -> str:
+        if isinstance(error, defer.TimeoutError | defer.CancelledError):
+            return f"no answer in {self.answer_timeout:g} s"
+        return str(error)
 
     def _ended(self, slot: _Worker, reason: Failure) -> None:
         status = reason.value
@@ -276,7 +312,11 @@ class WorkersService(MultiService):
         connections = logged_in = 0
         serving = self._serving()
         answers = await defer.DeferredList(
-            [control.callRemote(worker.Status) for _, control in serving], consumeErrors=True
+            [
+                control.callRemote(worker.Status).addTimeout(SCRAPE_TIMEOUT, the_reactor())
+                for _, control in serving
+            ],
+            consumeErrors=True,
         )
         for ok, answer in answers:
             if ok:
@@ -340,10 +380,21 @@ class WorkersService(MultiService):
         serving = self._serving()
         new_ports = {key: each.port for key, each in newly_bound.items()}
         answers = await defer.DeferredList(
-            [defer.ensureDeferred(_reload_one(control, new_ports)) for _, control in serving],
+            [self._answered(_reload_one(control, new_ports)) for _, control in serving],
             consumeErrors=True,
         )
         results = [answer if ok else "failed" for ok, answer in answers]
+        for (slot, control), (ok, answer) in zip(serving, answers, strict=True):
+            if not ok and answer.check(defer.TimeoutError, defer.CancelledError):
+                log.error(
+                    "worker {index} (pid {pid}): no answer to the reload in {seconds:g} s; "
+                    "stopping it, to be started again",
+                    index=slot.index,
+                    pid=slot.pid,
+                    seconds=self.answer_timeout,
+                )
+                if slot.control is control:
+                    _signal(slot.process, "KILL")
         stopped = self.listeners.serve(assembly.listeners, newly_bound, assembly.directory)
         self._next_listeners = None
         await stopped

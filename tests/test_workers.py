@@ -6,6 +6,7 @@ serves the call.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -241,6 +242,43 @@ def test_a_worker_restarted_during_a_reload_serves_the_listeners_of_the_new_conf
     more = int(line.rsplit(":", 1)[1])
     assert _pids_until(more, 2) == {restarted, workers[2]}
     assert _pids_until(served.port("who"), 2) == {restarted, workers[2]}
+
+
+def test_a_worker_that_does_not_answer_a_reload_is_ended_and_started_on_the_new_config(
+    tmp_path,
+):
+    served = Daemon(write_config(tmp_path, _config()), env={**ON_PATH, "PBD_WORKER_TIMEOUT": "2"})
+    try:
+        served.wait_until_ready()
+        served.wait_for_line("all 2 workers serve")
+        workers = _worker_pids(served)
+        config = _config(more=PID_REALM)
+        config["listeners"].append({"endpoint": LOOPBACK, "portal": "more"})
+        write_config(tmp_path, config)
+        os.kill(workers[2], signal.SIGSTOP)  # hung: it will never answer
+        try:
+            served.process.send_signal(signal.SIGHUP)
+            served.wait_for_line(
+                f"worker 2 (pid {workers[2]}): no answer to the reload in 2 s; stopping it"
+            )
+            served.wait_for_line("reloaded in 1 of 2 workers: failed")
+            served.wait_for_line(f"worker 2 (pid {workers[2]}) died")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(workers[2], signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while _worker_pids(served).get(2) == workers[2]:  # until its successor serves
+            assert time.monotonic() < deadline, served.log
+            time.sleep(0.05)
+        line = served.wait_for_line("now serves portal 'more' on 127.0.0.1:")
+        more = int(line.rsplit(":", 1)[1])
+        restarted = _pids_until(more, 2) - {workers[1]}
+        assert len(restarted) == 1 and workers[2] not in restarted
+        # The next reload is not held by the worker that hung.
+        served.process.send_signal(signal.SIGHUP)
+        served.wait_for_line("reloaded in 2 of 2 workers: ok")
+    finally:
+        served.stop()
 
 
 @pytest.fixture
