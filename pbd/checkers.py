@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import md5
 from pathlib import Path
@@ -125,6 +126,49 @@ class _HashedUsersChecker(UserStoreChecker):
         return list(self._users.values())
 
     _reloading: defer.Deferred | None = None
+    # Whether a read still runs in its thread, even one given up on: never
+    # two at once, so a store that hangs holds one thread, not one a poll.
+    _reading = False
+    # A SIGHUP came while a read given up on still ran: the next read is whole.
+    _read_all = False
+    # Runs a blocking read; tests swap in their own.
+    run_in_thread: Any = staticmethod(threads.deferToThread)
+
+    def _read_in_thread(
+        self,
+        whole: bool,
+        timeout: float,
+        took: Callable[[Any], None],
+        failed: Callable[[Failure], None],
+        read: Callable[..., Any],
+        *arguments: Any,
+    ) -> defer.Deferred:
+        """
+        Run C{read(*arguments)} in a thread, then C{took} its result or C{failed}; a
+        read that does not return within C{timeout} seconds fails as a
+        L{defer.TimeoutError}. While one given up on still runs, no other
+        starts, and a C{whole} read asked for meanwhile is remembered.
+        """
+        if self._reloading is not None:
+            return self._reloading
+        if self._reading:
+            self._read_all = self._read_all or whole
+            return defer.succeed(None)
+        self._reading = True
+        self._read_all = False
+        answer: defer.Deferred = defer.Deferred()
+
+        def returned(result: Any) -> None:
+            self._reading = False
+            answer.callback(result)  # ignored when the answer came too late
+
+        self.run_in_thread(read, *arguments).addBoth(returned)
+        # The thread's result may never come: this holds even then.
+        answer.addTimeout(timeout, self._clock())
+        answer.addCallbacks(took, failed)
+        answer.addBoth(self._done_reloading)
+        self._reloading = answer
+        return answer
 
     def _done_reloading(self, result: Any) -> None:
         self._reloading = None
@@ -192,16 +236,8 @@ class PasswordFileChecker(_HashedUsersChecker):
             return None
         return (status.st_ino, status.st_size, status.st_mtime_ns)
 
-    _reloading: defer.Deferred | None = None
-    # Whether a read still runs in its thread, even one given up on: never
-    # two at once, so a file that hangs holds one thread, not one a poll.
-    _reading = False
-    # A SIGHUP came while a read given up on still ran: the next read is whole.
-    _read_all = False
     # Since when reads time out (the clock's seconds): said once, not each poll.
     _hanging_since: float | None = None
-    # Runs a blocking read; tests swap in their own.
-    run_in_thread: Any = staticmethod(threads.deferToThread)
 
     def reloadIfChanged(self) -> defer.Deferred | None:
         return self._reload(only_if_changed=not self._read_all)
@@ -213,27 +249,14 @@ class PasswordFileChecker(_HashedUsersChecker):
     def _reload(self, only_if_changed: bool) -> defer.Deferred:
         # The file is read in a thread, never on the event loop: it may sit
         # on a slow disk, or have been replaced by something that blocks.
-        if self._reloading is not None:
-            return self._reloading
-        if self._reading:
-            # One given up on has not returned yet: the polls after it retry.
-            self._read_all = self._read_all or not only_if_changed
-            return defer.succeed(None)
-        self._reading = True
-        self._read_all = False
-        answer: defer.Deferred = defer.Deferred()
-
-        def returned(result: Any) -> None:
-            self._reading = False
-            answer.callback(result)  # ignored when the answer came too late
-
-        self.run_in_thread(self._read, only_if_changed).addBoth(returned)
-        # The thread's result may never come: this holds even then.
-        answer.addTimeout(RELOAD_TIMEOUT, self._clock())
-        answer.addCallbacks(self._reloaded, self._timed_out)
-        answer.addBoth(self._done_reloading)
-        self._reloading = answer
-        return answer
+        return self._read_in_thread(
+            not only_if_changed,
+            RELOAD_TIMEOUT,
+            self._reloaded,
+            self._timed_out,
+            self._read,
+            only_if_changed,
+        )
 
     def _read(self, only_if_changed: bool) -> _Reading:
         """In a thread: the file's signature, and its users if it is to be reloaded."""
@@ -383,20 +406,11 @@ class SqlChecker(_HashedUsersChecker):
 
     # When reads began to fail (the clock's seconds), None while they work.
     _failing_since: float | None = None
-    _reloading: defer.Deferred | None = None
-    # Whether a read still runs in its thread, even one given up on: never
-    # two at once, so a database that hangs holds one thread, not one a poll.
-    _reading = False
-    # Runs a blocking read; tests swap in their own.
-    run_in_thread: Any = staticmethod(threads.deferToThread)
-
     def _too_stale(self) -> bool:
         if self._failing_since is None:
             return False
         return self._clock().seconds() - self._failing_since >= self.stale_after
 
-    # A SIGHUP came while a read given up on still ran: the next poll reads everything.
-    _read_all = False
 
     def reloadIfChanged(self) -> defer.Deferred | None:
         return self._reload(None if self._read_all else self._generation_seen)
@@ -406,27 +420,16 @@ class SqlChecker(_HashedUsersChecker):
         return self._reload(None)
 
     def _reload(self, unless_generation: int | None) -> defer.Deferred:
-        if self._reloading is not None:
-            return self._reloading
-        if self._reading:
-            # One given up on has not returned yet: the polls after it retry.
-            self._read_all = self._read_all or unless_generation is None
-            return defer.succeed(None)
-        self._reading = True
-        self._read_all = False
-        answer: defer.Deferred = defer.Deferred()
-
-        def returned(result: Any) -> None:
-            self._reading = False
-            answer.callback(result)  # ignored when the answer came too late
-
-        self.run_in_thread(sqlstore.read, self.store, unless_generation).addBoth(returned)
-        # The read ends by its own deadline; this one holds even if it does not.
-        answer.addTimeout(self.store.timeout, self._clock())
-        answer.addCallbacks(self._read, self._not_read)
-        answer.addBoth(self._done_reloading)
-        self._reloading = answer
-        return answer
+        # The read ends by its own deadline; the thread's timeout holds even if it does not.
+        return self._read_in_thread(
+            unless_generation is None,
+            self.store.timeout,
+            self._read,
+            self._not_read,
+            sqlstore.read,
+            self.store,
+            unless_generation,
+        )
 
     def _read(self, snapshot: Snapshot) -> None:
         if self._failing_since is not None:
