@@ -406,11 +406,11 @@ class SqlChecker(_HashedUsersChecker):
 
     # When reads began to fail (the clock's seconds), None while they work.
     _failing_since: float | None = None
+
     def _too_stale(self) -> bool:
         if self._failing_since is None:
             return False
         return self._clock().seconds() - self._failing_since >= self.stale_after
-
 
     def reloadIfChanged(self) -> defer.Deferred | None:
         return self._reload(None if self._read_all else self._generation_seen)
