@@ -11,8 +11,9 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.spread.pb import IPerspective, IUsernameMD5Password
-from zope.interface import implementer
+from zope.interface import implementer, providedBy
 
 from pbd.credentials import IScramVerified, IUserStore
 from pbd.wiretext import as_text
@@ -54,47 +55,125 @@ class CheckerChain:
                 if interface not in interfaces:
                     interfaces.append(interface)
         self.credentialInterfaces = tuple(interfaces)
+        # Worked out once, not per login.
+        self._stores = tuple(IUserStore.providedBy(checker) for checker in self.checkers)
+        self._understood: dict[Any, tuple[bool, ...]] = {}
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
-        return defer.ensureDeferred(self._first_yes(credentials))
+        try:
+            understood = self._understanding(credentials)
+            if not any(understood):
+                raise error.UnhandledCredentials(
+                    f"portal {self.portal_name!r} has no checker for these credentials"
+                )
+            verdict = _Walk(self, credentials, understood).resume(0)
+        except Exception:
+            return defer.fail()
+        if isinstance(verdict, defer.Deferred):
+            return verdict
+        if isinstance(verdict, Failure):
+            return defer.fail(verdict)
+        return defer.succeed(verdict)
 
-    async def _first_yes(self, credentials: Any) -> Any:
-        understood = [
-            any(interface.providedBy(credentials) for interface in checker.credentialInterfaces)
-            for checker in self.checkers
-        ]
-        if not any(understood):
-            raise error.UnhandledCredentials(
-                f"portal {self.portal_name!r} has no checker for these credentials"
+    def _understanding(self, credentials: Any) -> tuple[bool, ...]:
+        """Which checkers take credentials of this kind (kept per kind: a handful at most)."""
+        kind = providedBy(credentials)
+        understood = self._understood.get(kind)
+        if understood is None:
+            understood = tuple(
+                any(interface.providedBy(credentials) for interface in checker.credentialInterfaces)
+                for checker in self.checkers
             )
-        name = user_name(credentials)
-        owner = owner_of(self.checkers, name)
-        reasons: list[str] = []
+            if len(self._understood) < 64:
+                self._understood[kind] = understood
+        return understood
+
+
+# A checker's step left the verdict open: the walk goes on.
+_ON = object()
+
+
+class _Walk:
+    """
+    One login's way along a L{CheckerChain}: the chain's rule, written once.
+
+    Each checker's answer is taken as soon as it is there: a checker that
+    answers at once (PB's MD5 check, a SCRAM proof already verified) is
+    followed by the next in the same call, with no Deferred of the walk's
+    own; one that answers later (a password hashed in the pool) resumes
+    the walk when it does.
+    """
+
+    __slots__ = ("chain", "credentials", "name", "owner", "owner_said", "reasons", "understood")
+
+    def __init__(self, chain: CheckerChain, credentials: Any, understood: tuple[bool, ...]) -> None:
+        self.chain = chain
+        self.credentials = credentials
+        self.understood = understood
+        self.name = user_name(credentials)
+        self.owner = owner_of(chain.checkers, self.name)
+        self.reasons: list[str] = []
         # Why the owner said no, once it has: no one after it can say yes.
-        owner_said: str | None = None
-        for checker, understands in zip(self.checkers, understood, strict=True):
-            if checker is owner and not understands:
-                owner_said = f"the checker that knows {name!r} cannot judge these credentials"
-            elif not understands:
+        self.owner_said: str | None = None
+
+    def resume(self, start: int) -> Any:
+        """
+        Ask the checkers from C{start} on: the avatar id, a L{Failure}, or a
+        L{Deferred} of either when a checker has not answered yet.
+        """
+        checkers = self.chain.checkers
+        for index in range(start, len(checkers)):
+            asked = self._ask(index, checkers[index])
+            if asked is None:
                 continue
-            elif IUserStore.providedBy(checker) and checker is not owner:
-                # Not the one to decide: the work of a name it does not know, never a yes.
-                reasons.append(await _refusal(checker.refuseUnknown(credentials)))
-            elif owner_said is None:
-                try:
-                    return await defer.maybeDeferred(checker.requestAvatarId, credentials)
-                except error.UnauthorizedLogin as e:
-                    reason = str(e) or type(e).__name__
-                    if checker is owner:
-                        owner_said = reason
-                    reasons.append(reason)
-            else:
-                # Asked as for an unknown name, its yes ignored: skipping it
-                # would make a known name's refusal the quicker one.
-                await _refusal(defer.maybeDeferred(checker.requestAvatarId, credentials))
+            answers: list = []
+            asked.addBoth(answers.append)
+            if not answers:  # not yet: the rest of the walk waits for it
+                asked.addCallback(lambda _, answers=answers: answers[0])
+                return asked.addBoth(self._answered, index)
+            verdict = self._took(index, checkers[index], answers[0])
+            if verdict is not _ON:
+                return verdict
         # The login session writes the reason to the audit log; the peer
         # is told only that the login was refused.
-        raise error.UnauthorizedLogin(owner_said or "; ".join(dict.fromkeys(reasons)))
+        reason = self.owner_said or "; ".join(dict.fromkeys(self.reasons))
+        return Failure(error.UnauthorizedLogin(reason))
+
+    def _answered(self, answer: Any, index: int) -> Any:
+        verdict = self._took(index, self.chain.checkers[index], answer)
+        return self.resume(index + 1) if verdict is _ON else verdict
+
+    def _ask(self, index: int, checker: Any) -> defer.Deferred | None:
+        """Ask one checker as the rule says (L{None}: it is not asked)."""
+        understands = self.understood[index]
+        if checker is self.owner and not understands:
+            self.owner_said = f"the checker that knows {self.name!r} cannot judge these credentials"
+            return None
+        if not understands:
+            return None
+        if self.chain._stores[index] and checker is not self.owner:
+            # Not the one to decide: the work of a name it does not know, never a yes.
+            return defer.maybeDeferred(checker.refuseUnknown, self.credentials)
+        # Asked for its verdict, or (once the owner said no) as for an
+        # unknown name, its yes ignored: skipping it would make a known
+        # name's refusal the quicker one.
+        return defer.maybeDeferred(checker.requestAvatarId, self.credentials)
+
+    def _took(self, index: int, checker: Any, answer: Any) -> Any:
+        """Take one checker's answer: the verdict, or L{_ON} to ask the next."""
+        refused = isinstance(answer, Failure)
+        if refused and not answer.check(error.UnauthorizedLogin):
+            return answer  # a checker's bug, not a verdict: the login fails with it
+        if self.chain._stores[index] and checker is not self.owner:
+            self.reasons.append(_reason(answer) if refused else "refused")
+        elif self.owner_said is None:
+            if not refused:
+                return answer
+            reason = _reason(answer)
+            if checker is self.owner:
+                self.owner_said = reason
+            self.reasons.append(reason)
+        return _ON
 
 
 # The credentials that name a user: a store may know the name.
@@ -121,13 +200,9 @@ def owner_of(checkers: Iterable[Any], name: str | None) -> Any:
     return None
 
 
-async def _refusal(d: defer.Deferred) -> str:
-    """Wait for a store's refusal and return its reason; a yes counts as a refusal."""
-    try:
-        await d
-    except error.UnauthorizedLogin as e:
-        return str(e) or type(e).__name__
-    return "refused"
+def _reason(refusal: Failure) -> str:
+    """What a checker's C{UnauthorizedLogin} says, for the audit line."""
+    return str(refusal.value) or refusal.type.__name__
 
 
 def make_portal(name: str, realm: IRealm, checkers: Sequence[ICredentialsChecker]) -> Portal:
