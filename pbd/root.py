@@ -52,32 +52,38 @@ class RootObject(SessionReferenceable):
 
     # -- what is on offer
 
-    def _transport(self) -> Any:
-        return self.session.broker.transport
-
-    def _peer_certificate(self) -> Any:
-        transport = self._transport()
-        if not ISSLTransport.providedBy(transport):
-            return None
-        return transport.getPeerCertificate()
-
     def _connection(self) -> mechanisms.Connection:
-        return mechanisms.Connection(
-            tls=ISSLTransport.providedBy(self._transport()),
-            client_certificate=self._peer_certificate() is not None,
-        )
+        """
+        What this connection offers a mechanism. Worked out at the first
+        login call and kept: by then a TLS handshake is over (the peer's
+        calls come through it), and nothing of it changes after.
+        """
+        connection = self._kept_connection
+        if connection is None:
+            transport = self.session.broker.transport
+            tls = ISSLTransport.providedBy(transport)
+            certificate = transport.getPeerCertificate() if tls else None
+            self._peer_certificate = certificate
+            connection = self._kept_connection = mechanisms.Connection(
+                tls=tls, client_certificate=certificate is not None
+            )
+        return connection
+
+    _kept_connection: mechanisms.Connection | None = None
+    _peer_certificate: Any = None
 
     def _entry(self, portal: Any) -> PortalEntry:
-        if not self.entries:
+        entries = self.served.entries
+        if not entries:
             raise self.session.misuse(
                 LoginRefused("this listener no longer serves portals (the config was reloaded)")
             )
         if portal is None:
-            return next(iter(self.entries.values()))
-        entry = self.entries.get(portal) if isinstance(portal, str) else None
+            return next(iter(entries.values()))
+        entry = entries.get(portal) if isinstance(portal, str) else None
         if entry is None:
             raise self.session.misuse(
-                LoginRefused(f"no such portal here (served: {', '.join(self.entries)})")
+                LoginRefused(f"no such portal here (served: {', '.join(entries)})")
             )
         return entry
 
@@ -87,16 +93,17 @@ class RootObject(SessionReferenceable):
     def _context(self, portal: Any, mechanism: mechanisms.Mechanism) -> mechanisms.LoginContext:
         """The portal, if it may be logged in to by C{mechanism} on this connection."""
         entry = self._entry(portal)
-        usable = self._usable(entry)
-        if mechanism.name not in usable:
+        connection = self._connection()
+        if mechanism.name not in entry.mechanisms or mechanism.refusal(connection) is not None:
+            usable = self._usable(entry)
             if mechanism.name in entry.mechanisms:
-                reason = mechanism.refusal(self._connection())
+                reason = mechanism.refusal(connection)
             else:
                 reason = f"{mechanism.name} is not offered for portal {entry.name!r}"
             raise self.session.misuse(
                 LoginRefused(f"{reason} (offered here: {', '.join(usable) or 'nothing'})")
             )
-        return mechanisms.LoginContext(self.session, entry, self._peer_certificate())
+        return mechanisms.LoginContext(self.session, entry, self._peer_certificate)
 
     def remote_portals(self) -> list[str]:
         return list(self.entries)
