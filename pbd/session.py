@@ -630,10 +630,12 @@ class SessionReferenceable(pb.Referenceable):
         name = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
         try:
             args = broker.unserialize(args)
-            kw = {
-                (key.decode("utf-8") if isinstance(key, bytes) else key): value
-                for key, value in broker.unserialize(kw).items()
-            }
+            kw = broker.unserialize(kw)
+            if kw:  # stock clients send none
+                kw = {
+                    (key.decode("utf-8") if isinstance(key, bytes) else key): value
+                    for key, value in kw.items()
+                }
             method = getattr(self, f"remote_{name}", None)
             if method is None:
                 raise pb.NoSuchMethod(name)
