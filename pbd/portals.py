@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,16 +57,17 @@ class CheckerChain:
         self.credentialInterfaces = tuple(interfaces)
         # Worked out once, not per login.
         self._stores = tuple(IUserStore.providedBy(checker) for checker in self.checkers)
-        self._understood: dict[Any, tuple[bool, ...]] = {}
+        self._kinds: dict[Any, tuple[tuple[bool, ...], bool]] = {}
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
         try:
-            understood = self._understanding(credentials)
+            understood, named = self._kind(credentials)
             if not any(understood):
                 raise error.UnhandledCredentials(
                     f"portal {self.portal_name!r} has no checker for these credentials"
                 )
-            verdict = _Walk(self, credentials, understood).resume(0)
+            name = _name_in(credentials) if named else None
+            verdict = _Walk(self, credentials, understood, name).resume(0)
         except Exception:
             return defer.fail()
         if isinstance(verdict, defer.Deferred):
@@ -75,18 +76,22 @@ class CheckerChain:
             return defer.fail(verdict)
         return defer.succeed(verdict)
 
-    def _understanding(self, credentials: Any) -> tuple[bool, ...]:
-        """Which checkers take credentials of this kind (kept per kind: a handful at most)."""
+    def _kind(self, credentials: Any) -> tuple[tuple[bool, ...], bool]:
+        """
+        Which checkers take credentials of this kind, and whether they name
+        a user: worked out once per kind (a handful at most).
+        """
         kind = providedBy(credentials)
-        understood = self._understood.get(kind)
-        if understood is None:
+        known = self._kinds.get(kind)
+        if known is None:
             understood = tuple(
                 any(interface.providedBy(credentials) for interface in checker.credentialInterfaces)
                 for checker in self.checkers
             )
-            if len(self._understood) < 64:
-                self._understood[kind] = understood
-        return understood
+            known = understood, _names_a_user(credentials)
+            if len(self._kinds) < 64:
+                self._kinds[kind] = known
+        return known
 
 
 # A checker's step left the verdict open: the walk goes on.
@@ -106,12 +111,20 @@ class _Walk:
 
     __slots__ = ("chain", "credentials", "name", "owner", "owner_said", "reasons", "understood")
 
-    def __init__(self, chain: CheckerChain, credentials: Any, understood: tuple[bool, ...]) -> None:
+    def __init__(
+        self, chain: CheckerChain, credentials: Any, understood: tuple[bool, ...], name: str | None
+    ) -> None:
         self.chain = chain
         self.credentials = credentials
         self.understood = understood
-        self.name = user_name(credentials)
-        self.owner = owner_of(chain.checkers, self.name)
+        self.name = name
+        self.owner = None
+        if name is not None:
+            checker: Any
+            for checker, store in zip(chain.checkers, chain._stores, strict=True):
+                if store and checker.storedAs(name) is not None:
+                    self.owner = checker
+                    break
         self.reasons: list[str] = []
         # Why the owner said no, once it has: no one after it can say yes.
         self.owner_said: str | None = None
@@ -129,8 +142,7 @@ class _Walk:
             answers: list = []
             asked.addBoth(answers.append)
             if not answers:  # not yet: the rest of the walk waits for it
-                asked.addCallback(lambda _, answers=answers: answers[0])
-                return asked.addBoth(self._answered, index)
+                return asked.addCallback(_first, answers).addBoth(self._answered, index)
             verdict = self._took(index, checkers[index], answers[0])
             if verdict is not _ON:
                 return verdict
@@ -153,11 +165,17 @@ class _Walk:
             return None
         if self.chain._stores[index] and checker is not self.owner:
             # Not the one to decide: the work of a name it does not know, never a yes.
-            return defer.maybeDeferred(checker.refuseUnknown, self.credentials)
-        # Asked for its verdict, or (once the owner said no) as for an
-        # unknown name, its yes ignored: skipping it would make a known
-        # name's refusal the quicker one.
-        return defer.maybeDeferred(checker.requestAvatarId, self.credentials)
+            ask = checker.refuseUnknown
+        else:
+            # Asked for its verdict, or (once the owner said no) as for an
+            # unknown name, its yes ignored: skipping it would make a known
+            # name's refusal the quicker one.
+            ask = checker.requestAvatarId
+        try:
+            answer = ask(self.credentials)
+        except Exception:
+            return defer.fail()
+        return answer if isinstance(answer, defer.Deferred) else defer.succeed(answer)
 
     def _took(self, index: int, checker: Any, answer: Any) -> Any:
         """Take one checker's answer: the verdict, or L{_ON} to ask the next."""
@@ -180,24 +198,22 @@ class _Walk:
 _NAMED = (IUsernamePassword, IUsernameHashedPassword, IUsernameMD5Password, IScramVerified)
 
 
-def user_name(credentials: Any) -> str | None:
-    """The user name credentials carry, as text; L{None} for none (or one that is not UTF-8)."""
-    if not any(interface.providedBy(credentials) for interface in _NAMED):
-        return None
+def _names_a_user(credentials: Any) -> bool:
+    """Do credentials of this kind name a user (that a store may know)?"""
+    return any(interface.providedBy(credentials) for interface in _NAMED)
+
+
+def _name_in(credentials: Any) -> str | None:
+    """The user name credentials carry, as text; L{None} for one that is not UTF-8."""
     try:
         return as_text(credentials.username)
     except (UnicodeDecodeError, TypeError):
         return None
 
 
-def owner_of(checkers: Iterable[Any], name: str | None) -> Any:
-    """The first of C{checkers} that knows C{name} (an L{IUserStore}), or L{None}."""
-    if name is None:
-        return None
-    for checker in checkers:
-        if IUserStore.providedBy(checker) and checker.storedAs(name) is not None:
-            return checker
-    return None
+def _first(_: None, answers: list) -> Any:
+    """What a checker answered, once it has (kept by C{answers.append})."""
+    return answers[0]
 
 
 def _reason(refusal: Failure) -> str:

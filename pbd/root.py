@@ -60,7 +60,7 @@ class RootObject(SessionReferenceable):
         """
         connection = self._kept_connection
         if connection is None:
-            transport = self.session.broker.transport
+            transport: Any = self.session.broker.transport
             tls = ISSLTransport.providedBy(transport)
             certificate = transport.getPeerCertificate() if tls else None
             self._peer_certificate = certificate
