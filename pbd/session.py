@@ -645,7 +645,9 @@ class SessionReferenceable(pb.Referenceable):
         except Exception as e:
             raise self.session.refused(f"{_shown(name)}: {type(e).__name__}") from None
         if isinstance(result, defer.Deferred):
-            result.addErrback(self._refused_later, name)
+            result = _now_if_succeeded(result)
+            if isinstance(result, defer.Deferred):
+                result.addErrback(self._refused_later, name)
         return broker.serialize(result, self.perspective)
 
     def _refused_later(self, failure: Failure, name: str) -> Failure:
@@ -668,6 +670,25 @@ class AnsweredOnce(SessionReferenceable):
                 LoginRefused(f"this {what} was already answered: start a new one")
             )
         self._answered = True
+
+
+def _now_if_succeeded(d: defer.Deferred) -> Any:
+    """
+    What C{d} succeeded with, if it already has (a pb-md5 login, checked on
+    this thread): answered as a plain value, PB sends it without the
+    Deferred's round of callbacks. Otherwise a Deferred of C{d}'s outcome.
+    """
+    outcome: list = []
+    d.addBoth(outcome.append)
+    if not outcome:
+        return d.addCallback(_kept, outcome)
+    if isinstance(outcome[0], Failure):
+        return defer.fail(outcome[0])
+    return outcome[0]
+
+
+def _kept(_: None, outcome: list) -> Any:
+    return outcome[0]
 
 
 def _user_key(portal: str, user: Any) -> Hashable | None:
