@@ -250,21 +250,27 @@ def checked_avatar(entry: PortalEntry, answer: Any) -> tuple[Any, Any, Any]:
     @raise RealmAnswerError: naming the realm and what it answered (its
         logout, if it gave one, is called).
     """
-    realm = type(entry.portal.realm)
-    named = f"the realm of portal {entry.name!r} ({realm.__module__}.{realm.__qualname__})"
-    if not (isinstance(answer, tuple) and len(answer) == 3):
+    if isinstance(answer, tuple) and len(answer) == 3:
+        interface, _avatar, logout = answer
+        if interface is IPerspective and callable(logout):
+            return answer  # every login but a broken realm's
+    else:
         shown = type(answer).__name__
         raise RealmAnswerError(
-            f"{named} answered requestAvatar with an object of type {shown}, "
+            f"{_realm_of(entry)} answered requestAvatar with an object of type {shown}, "
             "not (pb.IPerspective, avatar, logout)"
         )
-    interface, _avatar, logout = answer
     if not callable(logout):
-        raise RealmAnswerError(f"{named} answered requestAvatar with a logout that is not callable")
-    if interface is not IPerspective:
-        logout()
-        shown = getattr(interface, "__identifier__", None) or repr(interface)
         raise RealmAnswerError(
-            f"{named} answered requestAvatar for the interface {shown}, not pb.IPerspective"
+            f"{_realm_of(entry)} answered requestAvatar with a logout that is not callable"
         )
-    return answer
+    logout()
+    shown = getattr(interface, "__identifier__", None) or repr(interface)
+    raise RealmAnswerError(
+        f"{_realm_of(entry)} answered requestAvatar for the interface {shown}, not pb.IPerspective"
+    )
+
+
+def _realm_of(entry: PortalEntry) -> str:
+    realm = type(entry.portal.realm)
+    return f"the realm of portal {entry.name!r} ({realm.__module__}.{realm.__qualname__})"
