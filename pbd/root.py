@@ -34,6 +34,9 @@ from pbd.session import LoginRefused, LoginSession, SessionReferenceable
 
 __all__ = ["LoginRefused", "PortalRoot", "RootObject"]
 
+# What every connection without TLS offers a mechanism (most of them).
+_IN_THE_CLEAR = mechanisms.Connection(tls=False, client_certificate=False)
+
 
 class RootObject(SessionReferenceable):
     """One connection's root: logins to the listener's portals."""
@@ -61,12 +64,16 @@ class RootObject(SessionReferenceable):
         connection = self._kept_connection
         if connection is None:
             transport: Any = self.session.broker.transport
-            tls = ISSLTransport.providedBy(transport)
-            certificate = transport.getPeerCertificate() if tls else None
-            self._peer_certificate = certificate
-            connection = self._kept_connection = mechanisms.Connection(
-                tls=tls, client_certificate=certificate is not None
-            )
+            if not ISSLTransport.providedBy(transport):
+                connection = _IN_THE_CLEAR
+            else:
+                certificate = transport.getPeerCertificate()
+                if certificate is not None:
+                    self._peer_certificate = certificate
+                connection = mechanisms.Connection(
+                    tls=True, client_certificate=certificate is not None
+                )
+            self._kept_connection = connection
         return connection
 
     _kept_connection: mechanisms.Connection | None = None
