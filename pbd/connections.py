@@ -154,11 +154,11 @@ class ConnectionTable:
         """Why a login as C{user} (a hashable key, or None) may not be added, or L{None}."""
         if (
             peer.limit_key is not None
-            and self._by_address[peer.limit_key] >= self.limits.logged_in_per_address
+            and self._by_address.get(peer.limit_key, 0) >= self.limits.logged_in_per_address
         ):
             self._refused("logged_in_per_address")
             return f"{peer.counted} has {self.limits.logged_in_per_address} connections logged in"
-        if user is not None and self._by_user[user] >= self.limits.logged_in_per_user:
+        if user is not None and self._by_user.get(user, 0) >= self.limits.logged_in_per_user:
             self._refused("logged_in_per_user")
             return f"this user has {self.limits.logged_in_per_user} connections logged in"
         return None
@@ -166,37 +166,46 @@ class ConnectionTable:
     def logged_in(self, connection: Connection, user: Hashable | None) -> None:
         """A connection logged in (again: the last login's user is the one counted)."""
         self._forget_waiting(connection)
-        self._forget_logged_in(connection)
+        if connection in self._logged_in:
+            self._forget_logged_in(connection)
         address = connection.peer.limit_key
         self._logged_in[connection] = (address, user)
-        self._by_address[address] += 1
+        by_address = self._by_address
+        by_address[address] = by_address.get(address, 0) + 1
         if user is not None:
-            self._by_user[user] += 1
+            self._by_user[user] = self._by_user.get(user, 0) + 1
 
     def closed(self, connection: Connection) -> None:
         self._forget_waiting(connection)
         self._forget_logged_in(connection)
-        if connection in self._open and self.metrics is not None:
-            self.metrics.connection_closed(connection.peer.listener)
-        self._open.discard(connection)
+        if connection in self._open:
+            self._open.remove(connection)
+            if self.metrics is not None:
+                self.metrics.connection_closed(connection.peer.listener)
         self._leaving.discard(connection)
 
     def _forget_waiting(self, connection: Connection) -> None:
-        waiting = self._waiting.get(connection.peer.limit_key)
+        address = connection.peer.limit_key
+        waiting = self._waiting.get(address)
         if waiting is not None and connection in waiting:
             del waiting[connection]
             if not waiting:
-                del self._waiting[connection.peer.limit_key]
+                del self._waiting[address]
 
     def _forget_logged_in(self, connection: Connection) -> None:
         counted = self._logged_in.pop(connection, None)
         if counted is None:
             return
         address, user = counted
-        self._by_address[address] -= 1
-        if not self._by_address[address]:
-            del self._by_address[address]
+        _count_down(self._by_address, address)
         if user is not None:
-            self._by_user[user] -= 1
-            if not self._by_user[user]:
-                del self._by_user[user]
+            _count_down(self._by_user, user)
+
+
+def _count_down(counts: Counter[Any], key: Any) -> None:
+    """One fewer under C{key}; none left, no entry (the table keeps no empty keys)."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +11,9 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.spread.pb import IPerspective, IUsernameMD5Password
-from zope.interface import implementer
+from zope.interface import implementer, providedBy
 
 from pbd.credentials import IScramVerified, IUserStore
 from pbd.wiretext import as_text
@@ -54,80 +55,170 @@ class CheckerChain:
                 if interface not in interfaces:
                     interfaces.append(interface)
         self.credentialInterfaces = tuple(interfaces)
+        # Worked out once, not per login.
+        self._stores = tuple(IUserStore.providedBy(checker) for checker in self.checkers)
+        self._kinds: dict[Any, tuple[tuple[bool, ...], bool]] = {}
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
-        return defer.ensureDeferred(self._first_yes(credentials))
+        try:
+            understood, named = self._kind(credentials)
+            if not any(understood):
+                raise error.UnhandledCredentials(
+                    f"portal {self.portal_name!r} has no checker for these credentials"
+                )
+            name = _name_in(credentials) if named else None
+            verdict = _Walk(self, credentials, understood, name).resume(0)
+        except Exception:
+            return defer.fail()
+        if isinstance(verdict, defer.Deferred):
+            return verdict
+        if isinstance(verdict, Failure):
+            return defer.fail(verdict)
+        return defer.succeed(verdict)
 
-    async def _first_yes(self, credentials: Any) -> Any:
-        understood = [
-            any(interface.providedBy(credentials) for interface in checker.credentialInterfaces)
-            for checker in self.checkers
-        ]
-        if not any(understood):
-            raise error.UnhandledCredentials(
-                f"portal {self.portal_name!r} has no checker for these credentials"
+    def _kind(self, credentials: Any) -> tuple[tuple[bool, ...], bool]:
+        """
+        Which checkers take credentials of this kind, and whether they name
+        a user: worked out once per kind (a handful at most).
+        """
+        kind = providedBy(credentials)
+        known = self._kinds.get(kind)
+        if known is None:
+            understood = tuple(
+                any(interface.providedBy(credentials) for interface in checker.credentialInterfaces)
+                for checker in self.checkers
             )
-        name = user_name(credentials)
-        owner = owner_of(self.checkers, name)
-        reasons: list[str] = []
+            known = understood, _names_a_user(credentials)
+            if len(self._kinds) < 64:
+                self._kinds[kind] = known
+        return known
+
+
+# A checker's step left the verdict open: the walk goes on.
+_ON = object()
+
+
+class _Walk:
+    """
+    One login's way along a L{CheckerChain}: the chain's rule, written once.
+
+    Each checker's answer is taken as soon as it is there: a checker that
+    answers at once (PB's MD5 check, a SCRAM proof already verified) is
+    followed by the next in the same call, with no Deferred of the walk's
+    own; one that answers later (a password hashed in the pool) resumes
+    the walk when it does.
+    """
+
+    __slots__ = ("chain", "credentials", "name", "owner", "owner_said", "reasons", "understood")
+
+    def __init__(
+        self, chain: CheckerChain, credentials: Any, understood: tuple[bool, ...], name: str | None
+    ) -> None:
+        self.chain = chain
+        self.credentials = credentials
+        self.understood = understood
+        self.name = name
+        self.owner = None
+        if name is not None:
+            checker: Any
+            for checker, store in zip(chain.checkers, chain._stores, strict=True):
+                if store and checker.storedAs(name) is not None:
+                    self.owner = checker
+                    break
+        self.reasons: list[str] = []
         # Why the owner said no, once it has: no one after it can say yes.
-        owner_said: str | None = None
-        for checker, understands in zip(self.checkers, understood, strict=True):
-            if checker is owner and not understands:
-                owner_said = f"the checker that knows {name!r} cannot judge these credentials"
-            elif not understands:
+        self.owner_said: str | None = None
+
+    def resume(self, start: int) -> Any:
+        """
+        Ask the checkers from C{start} on: the avatar id, a L{Failure}, or a
+        L{Deferred} of either when a checker has not answered yet.
+        """
+        checkers = self.chain.checkers
+        for index in range(start, len(checkers)):
+            asked = self._ask(index, checkers[index])
+            if asked is None:
                 continue
-            elif IUserStore.providedBy(checker) and checker is not owner:
-                # Not the one to decide: the work of a name it does not know, never a yes.
-                reasons.append(await _refusal(checker.refuseUnknown(credentials)))
-            elif owner_said is None:
-                try:
-                    return await defer.maybeDeferred(checker.requestAvatarId, credentials)
-                except error.UnauthorizedLogin as e:
-                    reason = str(e) or type(e).__name__
-                    if checker is owner:
-                        owner_said = reason
-                    reasons.append(reason)
-            else:
-                # Asked as for an unknown name, its yes ignored: skipping it
-                # would make a known name's refusal the quicker one.
-                await _refusal(defer.maybeDeferred(checker.requestAvatarId, credentials))
+            answers: list = []
+            asked.addBoth(answers.append)
+            if not answers:  # not yet: the rest of the walk waits for it
+                return asked.addCallback(_first, answers).addBoth(self._answered, index)
+            verdict = self._took(index, checkers[index], answers[0])
+            if verdict is not _ON:
+                return verdict
         # The login session writes the reason to the audit log; the peer
         # is told only that the login was refused.
-        raise error.UnauthorizedLogin(owner_said or "; ".join(dict.fromkeys(reasons)))
+        reason = self.owner_said or "; ".join(dict.fromkeys(self.reasons))
+        return Failure(error.UnauthorizedLogin(reason))
+
+    def _answered(self, answer: Any, index: int) -> Any:
+        verdict = self._took(index, self.chain.checkers[index], answer)
+        return self.resume(index + 1) if verdict is _ON else verdict
+
+    def _ask(self, index: int, checker: Any) -> defer.Deferred | None:
+        """Ask one checker as the rule says (L{None}: it is not asked)."""
+        understands = self.understood[index]
+        if checker is self.owner and not understands:
+            self.owner_said = f"the checker that knows {self.name!r} cannot judge these credentials"
+            return None
+        if not understands:
+            return None
+        if self.chain._stores[index] and checker is not self.owner:
+            # Not the one to decide: the work of a name it does not know, never a yes.
+            ask = checker.refuseUnknown
+        else:
+            # Asked for its verdict, or (once the owner said no) as for an
+            # unknown name, its yes ignored: skipping it would make a known
+            # name's refusal the quicker one.
+            ask = checker.requestAvatarId
+        try:
+            answer = ask(self.credentials)
+        except Exception:
+            return defer.fail()
+        return answer if isinstance(answer, defer.Deferred) else defer.succeed(answer)
+
+    def _took(self, index: int, checker: Any, answer: Any) -> Any:
+        """Take one checker's answer: the verdict, or L{_ON} to ask the next."""
+        refused = isinstance(answer, Failure)
+        if refused and not answer.check(error.UnauthorizedLogin):
+            return answer  # a checker's bug, not a verdict: the login fails with it
+        if self.chain._stores[index] and checker is not self.owner:
+            self.reasons.append(_reason(answer) if refused else "refused")
+        elif self.owner_said is None:
+            if not refused:
+                return answer
+            reason = _reason(answer)
+            if checker is self.owner:
+                self.owner_said = reason
+            self.reasons.append(reason)
+        return _ON
 
 
 # The credentials that name a user: a store may know the name.
 _NAMED = (IUsernamePassword, IUsernameHashedPassword, IUsernameMD5Password, IScramVerified)
 
 
-def user_name(credentials: Any) -> str | None:
-    """The user name credentials carry, as text; L{None} for none (or one that is not UTF-8)."""
-    if not any(interface.providedBy(credentials) for interface in _NAMED):
-        return None
+def _names_a_user(credentials: Any) -> bool:
+    """Do credentials of this kind name a user (that a store may know)?"""
+    return any(interface.providedBy(credentials) for interface in _NAMED)
+
+
+def _name_in(credentials: Any) -> str | None:
+    """The user name credentials carry, as text; L{None} for one that is not UTF-8."""
     try:
         return as_text(credentials.username)
     except (UnicodeDecodeError, TypeError):
         return None
 
 
-def owner_of(checkers: Iterable[Any], name: str | None) -> Any:
-    """The first of C{checkers} that knows C{name} (an L{IUserStore}), or L{None}."""
-    if name is None:
-        return None
-    for checker in checkers:
-        if IUserStore.providedBy(checker) and checker.storedAs(name) is not None:
-            return checker
-    return None
+def _first(_: None, answers: list) -> Any:
+    """What a checker answered, once it has (kept by C{answers.append})."""
+    return answers[0]
 
 
-async def _refusal(d: defer.Deferred) -> str:
-    """Wait for a store's refusal and return its reason; a yes counts as a refusal."""
-    try:
-        await d
-    except error.UnauthorizedLogin as e:
-        return str(e) or type(e).__name__
-    return "refused"
+def _reason(refusal: Failure) -> str:
+    """What a checker's C{UnauthorizedLogin} says, for the audit line."""
+    return str(refusal.value) or refusal.type.__name__
 
 
 def make_portal(name: str, realm: IRealm, checkers: Sequence[ICredentialsChecker]) -> Portal:
@@ -159,21 +250,27 @@ def checked_avatar(entry: PortalEntry, answer: Any) -> tuple[Any, Any, Any]:
     @raise RealmAnswerError: naming the realm and what it answered (its
         logout, if it gave one, is called).
     """
-    realm = type(entry.portal.realm)
-    named = f"the realm of portal {entry.name!r} ({realm.__module__}.{realm.__qualname__})"
-    if not (isinstance(answer, tuple) and len(answer) == 3):
+    if isinstance(answer, tuple) and len(answer) == 3:
+        interface, _avatar, logout = answer
+        if interface is IPerspective and callable(logout):
+            return answer  # every login but a broken realm's
+    else:
         shown = type(answer).__name__
         raise RealmAnswerError(
-            f"{named} answered requestAvatar with an object of type {shown}, "
+            f"{_realm_of(entry)} answered requestAvatar with an object of type {shown}, "
             "not (pb.IPerspective, avatar, logout)"
         )
-    interface, _avatar, logout = answer
     if not callable(logout):
-        raise RealmAnswerError(f"{named} answered requestAvatar with a logout that is not callable")
-    if interface is not IPerspective:
-        logout()
-        shown = getattr(interface, "__identifier__", None) or repr(interface)
         raise RealmAnswerError(
-            f"{named} answered requestAvatar for the interface {shown}, not pb.IPerspective"
+            f"{_realm_of(entry)} answered requestAvatar with a logout that is not callable"
         )
-    return answer
+    logout()
+    shown = getattr(interface, "__identifier__", None) or repr(interface)
+    raise RealmAnswerError(
+        f"{_realm_of(entry)} answered requestAvatar for the interface {shown}, not pb.IPerspective"
+    )
+
+
+def _realm_of(entry: PortalEntry) -> str:
+    realm = type(entry.portal.realm)
+    return f"the realm of portal {entry.name!r} ({realm.__module__}.{realm.__qualname__})"

@@ -34,6 +34,9 @@ from pbd.session import LoginRefused, LoginSession, SessionReferenceable
 
 __all__ = ["LoginRefused", "PortalRoot", "RootObject"]
 
+# What every connection without TLS offers a mechanism (most of them).
+_IN_THE_CLEAR = mechanisms.Connection(tls=False, client_certificate=False)
+
 
 class RootObject(SessionReferenceable):
     """One connection's root: logins to the listener's portals."""
@@ -52,32 +55,42 @@ class RootObject(SessionReferenceable):
 
     # -- what is on offer
 
-    def _transport(self) -> Any:
-        return self.session.broker.transport
-
-    def _peer_certificate(self) -> Any:
-        transport = self._transport()
-        if not ISSLTransport.providedBy(transport):
-            return None
-        return transport.getPeerCertificate()
-
     def _connection(self) -> mechanisms.Connection:
-        return mechanisms.Connection(
-            tls=ISSLTransport.providedBy(self._transport()),
-            client_certificate=self._peer_certificate() is not None,
-        )
+        """
+        What this connection offers a mechanism. Worked out at the first
+        login call and kept: by then a TLS handshake is over (the peer's
+        calls come through it), and nothing of it changes after.
+        """
+        connection = self._kept_connection
+        if connection is None:
+            transport: Any = self.session.broker.transport
+            if not ISSLTransport.providedBy(transport):
+                connection = _IN_THE_CLEAR
+            else:
+                certificate = transport.getPeerCertificate()
+                if certificate is not None:
+                    self._peer_certificate = certificate
+                connection = mechanisms.Connection(
+                    tls=True, client_certificate=certificate is not None
+                )
+            self._kept_connection = connection
+        return connection
+
+    _kept_connection: mechanisms.Connection | None = None
+    _peer_certificate: Any = None
 
     def _entry(self, portal: Any) -> PortalEntry:
-        if not self.entries:
+        entries = self.served.entries
+        if not entries:
             raise self.session.misuse(
                 LoginRefused("this listener no longer serves portals (the config was reloaded)")
             )
         if portal is None:
-            return next(iter(self.entries.values()))
-        entry = self.entries.get(portal) if isinstance(portal, str) else None
+            return next(iter(entries.values()))
+        entry = entries.get(portal) if isinstance(portal, str) else None
         if entry is None:
             raise self.session.misuse(
-                LoginRefused(f"no such portal here (served: {', '.join(self.entries)})")
+                LoginRefused(f"no such portal here (served: {', '.join(entries)})")
             )
         return entry
 
@@ -87,16 +100,17 @@ class RootObject(SessionReferenceable):
     def _context(self, portal: Any, mechanism: mechanisms.Mechanism) -> mechanisms.LoginContext:
         """The portal, if it may be logged in to by C{mechanism} on this connection."""
         entry = self._entry(portal)
-        usable = self._usable(entry)
-        if mechanism.name not in usable:
+        connection = self._connection()
+        if mechanism.name not in entry.mechanisms or mechanism.refusal(connection) is not None:
+            usable = self._usable(entry)
             if mechanism.name in entry.mechanisms:
-                reason = mechanism.refusal(self._connection())
+                reason = mechanism.refusal(connection)
             else:
                 reason = f"{mechanism.name} is not offered for portal {entry.name!r}"
             raise self.session.misuse(
                 LoginRefused(f"{reason} (offered here: {', '.join(usable) or 'nothing'})")
             )
-        return mechanisms.LoginContext(self.session, entry, self._peer_certificate())
+        return mechanisms.LoginContext(self.session, entry, self._peer_certificate)
 
     def remote_portals(self) -> list[str]:
         return list(self.entries)

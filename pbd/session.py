@@ -392,13 +392,7 @@ class LoginSession:
         Like L{login}, for mechanisms with a step of their own before the
         portal: C{log_in()} fires with the realm's C{(interface, avatar, logout)}.
         """
-
-        def checked() -> defer.Deferred:
-            return defer.maybeDeferred(log_in).addCallback(lambda a: checked_avatar(portal, a))
-
-        d = self.attempt(portal.name, mechanism, user, checked, guessable, _log_out)
-        d.addCallback(self._avatar, portal.name, mechanism, user)
-        return d
+        return self._attempt(portal.name, mechanism, user, log_in, guessable, _log_out, portal)
 
     def attempt(
         self,
@@ -421,6 +415,22 @@ class LoginSession:
             logout), for a login the cap on a user's connections refuses.
         @raise LoginRefused: when another attempt is under way.
         """
+        return self._attempt(portal, mechanism, user, log_in, guessable, release, None)
+
+    def _attempt(
+        self,
+        portal: str,
+        mechanism: str,
+        user: Any,
+        log_in: Callable[[], Any],
+        guessable: bool,
+        release: Callable[[Any], None] | None,
+        entry: Any,
+    ) -> defer.Deferred:
+        """
+        L{attempt}; with the portal's C{entry}, C{log_in()} fires with the
+        realm's answer, which is checked, and the attempt with the avatar.
+        """
         if self._under_way:
             raise self.misuse(LoginRefused("one login at a time on a connection"))
         # The address's own cap, before any work. The user's is checked once
@@ -442,7 +452,7 @@ class LoginSession:
                 d = task.deferLater(self.door.clock, wait, log_in)
             else:  # most attempts: no timer, no Deferred of the throttle's
                 d = defer.maybeDeferred(log_in)
-        d.addBoth(self._settled, portal, mechanism, user, keys, release)
+        d.addBoth(self._settled, portal, mechanism, user, keys, release, entry)
         return d
 
     def _throttle_keys(self, portal: str, user: Any) -> list[Hashable]:
@@ -461,8 +471,15 @@ class LoginSession:
         user: Any,
         keys: list[Hashable],
         release: Callable[[Any], None] | None,
+        entry: Any,
     ) -> Any:
         self._under_way = False
+        if entry is not None and not isinstance(result, Failure):
+            # The realm's answer, checked before the user counts as logged in.
+            try:
+                result = checked_avatar(entry, result)
+            except Exception:
+                result = Failure()
         if not isinstance(result, Failure):
             refusal = self.door.connections.login_refusal(self.peer, _user_key(portal, user))
             if refusal is not None:
@@ -480,7 +497,7 @@ class LoginSession:
             self.user, self.portal = user, portal
             self.door.connections.logged_in(self, _user_key(portal, user))
             self._now_logged_in()
-            return result
+            return result if entry is None else self._avatar(result, portal, mechanism, user)
         self.door.throttle.failed(keys)
         if self._failed_keys is None:
             self._failed_keys = []
@@ -613,10 +630,12 @@ class SessionReferenceable(pb.Referenceable):
         name = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
         try:
             args = broker.unserialize(args)
-            kw = {
-                (key.decode("utf-8") if isinstance(key, bytes) else key): value
-                for key, value in broker.unserialize(kw).items()
-            }
+            kw = broker.unserialize(kw)
+            if kw:  # stock clients send none
+                kw = {
+                    (key.decode("utf-8") if isinstance(key, bytes) else key): value
+                    for key, value in kw.items()
+                }
             method = getattr(self, f"remote_{name}", None)
             if method is None:
                 raise pb.NoSuchMethod(name)
@@ -626,7 +645,9 @@ class SessionReferenceable(pb.Referenceable):
         except Exception as e:
             raise self.session.refused(f"{_shown(name)}: {type(e).__name__}") from None
         if isinstance(result, defer.Deferred):
-            result.addErrback(self._refused_later, name)
+            result = _now_if_succeeded(result)
+            if isinstance(result, defer.Deferred):
+                result.addErrback(self._refused_later, name)
         return broker.serialize(result, self.perspective)
 
     def _refused_later(self, failure: Failure, name: str) -> Failure:
@@ -649,6 +670,25 @@ class AnsweredOnce(SessionReferenceable):
                 LoginRefused(f"this {what} was already answered: start a new one")
             )
         self._answered = True
+
+
+def _now_if_succeeded(d: defer.Deferred) -> Any:
+    """
+    What C{d} succeeded with, if it already has (a pb-md5 login, checked on
+    this thread): answered as a plain value, PB sends it without the
+    Deferred's round of callbacks. Otherwise a Deferred of C{d}'s outcome.
+    """
+    outcome: list = []
+    d.addBoth(outcome.append)
+    if not outcome:
+        return d.addCallback(_kept, outcome)
+    if isinstance(outcome[0], Failure):
+        return defer.fail(outcome[0])
+    return outcome[0]
+
+
+def _kept(_: None, outcome: list) -> Any:
+    return outcome[0]
 
 
 def _user_key(portal: str, user: Any) -> Hashable | None:

@@ -105,6 +105,10 @@ class Throttle:
         for record in records:
             if record.failures:  # no failures, no spacing
                 start = max(start, record.last_start + self._spacing(self._decayed(record, now)))
+        if start == now:  # most attempts
+            for record in records:
+                record.last_start = now
+            return 0.0
         if start - now > self.limits.max_attempt_wait:
             if self.metrics is not None:
                 self.metrics.refused(ThrottledError.limit)

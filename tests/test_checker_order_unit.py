@@ -16,8 +16,10 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 from twisted.spread import pb
+from zope.interface import directlyProvides
 
 from pbd.checkers import MemoryChecker, PasswordFileChecker
+from pbd.credentials import IUserStore
 from pbd.hashpool import HashPool
 from pbd.passwdfile import hash_password
 from pbd.portals import CheckerChain
@@ -39,7 +41,7 @@ class CountingStore(UserStoreChecker):
         self.checked = Counter()
         self.users = {name: self._user(name, password) for name, password in users.items()}
         # A store times each kind of hash once, on one of its users: done now, not counted.
-        self._judge_plain("", "", None, None)
+        self._judge_plain("", "", None, None).addErrback(lambda _: None)  # its refusal
         self.checked.clear()
 
     def _user(self, name, password):
@@ -121,6 +123,89 @@ def test_an_outsider_is_asked_in_its_turn_before_the_store_that_knows_the_name()
     # A name no store knows goes to every outsider; the reasons are all told, once each.
     assert plain(chain, "nobody", "late-pw") == b"nobody"
     assert plain(chain, "nobody", "x") == "the outsider says no; unknown user 'nobody'"
+
+
+class Later:
+    """A checker that answers on the clock's next tick, as a password hashed in the pool does."""
+
+    def __init__(self, checker, clock, asked):
+        self.checker, self.clock, self.asked = checker, clock, asked
+        self.credentialInterfaces = checker.credentialInterfaces
+        if isinstance(checker, UserStoreChecker):
+            self.storedAs = checker.storedAs
+            directlyProvides(self, IUserStore)
+
+    def _later(self, answer):
+        self.asked.append(self)
+        waiting = defer.Deferred()
+        self.clock.callLater(1, lambda: answer.addBoth(waiting.callback))
+        return waiting
+
+    def requestAvatarId(self, credentials):
+        return self._later(self.checker.requestAvatarId(credentials))
+
+    def refuseUnknown(self, credentials):
+        return self._later(self.checker.refuseUnknown(credentials))
+
+
+@pytest.mark.parametrize(
+    ("user", "password"),
+    [
+        ("alice", "outside-pw"),
+        ("alice", "a"),
+        ("alice", "late-pw"),
+        ("nobody", "late-pw"),
+        ("nobody", "x"),
+        ("bob", "c"),
+        ("bob", "late-pw"),
+    ],
+)
+def test_checkers_that_answer_later_get_the_same_verdicts_one_at_a_time(user, password):
+    def chain(clock=None, asked=None):
+        checkers = [
+            Outsider("outside-pw"),
+            CountingStore(alice="a"),
+            CountingStore(alice="b", bob="c"),
+            Outsider("late-pw"),
+        ]
+        if clock is not None:
+            checkers = [Later(checker, clock, asked) for checker in checkers]
+        return CheckerChain("demo", checkers)
+
+    at_once_verdict = plain(chain(), user, password)
+    clock, asked = task.Clock(), []
+    later = chain(clock, asked)
+    results = []
+    credentials = UsernamePassword(user.encode(), password.encode())
+    later.requestAvatarId(credentials).addBoth(results.append)
+    for step in range(1, 5):
+        assert not results
+        assert len(asked) == step  # the next checker is asked once the last has answered
+        clock.advance(1)
+        if results:
+            break
+    (result,) = results
+    if isinstance(result, Failure):
+        result.trap(UnauthorizedLogin)
+        result = str(result.value)
+    assert result == at_once_verdict
+    assert asked == sorted(asked, key=later.checkers.index)  # in the chain's order
+
+
+def test_a_checker_that_fails_later_with_a_bug_fails_the_login_with_it():
+    class Broken:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials):
+            return defer.fail(ZeroDivisionError("a bug"))
+
+    clock = task.Clock()
+    for checkers in ([Broken()], [Later(Broken(), clock, [])]):
+        results = []
+        chain = CheckerChain("demo", [Outsider("pw"), *checkers, Outsider("late")])
+        chain.requestAvatarId(UsernamePassword(b"alice", b"late")).addBoth(results.append)
+        clock.advance(1)
+        assert results[0].check(ZeroDivisionError)
 
 
 def test_a_store_that_does_not_decide_never_lets_anyone_in():
