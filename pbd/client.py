@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from twisted.spread import jelly, pb
 from zope.interface import implementer
 
-from pbd import mechanisms, pemfiles
+from pbd import mechanisms, offers, pemfiles
 from pbd.banana import FastDecoding
 from pbd.encoder import FastEncoding, OneWritePerRead
 from pbd.mechanisms import MD5, PLAIN, SCRAM, NoUsableMechanismError
@@ -858,7 +858,21 @@ async def log_in(
     @raise UnauthorizedLogin: the login was refused, saying who tried and,
         where it helps, what was not tried.
     """
-    offered = await _mechanisms(root, target)
+    # What a server offers depends on the connection: TLS, and whether it
+    # presents a client certificate.
+    where = (
+        target.scheme,
+        target.host,
+        target.port,
+        target.socket_path,
+        target.portal,
+        has.certificate,
+    )
+    offered = offers.remembered(where)
+    told_before = offered is not None
+    if offered is None:
+        offered = await _mechanisms(root, target)
+        offers.remember(where, offered)
     usable = [name for name in offered if allowed is None or name in allowed]
     if not usable and offered:
         raise NoUsableMechanismError(
@@ -871,6 +885,10 @@ async def log_in(
     try:
         return await mechanism.client_login(root, target.portal, has, client)
     except pb.RemoteError as e:
+        if told_before and e.remoteType == _LOGIN_REFUSED:
+            # The server's offer changed since: ask it, and choose again.
+            offers.forget(where)
+            return await log_in(root, target, has, client, verify, allowed)
         if e.remoteType != _UNAUTHORIZED:
             raise
         if mechanism.name == SCRAM and PLAIN in offered and not verify:
@@ -890,3 +908,4 @@ async def log_in(
 
 
 _UNAUTHORIZED = b"twisted.cred.error.UnauthorizedLogin"
+_LOGIN_REFUSED = b"pbd.session.LoginRefused"

@@ -16,6 +16,14 @@ def reactor_thread() -> None:
     in_reactor.start()
 
 
+@pytest.fixture(autouse=True)
+def fresh_offers() -> None:
+    """pbd's clients remember servers' offers by address: ports are reused between tests."""
+    from pbd import offers
+
+    offers.forget()
+
+
 @pytest.fixture(scope="module", params=both_codecs.CODECS)
 def codec(request: pytest.FixtureRequest) -> Iterator[str]:
     """Each test of a module that uses this runs with each of pbd's codecs (both_codecs.py)."""
