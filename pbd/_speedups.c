@@ -146,13 +146,20 @@ decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         unsigned char type_byte = buffer[type_at];
         Py_ssize_t rest = type_at + 1;
         Py_ssize_t digits = type_at - position;
-        /* Lengths and counts: a number that does not fit is over any limit. */
-        Py_ssize_t size = -1;
-        if (digits <= 8) {
-            size = 0;
-            for (Py_ssize_t i = 0; i < digits; i++)
-                size |= (Py_ssize_t)buffer[position + i] << (7 * i);
+        /* Lengths and counts: the first 9 digits (63 bits); a number with a
+           non-zero digit past them does not fit, and is over any limit. */
+        unsigned long long number = 0;
+        int past_63_bits = 0;
+        for (Py_ssize_t i = 0; i < digits; i++) {
+            unsigned long long digit = buffer[position + i];
+            if (i < 9)
+                number |= digit << (7 * i);
+            else if (digit)
+                past_63_bits = 1;
         }
+        Py_ssize_t size = past_63_bits || number > (unsigned long long)PY_SSIZE_T_MAX
+                              ? -1
+                              : (Py_ssize_t)number;
         int over_size_limit = size < 0 || size > size_limit;
 
         if (bounded) {
@@ -230,15 +237,16 @@ decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto fail;
             }
             Py_DECREF(number);
+            item = Py_NewRef(word); /* held: the dialect's lookup runs Python code */
             int is_pb = dialect_is_pb(protocol);
             if (is_pb < 0)
                 goto fail;
             if (!is_pb) {
+                Py_CLEAR(item);
                 outcome = VOCAB_OUTSIDE_PB;
-                detail = size;
+                detail = size; /* a number the vocabulary knows: small */
                 goto stop;
             }
-            item = Py_NewRef(word);
             break;
         }
         case INT:
@@ -290,6 +298,11 @@ decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 break;
             }
             PyObject *top = PyList_GET_ITEM(list_stack, depth - 1);
+            if (!PyTuple_CheckExact(top) || PyTuple_GET_SIZE(top) != 2
+                || !PyList_CheckExact(PyTuple_GET_ITEM(top, 1))) {
+                PyErr_SetString(PyExc_TypeError, "decode(): list_stack holds (count, list) pairs");
+                goto fail;
+            }
             PyObject *items = PyTuple_GET_ITEM(top, 1);
             if (PyList_Append(items, item) < 0)
                 goto fail;
@@ -408,20 +421,33 @@ encoded_size(Encoding *encoding, PyObject *item)
     return -1;
 }
 
+/*
+ * Write item's encoding at out, up to end; NULL where it does not fit or
+ * is no longer what encoded_size measured. Nothing here allocates or runs
+ * Python code, but the allocation between the two passes may have (a
+ * collection's finalizers): a value changed meanwhile is left to Python.
+ */
 static unsigned char *
-put_item(Encoding *encoding, PyObject *item, unsigned char *out)
+put_item(Encoding *encoding, PyObject *item, unsigned char *out, unsigned char *end)
 {
     PyTypeObject *kind = Py_TYPE(item);
     if (kind == &PyBytes_Type) {
         if (encoding->symbols != NULL) {
             PyObject *number = PyDict_GetItemWithError(encoding->symbols, item);
             if (number != NULL) {
-                out = put_b128(out, PyLong_AsLongLong(number));
+                long long value = PyLong_AsLongLong(number);
+                if (value < 0 || value > INT_LIMIT || end - out < b128_length(value) + 1)
+                    return NULL;
+                out = put_b128(out, value);
                 *out++ = VOCAB;
                 return out;
             }
+            if (PyErr_Occurred())
+                return NULL;
         }
         Py_ssize_t size = PyBytes_GET_SIZE(item);
+        if (size > encoding->size_limit || end - out < b128_length(size) + 1 + size)
+            return NULL;
         out = put_b128(out, size);
         *out++ = STRING;
         memcpy(out, PyBytes_AS_STRING(item), size);
@@ -429,30 +455,42 @@ put_item(Encoding *encoding, PyObject *item, unsigned char *out)
     }
     if (kind == &PyList_Type || kind == &PyTuple_Type) {
         Py_ssize_t count = Py_SIZE(item);
-        PyObject **elements = kind == &PyList_Type ? ((PyListObject *)item)->ob_item
-                                                   : ((PyTupleObject *)item)->ob_item;
+        if (count > encoding->size_limit || end - out < b128_length(count) + 1)
+            return NULL;
         out = put_b128(out, count);
         *out++ = LIST;
-        for (Py_ssize_t i = 0; i < count; i++)
-            out = put_item(encoding, elements[i], out);
+        for (Py_ssize_t i = 0; i < count && out != NULL; i++) {
+            if (Py_SIZE(item) != count)
+                return NULL;
+            PyObject *element = kind == &PyList_Type ? PyList_GET_ITEM(item, i)
+                                                     : PyTuple_GET_ITEM(item, i);
+            out = put_item(encoding, element, out, end);
+        }
         return out;
     }
     if (kind == &PyLong_Type) {
-        long long value = PyLong_AsLongLong(item);
-        if (value >= 0) {
-            out = put_b128(out, value);
+        int overflow;
+        long long value = PyLong_AsLongLongAndOverflow(item, &overflow);
+        if (overflow || value > INT_LIMIT || value < -INT_LIMIT)
+            return NULL;
+        unsigned long long magnitude = value < 0 ? -value : value;
+        if (end - out < b128_length(magnitude) + 1)
+            return NULL;
+        out = put_b128(out, magnitude);
+        if (value >= 0)
             *out++ = value <= 0x7fffffffLL ? INT : LONGINT;
-        }
-        else {
-            out = put_b128(out, -value);
+        else
             *out++ = value >= -0x80000000LL ? NEG : LONGNEG;
-        }
         return out;
     }
-    /* A float: checked by encoded_size, as everything here. */
-    *out++ = FLOAT;
-    PyFloat_Pack8(PyFloat_AS_DOUBLE(item), (char *)out, 0);
-    return out + 8;
+    if (kind == &PyFloat_Type) {
+        if (end - out < 9)
+            return NULL;
+        *out++ = FLOAT;
+        PyFloat_Pack8(PyFloat_AS_DOUBLE(item), (char *)out, 0);
+        return out + 8;
+    }
+    return NULL;
 }
 
 /*
@@ -486,11 +524,13 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (result == NULL)
         return NULL;
     unsigned char *start = (unsigned char *)PyBytes_AS_STRING(result);
-    unsigned char *stop = put_item(&encoding, args[0], start);
-    if (stop - start != size) {
+    unsigned char *stop = put_item(&encoding, args[0], start, start + size);
+    if (stop == NULL || stop - start != size) {
+        /* Changed between the passes (or an error): Python encodes it. */
         Py_DECREF(result);
-        PyErr_SetString(PyExc_SystemError, "pbd._speedups.encode: size mismatch");
-        return NULL;
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
     }
     return result;
 }
@@ -528,16 +568,31 @@ first_meeting(PyObject *container, PyObject **seen, int depth)
     return met < 0 ? -1 : !met;
 }
 
-/* [tag, *children], children jellied; NULL on error, not_plain if not plain. */
+/*
+ * [tag, *children], children jellied; NULL on error, not_plain if not
+ * plain. Jellying a child allocates, and an allocation may run Python code
+ * (a collection's finalizers) that changes the container: each child is
+ * read afresh and held while it is jellied, and a container whose size
+ * changed is left to Jelly.
+ */
 static PyObject *
-jellied_sequence(PyObject *tag, PyObject **items, Py_ssize_t count, PyObject **seen, int depth)
+jellied_sequence(PyObject *tag, PyObject *container, PyObject **seen, int depth)
 {
+    int is_list = PyList_CheckExact(container);
+    Py_ssize_t count = Py_SIZE(container);
     PyObject *sexp = PyList_New(count + 1);
     if (sexp == NULL)
         return NULL;
     PyList_SET_ITEM(sexp, 0, Py_NewRef(tag));
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *child = jellied(items[i], seen, depth + 1);
+        if (Py_SIZE(container) != count) {
+            Py_DECREF(sexp);
+            return Py_NewRef(not_plain);
+        }
+        PyObject *element = Py_NewRef(is_list ? PyList_GET_ITEM(container, i)
+                                              : PyTuple_GET_ITEM(container, i));
+        PyObject *child = jellied(element, seen, depth + 1);
+        Py_DECREF(element);
         if (child == NULL || child == not_plain) {
             Py_DECREF(sexp);
             return child;
@@ -564,32 +619,34 @@ jellied(PyObject *value, PyObject **seen, int depth)
         if (first <= 0)
             return first < 0 ? NULL : Py_NewRef(not_plain);
         if (kind == &PyList_Type)
-            return jellied_sequence(tag_list, ((PyListObject *)value)->ob_item,
-                                    PyList_GET_SIZE(value), seen, depth);
+            return jellied_sequence(tag_list, value, seen, depth);
         if (kind == &PyTuple_Type)
-            return jellied_sequence(tag_tuple, ((PyTupleObject *)value)->ob_item,
-                                    PyTuple_GET_SIZE(value), seen, depth);
+            return jellied_sequence(tag_tuple, value, seen, depth);
         PyObject *sexp = PyList_New(1);
         if (sexp == NULL)
             return NULL;
         PyList_SET_ITEM(sexp, 0, Py_NewRef(tag_dictionary));
-        Py_ssize_t position = 0;
+        Py_ssize_t position = 0, size = PyDict_GET_SIZE(value);
         PyObject *key, *item;
         while (PyDict_Next(value, &position, &key, &item)) {
-            PyObject *pair[2] = {key, item};
+            /* Held, and the size checked, as for lists (jellied_sequence). */
+            PyObject *pair[2] = {Py_NewRef(key), Py_NewRef(item)};
             PyObject *jellied_pair = PyList_New(2);
-            if (jellied_pair == NULL) {
-                Py_DECREF(sexp);
-                return NULL;
-            }
-            for (int i = 0; i < 2; i++) {
+            for (int i = 0; i < 2 && jellied_pair != NULL; i++) {
                 PyObject *child = jellied(pair[i], seen, depth + 1);
-                if (child == NULL || child == not_plain) {
+                if (child == NULL || child == not_plain || PyDict_GET_SIZE(value) != size) {
                     Py_DECREF(jellied_pair);
-                    Py_DECREF(sexp);
-                    return child;
+                    jellied_pair = child == NULL ? NULL : Py_NewRef(not_plain);
+                    Py_XDECREF(child);
+                    break;
                 }
                 PyList_SET_ITEM(jellied_pair, i, child);
+            }
+            Py_DECREF(pair[0]);
+            Py_DECREF(pair[1]);
+            if (jellied_pair == NULL || jellied_pair == not_plain) {
+                Py_DECREF(sexp);
+                return jellied_pair;
             }
             int appended = PyList_Append(sexp, jellied_pair);
             Py_DECREF(jellied_pair);
@@ -641,7 +698,14 @@ unjellied_items(Unjelly *rules, PyObject *sexp, int depth)
     if (items == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = unjellied(rules, PyList_GET_ITEM(sexp, i + 1), depth + 1);
+        /* Held, and the size checked, as in jellied_sequence. */
+        if (PyList_GET_SIZE(sexp) != count + 1) {
+            Py_DECREF(items);
+            return Py_NewRef(not_plain);
+        }
+        PyObject *element = Py_NewRef(PyList_GET_ITEM(sexp, i + 1));
+        PyObject *item = unjellied(rules, element, depth + 1);
+        Py_DECREF(element);
         if (item == NULL || item == not_plain) {
             Py_DECREF(items);
             return item;
@@ -688,17 +752,28 @@ unjellied(Unjelly *rules, PyObject *sexp, int depth)
         if (result == NULL)
             return NULL;
         for (Py_ssize_t i = 1; i < length; i++) {
+            if (PyList_GET_SIZE(sexp) != length) {
+                Py_DECREF(result);
+                return Py_NewRef(not_plain);
+            }
             PyObject *pair = PyList_GET_ITEM(sexp, i);
             if (!PyList_CheckExact(pair) || PyList_GET_SIZE(pair) != 2) {
                 Py_DECREF(result);
                 return Py_NewRef(not_plain);
             }
+            Py_INCREF(pair); /* held while its parts are unjellied */
             PyObject *key = unjellied(rules, PyList_GET_ITEM(pair, 0), depth + 1);
-            if (key == NULL || key == not_plain) {
+            if (key == NULL || key == not_plain || PyList_GET_SIZE(pair) != 2) {
+                Py_DECREF(pair);
                 Py_DECREF(result);
+                if (key != NULL && key != not_plain) {
+                    Py_DECREF(key);
+                    return Py_NewRef(not_plain);
+                }
                 return key;
             }
             PyObject *value = unjellied(rules, PyList_GET_ITEM(pair, 1), depth + 1);
+            Py_DECREF(pair);
             if (value == NULL || value == not_plain) {
                 Py_DECREF(key);
                 Py_DECREF(result);

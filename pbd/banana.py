@@ -232,9 +232,11 @@ class FastDecoding:
                 self.callExpressionReceived,
                 self.prefixLimit,
                 banana.SIZE_LIMIT,
-                self.maxNesting if bounded else -1,
-                _NO_LIMIT if self.maxMessageItems is None else self.maxMessageItems,
-                _NO_LIMIT if self.maxMessageBytes is None else self.maxMessageBytes,
+                # Bounds past any count a message reaches are as good as none
+                # (and a C integer holds them).
+                min(self.maxNesting, _NO_LIMIT) if bounded else -1,  # type: ignore[type-var]
+                _NO_LIMIT if self.maxMessageItems is None else min(self.maxMessageItems, _NO_LIMIT),
+                _NO_LIMIT if self.maxMessageBytes is None else min(self.maxMessageBytes, _NO_LIMIT),
             )
         finally:
             position, self._held_items, self._held_bytes, detail = state

@@ -859,7 +859,8 @@ async def log_in(
         where it helps, what was not tried.
     """
     # What a server offers depends on the connection: TLS, and whether it
-    # presents a client certificate.
+    # presents a client certificate. What an unverified server said never
+    # steers a login that verifies it.
     where = (
         target.scheme,
         target.host,
@@ -867,28 +868,38 @@ async def log_in(
         target.socket_path,
         target.portal,
         has.certificate,
+        verify,
     )
     offered = offers.remembered(where)
     told_before = offered is not None
+
+    def ask_again() -> Any:
+        # The remembered offer no longer holds: ask the server, and choose again.
+        offers.forget(where)
+        return log_in(root, target, has, client, verify, allowed)
+
     if offered is None:
         offered = await _mechanisms(root, target)
         offers.remember(where, offered)
     usable = [name for name in offered if allowed is None or name in allowed]
-    if not usable and offered:
-        raise NoUsableMechanismError(
-            f"the server offers {', '.join(offered)}; this client allows "
-            f"{', '.join(allowed or MECHANISM_NAMES)}"
-        )
-    # Plain is never sent to a server we did not verify (the mechanism says so).
-    mechanism = _choose(usable, target.tls, has.user, has.password, has.certificate, verify)
+    try:
+        if not usable and offered:
+            raise NoUsableMechanismError(
+                f"the server offers {', '.join(offered)}; this client allows "
+                f"{', '.join(allowed or MECHANISM_NAMES)}"
+            )
+        # Plain is never sent to a server we did not verify (the mechanism says so).
+        mechanism = _choose(usable, target.tls, has.user, has.password, has.certificate, verify)
+    except NoUsableMechanismError:
+        if told_before:
+            return await ask_again()
+        raise
     refused = UnauthorizedLogin(f"{_who(target, has)}: login refused")
     try:
         return await mechanism.client_login(root, target.portal, has, client)
     except pb.RemoteError as e:
-        if told_before and e.remoteType == _LOGIN_REFUSED:
-            # The server's offer changed since: ask it, and choose again.
-            offers.forget(where)
-            return await log_in(root, target, has, client, verify, allowed)
+        if told_before and _not_offered(e):
+            return await ask_again()
         if e.remoteType != _UNAUTHORIZED:
             raise
         if mechanism.name == SCRAM and PLAIN in offered and not verify:
@@ -908,4 +919,12 @@ async def log_in(
 
 
 _UNAUTHORIZED = b"twisted.cred.error.UnauthorizedLogin"
-_LOGIN_REFUSED = b"pbd.session.LoginRefused"
+
+
+def _not_offered(error: pb.RemoteError) -> bool:
+    """
+    The server refused the mechanism itself (not the login: a cap, one
+    login at a time): pbd's root says what it offers instead
+    (L{pbd.root.RootObject}'s C{_context}).
+    """
+    return error.remoteType == b"pbd.session.LoginRefused" and "(offered here: " in str(error)

@@ -73,10 +73,30 @@ def limit_key(address: str | None) -> str | None:
     except ValueError:
         return address  # not an IP address (a scoped one, say): as it is
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return str(embedded)
+        if ip.is_link_local:  # every peer on the link shares fe80::/64
+            return address
         return str(ipaddress.IPv6Network((ip, IPV6_PEER_PREFIX), strict=False))
     return address
+
+
+# IPv4 clients of a translator (NAT64, SIIT) arrive from the well-known prefix.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 client an IPv6 address stands for: mapped, NAT64, 6to4 or Teredo."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]  # the client's own (public) address
+    return None
 
 
 class IPeerCredentials(ICredentials):

@@ -107,6 +107,7 @@ class RootObject(SessionReferenceable):
                 reason = mechanism.refusal(connection)
             else:
                 reason = f"{mechanism.name} is not offered for portal {entry.name!r}"
+            # pbd.client knows a refused mechanism by "(offered here: ".
             raise self.session.misuse(
                 LoginRefused(f"{reason} (offered here: {', '.join(usable) or 'nothing'})")
             )

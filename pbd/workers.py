@@ -69,7 +69,7 @@ DEFAULT_ANSWER_TIMEOUT = 60.0
 
 
 def answer_timeout(environment: Mapping[str, str] = os.environ) -> float:
-    """C{PBD_WORKER_TIMEOUT} seconds, or the default (with a warning if it is not a number > 0)."""
+    """C{PBD_WORKER_TIMEOUT} seconds, or the default (with a warning if it is not a number >= 1)."""
     written = environment.get(ANSWER_TIMEOUT_VARIABLE)
     if written is None:
         return DEFAULT_ANSWER_TIMEOUT
@@ -77,9 +77,9 @@ def answer_timeout(environment: Mapping[str, str] = os.environ) -> float:
         seconds = float(written)
     except ValueError:
         seconds = 0.0
-    if not 0 < seconds < float("inf"):
+    if not 1 <= seconds < float("inf"):
         log.warn(
-            "{variable}={written!r} (environment variable): expected seconds above 0; "
+            "{variable}={written!r} (environment variable): expected seconds, at least 1; "
             "using {default:g}",
             variable=ANSWER_TIMEOUT_VARIABLE,
             written=written,

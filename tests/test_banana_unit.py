@@ -123,6 +123,10 @@ def test_vocabulary_of_the_pb_dialect():
         b"\x7f\x7f\x87",  # vocabulary that does not exist
         b"\x84\x00\x00",  # half a float
         b"\x05\x82abc",  # half a string
+        b"\x05" + b"\x00" * 9 + b"\x82hello",  # a length of 10 digits, high ones zero
+        b"\x01" + b"\x00" * 20 + b"\x80\x01\x81",  # a count of 21 digits
+        b"\x01" + b"\x00" * 8 + b"\x01\x82",  # a length of 63 bits and more: too long
+        b"\x01" + b"\x00" * 12 + b"\x87",  # a vocabulary number of 13 digits
     ],
 )
 def test_edge_cases_are_treated_alike(data):
@@ -151,3 +155,11 @@ def test_a_long_string_in_small_pieces():
     # and stopped half way, the leftover is the same
     half = [cut for cut in cuts if cut < len(data) // 2]
     assert decode(Fast, data[: len(data) // 2], half) == decode(Stock, data[: len(data) // 2], half)
+
+
+def test_bounds_past_any_count_are_no_bounds():
+    """A configured bound too large for a C integer decodes as no bound does."""
+    decoder = Fast()
+    decoder.maxNesting, decoder.maxMessageItems, decoder.maxMessageBytes = 2**70, 2**80, 2**90
+    decoder.dataReceived(b"\x01\x80\x05\x82hello")
+    assert decoder.items == [[b"hello"]]

@@ -8,13 +8,15 @@ test_mutants_client.py.
 
 from __future__ import annotations
 
+import in_reactor
 import pytest
 from memory_pb import LogCapture, Server, echo_portal
 from test_mutants_client import Served, login_events, run, whoami
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 
-from pbd import offers
+from pbd import client, offers
 from pbd.checkers import MemoryChecker
+from pbd.limits import Limits
 from pbd.root import RootObject
 
 
@@ -57,7 +59,7 @@ def test_an_offer_that_changed_costs_one_refused_call(served, asked):
     # this portal offers pb-md5 (and plain over TLS), not SCRAM.
     stock = InMemoryUsernamePasswordDatabaseDontUse(max=b"max-pw")
     port = served.tcp(Server(entries=[echo_portal([stock])]))
-    where = ("pb", "127.0.0.1", port, None, None, False)
+    where = ("pb", "127.0.0.1", port, None, None, False, True)
     offers.remember(where, ["scram-sha-256", "pb-md5"])  # as if SCRAM had been offered
     with LogCapture() as events:
         assert run(whoami, f"pb://max@127.0.0.1:{port}", "max-pw") == "max"
@@ -86,9 +88,40 @@ def test_offers_are_kept_for_a_while_and_so_many(monkeypatch, served, asked):
     assert len(asked) == 2
     monkeypatch.setattr(offers, "KEPT", 60.0)
     for n in range(offers.CACHED + 10):
-        offers.remember(("pb", "192.0.2.1", n, None, None, False), ["pb-md5"])
-    assert offers.remembered(("pb", "192.0.2.1", 0, None, None, False)) is None
-    assert offers.remembered(("pb", "192.0.2.1", offers.CACHED + 9, None, None, False)) == [
+        offers.remember(("pb", "192.0.2.1", n, None, None, False, True), ["pb-md5"])
+    assert offers.remembered(("pb", "192.0.2.1", 0, None, None, False, True)) is None
+    assert offers.remembered(("pb", "192.0.2.1", offers.CACHED + 9, None, None, False, True)) == [
         "pb-md5"
     ]
     assert len(offers._offers) == offers.CACHED
+
+
+def test_a_remembered_offer_that_leaves_nothing_usable_is_asked_again(served, asked):
+    port = served.tcp(Server())  # offers SCRAM
+    offers.remember(("pb", "127.0.0.1", port, None, None, False, True), ["pb-md5"])
+    url = f"pb://alice@127.0.0.1:{port}"
+    assert run(whoami, url, "secret", mechanisms=["scram-sha-256"]) == "alice"
+    assert len(asked) == 1
+
+
+def test_a_refused_login_is_not_taken_for_a_changed_offer(served, asked):
+    # The second login proves its password, then meets the per-user cap:
+    # refused, and not run again as if the offer had changed.
+    port = served.tcp(Server(limits=Limits(logged_in_per_user=1)))
+    url = f"pb://alice@127.0.0.1:{port}"
+
+    async def twice() -> str:
+        first = await client.login(url, "secret")
+        try:
+            await client.login(url, "secret")
+        except Exception as e:
+            return type(e).__name__
+        finally:
+            client.disconnect(first)
+        return "logged in"
+
+    with LogCapture() as events:
+        assert in_reactor.run(twice, timeout=5) != "logged in"
+    attempts = [result for _, result in login_events(events)]
+    assert len(attempts) == 2, attempts  # accepted, then refused once
+    assert len(asked) == 1

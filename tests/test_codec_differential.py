@@ -378,3 +378,44 @@ def test_a_registered_unjellier_for_a_plain_tag_is_used(monkeypatch):
     sexp = [b"tuple", 7]
     assert outcome(fast.unserialize, sexp) == outcome(stock.unserialize, sexp)
     assert fast.unserialize(sexp) == ("made", 7)
+
+
+def test_a_value_changed_while_it_is_jellied_is_not_read_after_it_is_freed(codec):
+    """
+    Jellying allocates, an allocation may run a collection, and a finalizer
+    may change the very list or dict being jellied (realm code shares it
+    with another thread, say): the compiled codec re-reads it and leaves a
+    changed one to Jelly. (It read the freed array before: a crash, or
+    garbage, as the freed memory happened to be.)
+    """
+    import gc
+
+    import pbd.plainjelly
+
+    compiled = pbd.plainjelly.accelerator
+    if compiled is None:
+        pytest.skip("the pure-Python codec iterates as Python does")
+    for shared in ([[str(i) * 3] for i in range(20000)], {str(i): [str(i)] for i in range(20000)}):
+        changed: list[bool] = []
+
+        class ChangesIt:
+            def __del__(self, shared: Any = shared, changed: list = changed) -> None:
+                shared.clear()
+                if isinstance(shared, list):
+                    shared.extend([b"x" * 50] * 10)  # a smaller array: the old one is freed
+                changed.append(True)
+
+        def make_garbage() -> None:
+            garbage = ChangesIt()
+            garbage.cycle = [garbage]  # type: ignore[attr-defined]  # freed by a collection
+
+        threshold = gc.get_threshold()
+        gc.collect()
+        gc.set_threshold(100)
+        try:
+            make_garbage()
+            sexp = compiled.jelly_plain(shared)
+        finally:
+            gc.set_threshold(*threshold)
+        assert changed, "the finalizer did not run"
+        assert sexp is compiled.NOT_PLAIN  # changed under it: Jelly's to do

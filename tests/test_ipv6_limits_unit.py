@@ -24,6 +24,10 @@ from pbd.limits import Limits
         ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
         ("::ffff:192.0.2.7", "192.0.2.7"),  # IPv4 on a dual-stack listener
         ("::1", "::/64"),
+        ("64:ff9b::c000:207", "192.0.2.7"),  # an IPv4 client through NAT64
+        ("2002:c000:207::1", "192.0.2.7"),  # 6to4
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.45"),  # Teredo
+        ("fe80::1", "fe80::1"),  # link-local: each its own
         (None, None),  # a Unix socket
     ],
 )

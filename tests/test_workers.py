@@ -317,3 +317,18 @@ def test_the_main_checks_each_plugin_once_and_opens_no_bus(daemon, redis):
     assert len([line for line in built if "[worker " not in line]) == 1, built
     assert len(built) == 3, built
     assert _redis_clients(redis) == 4
+
+
+def test_the_worker_answer_timeout_is_read_from_the_environment():
+    from memory_pb import LogCapture
+
+    from pbd.workers import DEFAULT_ANSWER_TIMEOUT, answer_timeout
+
+    assert answer_timeout({}) == DEFAULT_ANSWER_TIMEOUT
+    assert answer_timeout({"PBD_WORKER_TIMEOUT": "5"}) == 5.0
+    with LogCapture() as events:
+        # Below a second, every worker would be killed and started in a loop.
+        for written in ("0.001", "-3", "soon", "inf", "nan"):
+            assert answer_timeout({"PBD_WORKER_TIMEOUT": written}) == DEFAULT_ANSWER_TIMEOUT
+    warnings = [e for e in events if "PBD_WORKER_TIMEOUT" in str(e.get("variable", ""))]
+    assert len(warnings) == 5
