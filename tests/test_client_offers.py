@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import in_reactor
 import pytest
+import test_mutants_client
 from memory_pb import LogCapture, Server, echo_portal
-from test_mutants_client import Served, login_events, run, whoami
+from test_mutants_client import login_events, run, whoami
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 
 from pbd import client, offers
@@ -19,12 +20,7 @@ from pbd.checkers import MemoryChecker
 from pbd.limits import Limits
 from pbd.root import RootObject
 
-
-@pytest.fixture
-def served():
-    servers = Served()
-    yield servers
-    servers.stop()
+served = test_mutants_client.served  # its fixture: servers on loopback, stopped after
 
 
 @pytest.fixture
