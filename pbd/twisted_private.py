@@ -12,7 +12,15 @@ from typing import Any
 from twisted.internet import tcp, unix
 from twisted.internet.endpoints import _SystemdParser
 from twisted.python.systemd import ListenFDs
-from twisted.spread.pb import Broker, _JellyableAvatarMixin
+from twisted.spread.pb import Broker, RemoteReference, _JellyableAvatarMixin
+
+# A peer's ["remote"] without its id leaves a RemoteReference half made:
+# Jelly creates it blank and its __init__, which sets doRefCount, fails. When
+# it is collected, its __del__ wrote a traceback to stderr: unbudgeted log
+# lines any logged-in peer could cause (found by bench/fuzz.py). A made one
+# sets doRefCount itself; a half-made one has nothing to give back.
+RemoteReference.doRefCount = False
+
 
 # Turns a realm's (interface, avatar, logout) into an avatar PB can send,
 # and calls logout when the connection goes or the client lets go of it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from typing import Any
 
 from twisted.python.systemd import ListenFDs
 from twisted.spread import pb
@@ -144,3 +145,22 @@ def test_a_worker_adopts_a_unix_socket_without_changing_or_removing_its_file(tmp
     port.connectionLost(None)
     assert os.path.exists(path)
     listening.close()
+
+
+def test_a_half_made_remote_reference_writes_nothing_when_collected(monkeypatch):
+    """A peer's ["remote"] without an id: refused, and no traceback on stderr after."""
+    import gc
+    import sys
+
+    from memory_pb import Server
+    from twisted.cred.credentials import UsernamePassword
+
+    server = Server()
+    connection = server.connect()
+    connection.settle(connection.factory.login(UsernamePassword(b"alice", b"secret")))
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with contextlib.suppress(IndexError):
+        connection.server.unserialize([b"remote"])
+    gc.collect()
+    assert unraisable == []
