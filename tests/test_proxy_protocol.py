@@ -485,6 +485,17 @@ def test_a_client_bypassing_haproxy_is_refused(pbd_daemon):
     assert accepted_from(daemon) == []
 
 
+def tls_through(port: int, ca: Any) -> Any:
+    """A stock client's way to connect: TLS to C{port}, trusting C{ca}, from CLIENT."""
+    trust = ssl.Certificate.loadPEM(ca.read_bytes())
+
+    def connect_tls(factory: pb.PBClientFactory) -> None:
+        options = ssl.optionsForClientTLS("localhost", trustRoot=trust)
+        reactor.connectSSL("127.0.0.1", port, factory, options, timeout=10, bindAddress=(CLIENT, 0))
+
+    return connect_tls
+
+
 @needs_haproxy
 def test_tls_passed_through_haproxy_is_terminated_by_pbd(pbd_daemon, haproxy, tmp_path):
     ca, certificate, key = make_server_certificate(tmp_path)
@@ -492,13 +503,7 @@ def test_tls_passed_through_haproxy_is_terminated_by_pbd(pbd_daemon, haproxy, tm
     config["listeners"][0]["tls"] = {"certificate": str(certificate), "key": str(key)}
     daemon = pbd_daemon(behind_haproxy(config))
     proxy = haproxy([port_of(daemon)])
-    trust = ssl.Certificate.loadPEM(ca.read_bytes())
-
-    def connect_tls(factory: pb.PBClientFactory) -> None:
-        options = ssl.optionsForClientTLS("localhost", trustRoot=trust)
-        reactor.connectSSL(
-            "127.0.0.1", proxy.port, factory, options, timeout=10, bindAddress=(CLIENT, 0)
-        )
+    connect_tls = tls_through(proxy.port, ca)
 
     assert in_reactor.run(stock_login, proxy.port, connect_tls) == ("alice", "hi")
     daemon.wait_for_line("logout: user 'alice'")
@@ -596,13 +601,7 @@ def test_tls_terminated_by_haproxy_leaves_pbd_plain_tcp(pbd_daemon, haproxy, tmp
     combined.write_bytes(certificate.read_bytes() + key.read_bytes())
     daemon = pbd_daemon(behind_haproxy(echo_config()))
     proxy = haproxy([port_of(daemon)], frontend=f" ssl crt {combined}")
-    trust = ssl.Certificate.loadPEM(ca.read_bytes())
-
-    def connect_tls(factory: pb.PBClientFactory) -> None:
-        options = ssl.optionsForClientTLS("localhost", trustRoot=trust)
-        reactor.connectSSL(
-            "127.0.0.1", proxy.port, factory, options, timeout=10, bindAddress=(CLIENT, 0)
-        )
+    connect_tls = tls_through(proxy.port, ca)
 
     assert in_reactor.run(stock_login, proxy.port, connect_tls) == ("alice", "hi")
     daemon.wait_for_line("logout: user 'alice'")
