@@ -1,13 +1,15 @@
 """
 Call speed, side by side in one run: stock PB, pbd, RPyC and the floors.
 
-Starts five servers as subprocesses on loopback ports: stock Twisted PB
+Starts seven servers as subprocesses on loopback ports: stock Twisted PB
 (C{raw_pb_server.py}), the real daemon (C{twistd -n pbd}, the C{echo} realm
 behind the C{memory} checker), RPyC's threaded server (C{rpyc_server.py},
 if C{rpyc} is installed: C{pip install -e '.[bench]'}) and a bare
 C{Int32StringReceiver} echo (C{floor_server.py}), and the PB floor
 (C{pb_floor_server.py}: stock PB answering repeated calls from canned
-bytes, what no PB server can beat for a stock client). Each client runs as its
+bytes), and the socket floor (C{socket_floor_server.py}: after the login,
+one blocking C{recv} and one C{sendmsg} per call, no reactor; what no
+server can beat for a stock client). Each client runs as its
 own process (C{speed_client.py}), one after the other, in rounds whose
 order alternates; rates are medians over the rounds, ratios the median of
 each round's ratio, server CPU the sum over all rounds per call.
@@ -101,6 +103,7 @@ PAIRS = [
     Pair("RPyC", "rpyc", "rpyc", tuple(CALL_PHASES)),
     Pair("Twisted floor", "floor", "floor", ("sequential", "pipelined")),
     Pair("PB floor, stock client", "pbfloor", "stock", ("sequential", "pipelined")),
+    Pair("socket floor, stock client", "sockfloor", "stock", tuple(CALL_PHASES)),
     Pair("stock PB", "raw", "stock", ("logins-md5",)),
     Pair("pbd, stock client", "pbd", "stock", ("logins-md5",)),
     Pair("pbd, pbd.client", "pbd", "pbd", ("logins-scram",)),
@@ -137,6 +140,10 @@ def start_servers(directory: Path, profile: Path | None = None) -> dict[str, Ser
         "pbfloor": (
             [sys.executable, str(HERE / "pb_floor_server.py")],
             r"PB floor serving on 127\.0\.0\.1:(\d+)",
+        ),
+        "sockfloor": (
+            [sys.executable, str(HERE / "socket_floor_server.py")],
+            r"socket floor serving on 127\.0\.0\.1:(\d+)",
         ),
     }
     if _has_rpyc() and profile is None:
@@ -260,6 +267,8 @@ def report(results: dict[tuple[str, str], list[dict]], names: list[str]) -> None
         ("pbd, pbd.client", "stock PB", ["logins-scram/logins-md5"]),
         ("PB floor, stock client", "stock PB", ["sequential", "pipelined"]),
         ("pbd, stock client", "PB floor, stock client", ["sequential", "pipelined"]),
+        ("socket floor, stock client", "stock PB", CALL_PHASES),
+        ("pbd, stock client", "socket floor, stock client", CALL_PHASES),
     ):
         shown = []
         for phase in phases:
@@ -270,6 +279,32 @@ def report(results: dict[tuple[str, str], list[dict]], names: list[str]) -> None
                 shown.append(f"{phase} {ratio:.2f}")
         if shown:
             print(f"  {left} / {right}: {', '.join(shown)}")
+    any_server_bound(results)
+
+
+def any_server_bound(results: dict[tuple[str, str], list[dict]]) -> None:
+    """What no server can pass with the stock client: the socket floor's round trip
+    less all of its user-space CPU, against stock PB's round trip."""
+    shown = []
+    for phase in CALL_PHASES:
+        floor, stock = (
+            results.get(("socket floor, stock client", phase)),
+            results.get(("stock PB", phase)),
+        )
+        if floor and stock:
+            bounds = [
+                (s["seconds"] / s["operations"])
+                / ((f["seconds"] - f["user_cpu"]) / f["operations"])
+                for f, s in zip(floor, stock, strict=False)
+            ]
+            user = sum(f["user_cpu"] for f in floor) / sum(f["operations"] for f in floor)
+            median = statistics.median(bounds)
+            shown.append(f"{phase} {median:.2f} ({user * 1e6:,.0f} us taken off)")
+    if shown:
+        print(
+            "  any server with a stock client / stock PB, at most (the socket floor with "
+            f"no user-space CPU): {', '.join(shown)}"
+        )
 
 
 # -- where the CPU goes

@@ -37,10 +37,12 @@ WINDOW = 100
 USER, PASSWORD = "alice", "secret"
 
 
-def server_cpu(pid: int) -> float:
+def server_cpu(pid: int) -> tuple[float, float]:
+    """A process's CPU seconds: all of it, and its user-space part."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    user, system = int(fields[11]), int(fields[12])
+    return (user + system) / os.sysconf("SC_CLK_TCK"), user / os.sysconf("SC_CLK_TCK")
 
 
 def server_rss(pid: int) -> int:
@@ -55,7 +57,7 @@ class Recorder:
         self.pid = pid
         self.results: dict[str, dict[str, float]] = {}
         self._started = 0.0
-        self._cpu = 0.0
+        self._cpu = (0.0, 0.0)
         self._own_cpu = 0.0
 
     def begin(self) -> None:
@@ -66,12 +68,14 @@ class Recorder:
     def end(self, phase: str, operations: int, units: float) -> None:
         seconds = time.perf_counter() - self._started
         client_cpu = time.process_time() - self._own_cpu
-        cpu = server_cpu(self.pid) - self._cpu
+        (cpu_now, user_now), (cpu_then, user_then) = server_cpu(self.pid), self._cpu
+        cpu, user_cpu = cpu_now - cpu_then, user_now - user_then
         self.results[phase] = {
             "seconds": seconds,
             "operations": operations,
             "rate": units / seconds,
             "cpu": cpu,
+            "user_cpu": user_cpu,
             "client_cpu": client_cpu,
         }
 
