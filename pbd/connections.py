@@ -3,7 +3,8 @@ Who is connected, and who may connect or log in next.
 
 The daemon-wide table of connections behind the limits on them: new
 connections per second and connections not logged in per address, logged-in
-connections per address and per user, and a total that keeps descriptors
+connections per address and per user (an IPv6 site's /64s sharing
+C{site_share} times each per-address allowance), and a total that keeps descriptors
 in hand so the daemon can always accept, answer and close. At the total,
 a connection that has not logged in makes room for a new one, as sshd's
 MaxStartups does: the oldest of the address holding the most, so that an
@@ -54,6 +55,11 @@ def _connection_rate(limits: Limits) -> tuple[float, int]:
     return limits.connections_per_second_per_address, limits.connection_burst_per_address
 
 
+def _site_rate(limits: Limits) -> tuple[float, int]:
+    rate, burst = _connection_rate(limits)
+    return rate * limits.site_share, burst * limits.site_share
+
+
 class ConnectionTable:
     """
     @param metrics: told of connections opened and closed (by listener),
@@ -66,6 +72,7 @@ class ConnectionTable:
         self.metrics = metrics
         self.capacity = limits.connections or descriptor_capacity()
         self._rate = TokenBuckets(clock, *_connection_rate(limits))
+        self._site_rate = TokenBuckets(clock, *_site_rate(limits))
         self._open: set[Connection] = set()
         self._leaving: set[Connection] = set()
         # Not logged in (yet), by address, oldest first.
@@ -73,6 +80,9 @@ class ConnectionTable:
         self._logged_in: dict[Connection, tuple[str | None, Hashable | None]] = {}
         self._by_address: Counter[str | None] = Counter()
         self._by_user: Counter[Hashable] = Counter()
+        # IPv6 sites: connections not logged in, and logged in.
+        self._waiting_by_site: Counter[str] = Counter()
+        self._by_site: Counter[str] = Counter()
 
     def use_limits(self, limits: Limits) -> None:
         """
@@ -81,6 +91,8 @@ class ConnectionTable:
         """
         if _connection_rate(limits) != _connection_rate(self.limits):
             self._rate = TokenBuckets(self.clock, *_connection_rate(limits))
+        if _site_rate(limits) != _site_rate(self.limits):
+            self._site_rate = TokenBuckets(self.clock, *_site_rate(limits))
         self.limits = limits
         self.capacity = limits.connections or descriptor_capacity()
 
@@ -123,6 +135,17 @@ class ConnectionTable:
             if waiting >= self.limits.unauthenticated_per_address:
                 self._refused("unauthenticated_per_address")
                 return f"{waiting} connections from {peer.counted} have not logged in"
+        site = peer.site_key
+        if site is not None:
+            share = self.limits.site_share
+            if not self._site_rate.take(site):
+                rate = self.limits.connections_per_second_per_address * share
+                self._refused("connections_per_second_per_address")
+                return f"more than {rate:g} new connections a second from {peer.in_site}"
+            waiting = self._waiting_by_site[site]
+            if waiting >= self.limits.unauthenticated_per_address * share:
+                self._refused("unauthenticated_per_address")
+                return f"{waiting} connections from {peer.in_site} have not logged in"
         if self.count >= self.capacity:
             # Refused, or another dropped to make room: the total did either way.
             self._refused("connections")
@@ -147,6 +170,8 @@ class ConnectionTable:
     def opened(self, connection: Connection) -> None:
         self._open.add(connection)
         self._waiting.setdefault(connection.peer.limit_key, {})[connection] = None
+        if connection.peer.site_key is not None:
+            self._waiting_by_site[connection.peer.site_key] += 1
         if self.metrics is not None:
             self.metrics.connection_opened(connection.peer.listener)
 
@@ -158,6 +183,10 @@ class ConnectionTable:
         ):
             self._refused("logged_in_per_address")
             return f"{peer.counted} has {self.limits.logged_in_per_address} connections logged in"
+        site_allowance = self.limits.logged_in_per_address * self.limits.site_share
+        if peer.site_key is not None and self._by_site[peer.site_key] >= site_allowance:
+            self._refused("logged_in_per_address")
+            return f"{peer.in_site} has {site_allowance} connections logged in"
         if user is not None and self._by_user.get(user, 0) >= self.limits.logged_in_per_user:
             self._refused("logged_in_per_user")
             return f"this user has {self.limits.logged_in_per_user} connections logged in"
@@ -172,6 +201,8 @@ class ConnectionTable:
         self._logged_in[connection] = (address, user)
         by_address = self._by_address
         by_address[address] = by_address.get(address, 0) + 1
+        if connection.peer.site_key is not None:
+            self._by_site[connection.peer.site_key] += 1
         if user is not None:
             self._by_user[user] = self._by_user.get(user, 0) + 1
 
@@ -191,6 +222,8 @@ class ConnectionTable:
             del waiting[connection]
             if not waiting:
                 del self._waiting[address]
+            if connection.peer.site_key is not None:
+                _count_down(self._waiting_by_site, connection.peer.site_key)
 
     def _forget_logged_in(self, connection: Connection) -> None:
         counted = self._logged_in.pop(connection, None)
@@ -198,6 +231,8 @@ class ConnectionTable:
             return
         address, user = counted
         _count_down(self._by_address, address)
+        if connection.peer.site_key is not None:
+            _count_down(self._by_site, connection.peer.site_key)
         if user is not None:
             _count_down(self._by_user, user)
 

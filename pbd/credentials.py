@@ -34,14 +34,19 @@ class Peer:
     @ivar listener: the config key path of the listener, e.g. C{listeners[0]}.
     @ivar limit_key: what the per-address limits count this peer as
         (L{limit_key}); the audit and log lines name C{address}.
+    @ivar site_key: the IPv6 site (L{site_key}) whose /64s share a
+        multiple of each per-address allowance; L{None} for other peers.
     """
 
     address: str | None
     listener: str
     limit_key: str | None = field(init=False, repr=False, compare=False)
+    site_key: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "limit_key", limit_key(self.address))
+        key = limit_key(self.address)
+        object.__setattr__(self, "limit_key", key)
+        object.__setattr__(self, "site_key", _site_of(key))
 
     def __str__(self) -> str:
         return self.address if self.address is not None else "unix socket"
@@ -52,6 +57,11 @@ class Peer:
         if self.limit_key is None or self.limit_key == self.address:
             return str(self)
         return f"{self} ({self.limit_key})"
+
+    @property
+    def in_site(self) -> str:
+        """The peer and its IPv6 site: for the messages of the site's limits."""
+        return f"{self} ({self.site_key})"
 
 
 # How much of an IPv6 address names one peer: a subscriber is handed a /64
@@ -80,6 +90,28 @@ def limit_key(address: str | None) -> str | None:
             return address
         return str(ipaddress.IPv6Network((ip, IPV6_PEER_PREFIX), strict=False))
     return address
+
+
+# How much of an IPv6 address names one site: an ISP hands a customer a /48
+# or a /56, and a tunnel broker hands anyone a /48 for free. Its 65,536 /64s
+# share limits.site_share times each per-address allowance.
+IPV6_SITE_PREFIX = 48
+
+
+def site_key(address: str | None) -> str | None:
+    """
+    The IPv6 site of a source address, C{2001:db8:1::/48}, for a peer the
+    per-address limits count by its /64; L{None} for an IPv4 peer (also one
+    that arrives as IPv6), a link-local one or a Unix socket.
+    """
+    return _site_of(limit_key(address))
+
+
+def _site_of(key: str | None) -> str | None:
+    if key is None or not key.endswith(f"/{IPV6_PEER_PREFIX}"):
+        return None
+    network = ipaddress.IPv6Network(key)
+    return str(network.supernet(new_prefix=IPV6_SITE_PREFIX))
 
 
 # IPv4 clients of a translator (NAT64, SIIT) arrive from the well-known prefix.

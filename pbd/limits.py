@@ -47,6 +47,9 @@ class Limits:
     # each may cost a TLS handshake on the event loop.
     connections_per_second_per_address: float = field(default=10.0, metadata={GREATER_THAN: 0})
     connection_burst_per_address: int = _count(64)
+    # An IPv6 site (a /48: one ISP customer, or anyone's free tunnel) gets
+    # this many times each per-address allowance in all, shared by its /64s.
+    site_share: int = _count(16)
     # Password checks waiting or running, in all and per source address.
     password_checks: int = _count(256)
     password_checks_per_address: int = _count(4)

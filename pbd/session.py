@@ -41,7 +41,7 @@ from pbd.metrics import Metrics
 from pbd.peerlog import PeerLog
 from pbd.portals import RealmAnswerError, checked_avatar
 from pbd.reactor import the_reactor
-from pbd.throttle import Throttle, ThrottledError
+from pbd.throttle import SITE, Throttle, ThrottledError
 from pbd.twisted_private import JellyableAvatarMixin
 
 log = Logger()
@@ -95,7 +95,7 @@ class FrontDoor:
             self.hash_pool.suspect = self.suspect
         if self.hash_pool.metrics is None:
             self.hash_pool.metrics = self.metrics
-        self.peer_log = PeerLog(clock)
+        self.peer_log = PeerLog(clock, site_share=self.limits.site_share)
         self.connections = ConnectionTable(clock, self.limits, self.metrics)
         self._gauges(self.metrics)
 
@@ -126,6 +126,7 @@ class FrontDoor:
         """
         self.limits = limits
         self.throttle.limits = limits
+        self.peer_log.site_share = limits.site_share
         self.connections.use_limits(limits)
         self.hash_pool.max_pending = limits.password_checks
         self.hash_pool.max_pending_per_address = limits.password_checks_per_address
@@ -459,6 +460,8 @@ class LoginSession:
         keys: list[Hashable] = []
         if self.peer.limit_key is not None:
             keys.append(("address", self.peer.limit_key))
+        if self.peer.site_key is not None:
+            keys.append((SITE, self.peer.site_key))
         if user is not None:
             keys.append(("user", portal, user))
         return keys

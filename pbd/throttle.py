@@ -1,8 +1,11 @@
 """
 Failed logins slow down the guesser, not everyone.
 
-Each login attempt is keyed by its source address and by the user name it
-names (per portal). A key's failures are counted, and forgotten by half
+Each login attempt is keyed by its source address, by its IPv6 site
+(where the address is an IPv6 /64: a key whose failures count
+C{1/site_share} each, so that its /64s together get C{site_share} times an
+address's free failures) and by the user name it names (per portal). A
+key's failures are counted, and forgotten by half
 every C{failure_half_life} seconds. Once a key has more than
 C{free_failures}, its attempts are spaced: the next may start only
 C{failure_delay} seconds after the previous one, doubling with each
@@ -37,6 +40,10 @@ from pbd.limits import Limits
 
 if TYPE_CHECKING:
     from pbd.metrics import Metrics
+
+
+# The first item of an IPv6 site's key: ("site", "2001:db8:1::/48").
+SITE = "site"
 
 
 class ThrottledError(UnauthorizedLogin):
@@ -124,7 +131,7 @@ class Throttle:
             record = self._records.get(key)
             if record is not None:
                 self._decayed(record, now)
-                record.failures = max(0.0, record.failures - 1)
+                record.failures = max(0.0, record.failures - self._weight(key))
 
     def failed(self, keys: Sequence[Hashable]) -> None:
         """An admitted attempt failed: count it against every key."""
@@ -132,7 +139,13 @@ class Throttle:
         for key in keys:
             record = self._record(key, now)
             self._decayed(record, now)
-            record.failures += 1
+            record.failures += self._weight(key)
+
+    def _weight(self, key: Hashable) -> float:
+        """What one failure counts for under C{key}: a site's /64s share its allowance."""
+        if isinstance(key, tuple) and key[:1] == (SITE,):
+            return 1 / self.limits.site_share
+        return 1.0
 
     def _spacing(self, failures: float) -> float:
         over = failures - self.limits.free_failures

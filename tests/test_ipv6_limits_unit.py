@@ -7,13 +7,17 @@ test_front_door_unit.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from memory_pb import LogCapture, Server
+from memory_pb import Connection, LogCapture, Server
 from twisted.cred.credentials import UsernamePassword
+from twisted.internet import task
 from twisted.spread import pb
 
-from pbd.credentials import Peer, limit_key
+from pbd.credentials import Peer, limit_key, site_key
 from pbd.limits import Limits
+from pbd.peerlog import PeerLog
 
 
 @pytest.mark.parametrize(
@@ -69,3 +73,134 @@ def test_failed_logins_from_one_slash_64_slow_down_its_other_addresses():
         server.clock.advance(Limits().max_failure_delay)
     assert server.door.suspect("2001:db8:1:2::/64")
     assert not server.door.suspect("2001:db8:1:3::/64")
+
+
+# -- an IPv6 site (/48): its /64s share site_share times each allowance
+
+
+def login(connection: Connection, password: bytes = b"secret") -> Any:
+    return connection.settle(connection.factory.login(UsernamePassword(b"alice", password)))
+
+
+SITE = "2001:db8:1::/48"
+
+
+def _in_site(number: int) -> str:
+    """An address in the number-th /64 of SITE."""
+    return f"2001:db8:1:{number:x}::1"
+
+
+@pytest.mark.parametrize(
+    ("address", "site"),
+    [
+        ("2001:db8:1:2::99", SITE),
+        ("2001:db8:1:ffff:1:2:3:4", SITE),
+        ("2001:db8:2::1", "2001:db8:2::/48"),
+        ("192.0.2.7", None),
+        ("::ffff:192.0.2.7", None),  # counted as the IPv4 address it is
+        ("64:ff9b::c000:207", None),
+        ("fe80::1", None),
+        (None, None),
+    ],
+)
+def test_which_site_a_source_address_is_in(address, site):
+    assert site_key(address) == site
+    assert Peer(address, "listeners[0]").site_key == site
+
+
+def _refusals(events: list) -> list[str]:
+    return [str(e.get("reason", "")) for e in events if e.get("reason")]
+
+
+def test_the_slash_64s_of_a_site_share_its_unauthenticated_allowance():
+    server = Server(Limits(unauthenticated_per_address=2, site_share=3))
+    held = [server.connect(_in_site(n)) for n in range(1, 7)]  # six /64s, one each
+    assert None not in held
+    with LogCapture() as events:
+        assert server.connect(_in_site(7)) is None
+    assert any(f"6 connections from {_in_site(7)} ({SITE}) have" in r for r in _refusals(events))
+    assert server.connect("2001:db8:2:1::1") is not None  # another site
+    # One of the site's connections goes: its place is free again.
+    held[0].factory.disconnect()
+    held[0].pump.flush()
+    assert server.connect(_in_site(8)) is not None
+
+
+def test_the_slash_64s_of_a_site_share_its_connection_rate():
+    limits = Limits(
+        connections_per_second_per_address=1,
+        connection_burst_per_address=2,
+        site_share=2,
+        unauthenticated_per_address=100,
+    )
+    server = Server(limits)
+    assert None not in [server.connect(_in_site(n)) for n in range(1, 5)]
+    with LogCapture() as events:
+        assert server.connect(_in_site(5)) is None
+    assert any(
+        f"more than 2 new connections a second from {_in_site(5)} ({SITE})" in r
+        for r in _refusals(events)
+    )
+    server.clock.advance(1)  # the site's bucket refills at twice an address's rate
+    assert server.connect(_in_site(6)) is not None
+    assert server.connect(_in_site(7)) is not None
+    assert server.connect(_in_site(8)) is None
+
+
+def test_the_slash_64s_of_a_site_share_its_logged_in_allowance():
+    server = Server(Limits(logged_in_per_address=1, site_share=2))
+    for n in (1, 2):
+        connection = server.connect(_in_site(n))
+        assert isinstance(login(connection), pb.RemoteReference)
+    connection = server.connect(_in_site(3))
+    with LogCapture() as events:
+        refused = login(connection)
+    assert not isinstance(refused, pb.RemoteReference)
+    assert any(
+        f"{_in_site(3)} ({SITE}) has 2 connections logged in" in r for r in _refusals(events)
+    ), _refusals(events)
+    elsewhere = server.connect("2001:db8:2:1::1")
+    assert isinstance(login(elsewhere), pb.RemoteReference)
+
+
+def test_failures_from_the_slash_64s_of_a_site_slow_down_the_whole_site():
+    limits = Limits(free_failures=2, site_share=2)
+    server = Server(limits)
+    # One failure from each of five /64s, each naming a user of its own: no
+    # /64 and no name is past its free failures, but the site is past its
+    # share of them (2 x 2).
+    for n in range(1, 6):
+        server.clock.advance(limits.max_failure_delay)
+        connection = server.connect(_in_site(n))
+        guess = connection.factory.login(UsernamePassword(f"guess{n}".encode(), b"wrong"))
+        assert not isinstance(connection.settle(guess), pb.RemoteReference)
+    assert server.door.throttle.failures(("site", SITE)) > limits.free_failures
+    assert not server.door.suspect(limit_key(_in_site(6)))
+    # A login from a fresh /64 of the site waits for its turn...
+    connection = server.connect(_in_site(6))
+    answered: list = []
+    connection.factory.login(UsernamePassword(b"alice", b"secret")).addBoth(answered.append)
+    connection.pump.flush()
+    assert answered == []
+    server.clock.advance(limits.max_failure_delay)
+    connection.pump.flush()
+    assert len(answered) == 1 and isinstance(answered[0], pb.RemoteReference)
+    # ...and one from another site does not.
+    elsewhere = server.connect("2001:db8:2:1::1")
+    assert isinstance(login(elsewhere), pb.RemoteReference)
+
+
+def test_the_slash_64s_of_a_site_share_its_log_lines():
+    clock = task.Clock()
+    budget = PeerLog(clock, lines=2, site_share=3)
+    written: list[str] = []
+    with LogCapture() as events:
+        for n in range(1, 11):  # ten /64s, two lines each: 20 asked, 6 allowed
+            peer = Peer(_in_site(n), "listeners[0]")
+            for _ in range(2):
+                budget.emit(peer, lambda peer=peer: written.append(str(peer)))
+        budget.emit(Peer("2001:db8:2:1::1", "listeners[0]"), lambda: written.append("other"))
+        clock.advance(10)
+    assert len(written) == 7 and written[-1] == "other"
+    summaries = [e for e in events if e.get("pbd_event") == "suppressed"]
+    assert [(e["peer"], e["count"]) for e in summaries] == [(SITE, 14)]
