@@ -7,13 +7,15 @@ peers' logins waiting. So:
 
   - by default the pool has one thread fewer than the machine has cores
     (at least one), at a lower priority (nice 10) than the reactor thread;
-  - checks wait in one queue per source address and are served round
-    robin, so a peer with a hundred checks queued delays another peer's
-    check by at most one of its own; addresses that have failed too often
-    lately are served only when no other address waits;
-  - at most C{password_checks} wait or run in all, and at most
-    C{password_checks_per_address} per address: past either, a check is
-    refused at once (L{BusyError}) rather than queued without end.
+  - checks wait in one queue per source address (all the /64s of an IPv6
+    site share one) and are served round robin, so a peer with a hundred
+    checks queued delays another peer's check by at most one of its own;
+    addresses that have failed too often lately are served only when no
+    other address waits;
+  - at most C{password_checks} wait or run in all, at most
+    C{password_checks_per_address} per address, and C{site_share} times
+    that per IPv6 site: past any, a check is refused at once
+    (L{BusyError}) rather than queued without end.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from pbd.reactor import the_reactor
+from pbd.throttle import SITE
 
 if TYPE_CHECKING:
     from pbd.metrics import Metrics
@@ -99,10 +102,12 @@ class HashPool:
         max_pending_per_address: int = 4,
         submit: Submit | None = None,
         suspect: Callable[[Any], bool] | None = None,
+        site_share: int = 16,
     ) -> None:
         self.size = size or default_size()
         self.max_pending = max_pending
         self.max_pending_per_address = max_pending_per_address
+        self.site_share = site_share
         self._submit = submit
         self.suspect = suspect
         self._threads: ThreadPool | None = None
@@ -110,6 +115,7 @@ class HashPool:
         self._turns: deque = deque()
         self._suspect_turns: deque = deque()
         self._pending: dict[Any, int] = {}
+        self._site_pending: dict[str, int] = {}
         # The sum of _pending, kept so that a scrape (from another thread) reads one int.
         self._pending_total = 0
         self._running = 0
@@ -146,12 +152,17 @@ class HashPool:
             self._threads = None
             self._submit = None
 
-    def run(self, address: Any, function: Callable[..., Any], *args: Any) -> defer.Deferred:
+    def run(
+        self, address: Any, function: Callable[..., Any], *args: Any, site: str | None = None
+    ) -> defer.Deferred:
         """
         Run C{function(*args)} in the pool; fire with its result.
 
         @param address: whose check this is: checks are shared fairly by it
             (L{None} for peers without an address, who share one queue).
+        @param site: the IPv6 site of the address, if it has one: its
+            addresses share one queue, and C{site_share} times an address's
+            bound.
         """
         if self.pending >= self.max_pending:
             return self._busy(f"{self.pending} password checks under way", "password_checks")
@@ -159,14 +170,21 @@ class HashPool:
             return self._busy(
                 f"{address} has too many password checks under way", "password_checks_per_address"
             )
+        if site is not None:
+            if self._site_pending.get(site, 0) >= self.max_pending_per_address * self.site_share:
+                return self._busy(
+                    f"{site} has too many password checks under way", "password_checks_per_address"
+                )
+            self._site_pending[site] = self._site_pending.get(site, 0) + 1
         self._pending[address] = self._pending.get(address, 0) + 1
         self._pending_total += 1
         done: defer.Deferred = defer.Deferred()
-        queue = self._queues.get(address)
+        turn = address if site is None else (SITE, site)
+        queue = self._queues.get(turn)
         if queue is None:
-            queue = self._queues[address] = deque()
-            self._take_turn(address)
-        queue.append((function, args, done))
+            queue = self._queues[turn] = deque()
+            self._take_turn(turn)
+        queue.append((function, args, done, address, site))
         self._dispatch()
         return done
 
@@ -175,30 +193,35 @@ class HashPool:
             self.metrics.refused(limit)
         return defer.fail(BusyError(message, limit))
 
-    def _take_turn(self, address: Any) -> None:
-        suspect = self.suspect is not None and self.suspect(address)
-        (self._suspect_turns if suspect else self._turns).append(address)
+    def _take_turn(self, turn: Any) -> None:
+        """Queue a turn: an address, or a site as C{(SITE, network)}."""
+        suspect = self.suspect is not None and self.suspect(turn)
+        (self._suspect_turns if suspect else self._turns).append(turn)
 
     def _dispatch(self) -> None:
         while self._running < self.size and (self._turns or self._suspect_turns):
-            address = (self._turns or self._suspect_turns).popleft()
-            queue = self._queues[address]
-            function, args, done = queue.popleft()
+            turn = (self._turns or self._suspect_turns).popleft()
+            queue = self._queues[turn]
+            function, args, done, address, site = queue.popleft()
             if queue:
-                self._take_turn(address)
+                self._take_turn(turn)
             else:
-                del self._queues[address]
+                del self._queues[turn]
             self._running += 1
             submit = self._submit or _reactor_threads
             d = defer.maybeDeferred(submit, function, *args)
-            d.addBoth(self._finished, address, done)
+            d.addBoth(self._finished, address, site, done)
 
-    def _finished(self, result: Any, address: Any, done: defer.Deferred) -> None:
+    def _finished(self, result: Any, address: Any, site: str | None, done: defer.Deferred) -> None:
         self._running -= 1
         self._pending[address] -= 1
         self._pending_total -= 1
         if not self._pending[address]:
             del self._pending[address]
+        if site is not None:
+            self._site_pending[site] -= 1
+            if not self._site_pending[site]:
+                del self._site_pending[site]
         self._dispatch()
         if isinstance(result, Failure):
             done.errback(result)

@@ -89,6 +89,7 @@ class FrontDoor:
         self.hash_pool = hash_pool or HashPool(
             max_pending=self.limits.password_checks,
             max_pending_per_address=self.limits.password_checks_per_address,
+            site_share=self.limits.site_share,
         )
         self.throttle = Throttle(clock, self.limits, metrics=self.metrics)
         if self.hash_pool.suspect is None:
@@ -130,11 +131,15 @@ class FrontDoor:
         self.connections.use_limits(limits)
         self.hash_pool.max_pending = limits.password_checks
         self.hash_pool.max_pending_per_address = limits.password_checks_per_address
+        self.hash_pool.site_share = limits.site_share
 
     def suspect(self, address: Any) -> bool:
-        """Has this address failed more than its free failures lately?"""
-        failures = self.throttle.failures(("address", address))
-        return failures > self.limits.free_failures
+        """
+        Has this address (or IPv6 site, as C{(SITE, network)}) failed more
+        than its free failures lately?
+        """
+        key = address if isinstance(address, tuple) else ("address", address)
+        return self.throttle.failures(key) > self.limits.free_failures
 
 
 class LoginSession:

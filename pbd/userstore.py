@@ -87,6 +87,11 @@ def peer_address(credentials: Any) -> str | None:
     return credentials.peer.limit_key if IPeerCredentials.providedBy(credentials) else None
 
 
+def peer_site(credentials: Any) -> str | None:
+    """The IPv6 site the credentials came from, if any (see L{pbd.credentials.site_key})."""
+    return credentials.peer.site_key if IPeerCredentials.providedBy(credentials) else None
+
+
 def _name(credentials: Any) -> str:
     try:
         return as_text(credentials.username)
@@ -178,7 +183,9 @@ class UserStoreChecker:
             except Exception:
                 return defer.fail()
         password = as_text(credentials.password, "replace")
-        return self._judge_plain(password, name, user, peer_address(credentials))
+        return self._judge_plain(
+            password, name, user, peer_address(credentials), peer_site(credentials)
+        )
 
     def _judge_md5(self, credentials: Any, name: str, user: StoredUser | None) -> bytes:
         digest = user.md5_digest if user is not None else None
@@ -199,12 +206,17 @@ class UserStoreChecker:
     _decoys: tuple[int, StoredUser, dict[str, StoredUser]] | None = None
 
     def _judge_plain(
-        self, password: str, name: str, user: StoredUser | None, address: str | None
+        self,
+        password: str,
+        name: str,
+        user: StoredUser | None,
+        address: str | None,
+        site: str | None = None,
     ) -> defer.Deferred:
         decoy, exemplars = self._decoy_and_exemplars()
         unmeasured = [e for cost, e in exemplars.items() if not self._samples(cost)]
         d = self._pool().run(
-            address, _timed_checks, user or decoy, password, unmeasured, self.timer
+            address, _timed_checks, user or decoy, password, unmeasured, self.timer, site=site
         )
         d.addCallback(self._wait_for_the_slowest, exemplars)
         d.addCallback(self._verdict, name, user)

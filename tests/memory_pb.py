@@ -53,6 +53,7 @@ class Server:
         self.pool = HashPool(
             max_pending=self.limits.password_checks,
             max_pending_per_address=self.limits.password_checks_per_address,
+            site_share=self.limits.site_share,
             submit=at_once,
         )
         self.door = FrontDoor(self.limits, self.clock, self.pool)

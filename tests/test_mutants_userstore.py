@@ -85,18 +85,20 @@ class RecordingPool(HashPool):
         super().__init__(submit=at_once)
         self.addresses = []
 
-    def run(self, address, function, *args):
-        self.addresses.append(address)
-        return super().run(address, function, *args)
+    def run(self, address, function, *args, site=None):
+        self.addresses.append(address if site is None else (address, site))
+        return super().run(address, function, *args, site=site)
 
 
-def test_plain_checks_are_queued_by_the_peers_address():
+def test_plain_checks_are_queued_by_the_peers_address_and_ipv6_site():
     store = memory_store(alice="secret")
     pool = RecordingPool()
     store.useHashPool(pool)
     outcome_of(store.requestAvatarId(PeerUsernamePassword(b"alice", b"secret", PEER)))
     outcome_of(store.requestAvatarId(UsernamePassword(b"alice", b"secret")))
-    assert pool.addresses == ["10.0.0.1", None]
+    ipv6 = Peer("2001:db8:1:2::7", "test")
+    outcome_of(store.requestAvatarId(PeerUsernamePassword(b"alice", b"secret", ipv6)))
+    assert pool.addresses == ["10.0.0.1", None, ("2001:db8:1:2::/64", "2001:db8:1::/48")]
 
 
 def test_without_a_pool_of_its_own_a_store_makes_one():

@@ -188,3 +188,63 @@ def test_addresses_that_fail_often_wait_until_the_others_have_had_their_turn():
     while finish:
         finish.pop(0).callback(None)
     assert ran == ["g1-0", "u-0", "g1-1", "g2-0"]
+
+
+SITE_NETWORK = "2001:db8:1::/48"
+
+
+def _slash_64(number: int) -> str:
+    return f"2001:db8:1:{number:x}::/64"
+
+
+def test_the_slash_64s_of_an_ipv6_site_take_one_turn_between_them():
+    ran = []
+    finish: list[defer.Deferred] = []
+    turns = []
+
+    def submit(function, *args):
+        ran.append(args[0])
+        finish.append(defer.Deferred())
+        return finish[-1]
+
+    def suspect(turn):
+        turns.append(turn)
+        return False
+
+    pool = HashPool(1, submit=submit, suspect=suspect)
+    for number in range(4):  # four /64s of one site, one check each
+        pool.run(_slash_64(number), None, f"site-{number}", site=SITE_NETWORK)
+    pool.run("192.0.2.1", None, "modest-0")
+    while finish:
+        finish.pop(0).callback(None)
+    # As one greedy address: the modest one waits behind at most one of the site's.
+    assert ran == ["site-0", "site-1", "modest-0", "site-2", "site-3"]
+    assert ("site", SITE_NETWORK) in turns and "192.0.2.1" in turns
+    assert pool.pending == 0
+
+
+def test_an_ipv6_site_has_site_share_times_the_per_address_bound():
+    finish: list[defer.Deferred] = []
+
+    def submit(function, *args):
+        finish.append(defer.Deferred())
+        return finish[-1]
+
+    pool = HashPool(1, max_pending_per_address=2, site_share=2, submit=submit)
+    for number in range(4):
+        assert not _admitted(pool.run(_slash_64(number), None, site=SITE_NETWORK))
+    refused = _admitted(pool.run(_slash_64(4), None, site=SITE_NETWORK))
+    assert refused and refused[0].check(BusyError)
+    assert SITE_NETWORK in str(refused[0].value)
+    assert not _admitted(pool.run("2001:db8:2:1::/64", None, site="2001:db8:2::/48"))
+    finish.pop(0).callback(None)  # one of the site's is done: room for one more
+    assert not _admitted(pool.run(_slash_64(5), None, site=SITE_NETWORK))
+
+
+def test_a_site_that_failed_often_is_suspect_as_a_whole():
+    server = Server(Limits(free_failures=2, site_share=2))
+    for number in range(6):  # one failure from each of six /64s of the site
+        server.door.throttle.failed([("address", _slash_64(number)), ("site", SITE_NETWORK)])
+    assert server.door.suspect(("site", SITE_NETWORK))
+    assert not server.door.suspect(_slash_64(0))
+    assert not server.door.suspect(("site", "2001:db8:2::/48"))
