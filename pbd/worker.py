@@ -17,6 +17,7 @@ gracefully, as it would the single process.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -51,6 +52,9 @@ CONTROL_FD = 3
 # Most bytes of text in one AMP value (they stop at 65,535): a config or a
 # metrics text longer than that goes in parts.
 PART_BYTES = 60_000
+# Metrics renders kept for their later pages: a scrape that gave up never
+# asks for its last page, and its render must not stay forever.
+RENDERS_KEPT = 4
 
 
 class Adopt(amp.Command):
@@ -102,11 +106,20 @@ class Status(amp.Command):
     response = [(b"connections", amp.Integer()), (b"logged_in", amp.Integer())]
 
 
-class Metrics(amp.Command):
-    """Main to worker: a page of this worker's Prometheus text (page 0 renders it anew)."""
+class UnknownRenderError(Exception):
+    """The metrics render a page was asked of is gone (dropped as too old)."""
 
-    arguments = [(b"page", amp.Integer())]
-    response = [(b"text", amp.String()), (b"more", amp.Boolean())]
+
+class Metrics(amp.Command):
+    """
+    Main to worker: a page of this worker's Prometheus text. Page 0 renders
+    it anew and answers with the render's number; later pages name their
+    render, so that two scrapes at once never join pages of two renders.
+    """
+
+    arguments = [(b"page", amp.Integer()), (b"render", amp.Integer(optional=True))]
+    response = [(b"text", amp.String()), (b"more", amp.Boolean()), (b"render", amp.Integer())]
+    errors = {UnknownRenderError: b"UNKNOWN_RENDER"}
 
 
 class WorkerControl(amp.AMP):
@@ -121,7 +134,9 @@ class WorkerControl(amp.AMP):
         # The config text the main checked last, and the parts of the next.
         self.config_text: str | None = None
         self._config_parts: list[bytes] = []
-        self._metrics_text = b""
+        # Metrics renders whose later pages are still to be asked, by number.
+        self._renders: dict[int, bytes] = {}
+        self._render_numbers = itertools.count(1)
 
     @ConfigText.responder
     def config_part(self, part: bytes, last: bool) -> dict:
@@ -229,15 +244,29 @@ class WorkerControl(amp.AMP):
         return {"connections": connections.count, "logged_in": connections.logged_in_count}
 
     @Metrics.responder
-    def metrics(self, page: int) -> dict:
+    def metrics(self, page: int, render: int | None = None) -> dict:
         if page == 0:
-            from prometheus_client import generate_latest
-
-            registry = self.service.assembly.front_door.metrics.registry if self.service else None
-            self._metrics_text = generate_latest(registry) if registry is not None else b""
+            number = next(self._render_numbers)
+            self._renders[number] = self.render_metrics()
+            while len(self._renders) > RENDERS_KEPT:
+                del self._renders[next(iter(self._renders))]
+        elif render is None or render not in self._renders:
+            raise UnknownRenderError(f"no metrics render {render}")
+        else:
+            number = render
+        text = self._renders[number]
         start = page * PART_BYTES
-        text = self._metrics_text[start : start + PART_BYTES]
-        return {"text": text, "more": start + PART_BYTES < len(self._metrics_text)}
+        more = start + PART_BYTES < len(text)
+        if not more:
+            del self._renders[number]
+        return {"text": text[start : start + PART_BYTES], "more": more, "render": number}
+
+    def render_metrics(self) -> bytes:
+        """This worker's samples, as Prometheus text."""
+        from prometheus_client import generate_latest
+
+        registry = self.service.assembly.front_door.metrics.registry if self.service else None
+        return generate_latest(registry) if registry is not None else b""
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # The main process is gone: nobody would restart, reload or stop this one.

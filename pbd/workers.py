@@ -154,6 +154,8 @@ class WorkersService(MultiService):
         # While a reload is under way, its config's text and listeners
         # (None: those in force), for the workers that start meanwhile.
         self._next: _ForWorkers | None = None
+        # The scrapes waiting for the gathering under way (None: none is).
+        self._gathering: list[defer.Deferred] | None = None
         self._reloads = {"ok": 0, "rejected": 0, "failed": 0}
         self.reloads = Reloads(self.notifier, self._reload_once, self._reload_finished)
         self._status: task.LoopingCall | None = None
@@ -472,20 +474,31 @@ class WorkersService(MultiService):
         return registry
 
     def gather(self) -> defer.Deferred:
-        """Every serving worker's Prometheus text, by worker index."""
+        """
+        Every serving worker's Prometheus text, by worker index. Scrapes
+        that overlap share one gathering: each worker renders once for them
+        all, however many scrape at once.
+        """
+        waiting: defer.Deferred = defer.Deferred()
+        if self._gathering is not None:
+            self._gathering.append(waiting)
+            return waiting
+        self._gathering = [waiting]
+        self._gather_once().addBoth(self._gathered)
+        return waiting
 
-        async def one(control: amp.AMP) -> bytes:
-            pages, page = [], 0
-            while True:
-                answer = await control.callRemote(worker.Metrics, page=page)
-                pages.append(answer["text"])
-                if not answer["more"]:
-                    return b"".join(pages)
-                page += 1
+    def _gathered(self, result: Any) -> None:
+        waiting, self._gathering = self._gathering or [], None
+        for each in waiting:
+            if isinstance(result, Failure):
+                each.errback(result)
+            else:
+                each.callback(result)
 
+    def _gather_once(self) -> defer.Deferred:
         serving = self._serving()
         asked = [
-            defer.ensureDeferred(one(control)).addTimeout(SCRAPE_TIMEOUT, the_reactor())
+            defer.ensureDeferred(worker_metrics(control)).addTimeout(SCRAPE_TIMEOUT, the_reactor())
             for _, control in serving
         ]
         done = defer.DeferredList(asked, consumeErrors=True)
@@ -538,6 +551,17 @@ class _Gathered:
         yield CounterMetricFamily(
             "pbd_worker_restarts", "Workers restarted after they died.", value=self.main.restarts
         )
+
+
+async def worker_metrics(control: amp.AMP) -> bytes:
+    """One worker's Prometheus text: every page of one render."""
+    answer = await control.callRemote(worker.Metrics, page=0)
+    pages, render, page = [answer["text"]], answer["render"], 0
+    while answer["more"]:
+        page += 1
+        answer = await control.callRemote(worker.Metrics, page=page, render=render)
+        pages.append(answer["text"])
+    return b"".join(pages)
 
 
 async def _reload_one(control: amp.AMP, new_ports: dict[str, Any], text: str) -> str:

@@ -410,37 +410,3 @@ def test_the_worker_answer_timeout_is_read_from_the_environment():
             assert answer_timeout({"PBD_WORKER_TIMEOUT": written}) == DEFAULT_ANSWER_TIMEOUT
     warnings = [e for e in events if "PBD_WORKER_TIMEOUT" in str(e.get("variable", ""))]
     assert len(warnings) == 5
-
-
-def test_a_config_read_from_text_is_the_file_s_without_reading_it(tmp_path):
-    from pbd.config import load_config
-    from pbd.errors import ConfigError
-
-    source = tmp_path / "etc" / "pbd.yaml"  # never written: the text is what counts
-    source.parent.mkdir()
-    for name in ("cert.pem", "key.pem"):
-        (source.parent / name).touch()
-    text = yaml.safe_dump(
-        {
-            "listeners": [
-                {
-                    "endpoint": LOOPBACK,
-                    "portal": "who",
-                    "tls": {"certificate": "cert.pem", "key": "key.pem"},
-                }
-            ],
-            "portals": {"who": {"realm": PID_REALM, "checkers": [{"plugin": "anonymous"}]}},
-        }
-    )
-    config = load_config(source, text=text)
-    assert config.source == source and config.text == text
-    # Relative paths start at the file's folder, as when it is read.
-    tls = config.listeners[0].tls
-    assert tls is not None and tls.certificate == tmp_path / "etc" / "cert.pem"
-    # The text may hold secrets: never shown, and no part of what the config is.
-    commented = load_config(source, text=text + "# the old password was hunter2\n")
-    assert "hunter2" not in repr(commented)
-    assert commented == config
-    with pytest.raises(ConfigError) as raised:
-        load_config(source, text="listeners: [\n")
-    assert raised.value.report().startswith(f"{source}: line ")
