@@ -35,6 +35,10 @@ def _config(**more_portals: dict) -> dict[str, Any]:
         "listeners": [{"endpoint": LOOPBACK, "portal": "who"}],
         "portals": {"who": {"realm": PID_REALM, "checkers": [{"plugin": "anonymous"}]}},
         "metrics": {"endpoint": LOOPBACK},
+        # _pids_until logs in until both workers served, and an idle daemon
+        # may give one worker dozens of connections in a row: more than the
+        # default burst per address, whose refusals would end the test.
+        "limits": {"connection_burst_per_address": 1000},
     }
     for name, realm in more_portals.items():
         config["portals"][name] = {"realm": realm, "checkers": [{"plugin": "anonymous"}]}
