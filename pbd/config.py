@@ -174,6 +174,10 @@ class Config:
     # Worker processes serving the listeners (pbd.workers); 1: this process alone.
     workers: int = 1
     pubsub: PubSubConfig = field(default_factory=PubSubConfig)
+    # The text it was read from, which the workers' main hands each worker
+    # (pbd.workers): what was checked is what they serve. It may hold
+    # secrets: never shown, never compared.
+    text: str = field(default="", compare=False, repr=False)
 
     @property
     def login_timeout(self) -> float:
@@ -205,7 +209,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def load_config(path: Path | str) -> Config:
+def load_config(path: Path | str, text: str | None = None) -> Config:
     """
     Read and shape-check a config file.
 
@@ -214,16 +218,16 @@ def load_config(path: Path | str) -> Config:
     L{Config.loose}, for L{pbd.assembly.assemble} to check further and
     report all together.
 
+    @param text: the file's text as read before (a worker is handed the
+        text its main checked): parsed instead of reading C{path}, which
+        still names the config in errors and is where its relative paths
+        start.
     @raise ConfigError: when the file cannot be read or is not YAML, the
         one problem that leaves nothing else to check.
     """
     source = Path(path).absolute()
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, [Problem("", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(source, [Problem("", f"cannot read: {_reason(e)}")]) from None
+    if text is None:
+        text = _read(source)
     try:
         document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
@@ -239,7 +243,16 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(source, [Problem(where, f"bad YAML: {problem}")]) from None
     except yaml.YAMLError as e:
         raise ConfigError(source, [Problem("", f"bad YAML: {e}")]) from None
-    return _Reader(source.parent).config(document, source)
+    return replace(_Reader(source.parent).config(document, source), text=text)
+
+
+def _read(source: Path) -> str:
+    try:
+        return source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, [Problem("", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(source, [Problem("", f"cannot read: {_reason(e)}")]) from None
 
 
 def _reason(error: OSError | UnicodeDecodeError) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -17,7 +18,7 @@ from twisted.python.failure import Failure
 
 from pbd import lifecycle
 from pbd.assembly import Assembly, assemble
-from pbd.config import load_config
+from pbd.config import Config, load_config
 from pbd.connections import ConnectionTable
 from pbd.errors import ConfigError, ListenError
 from pbd.hashpool import HashPool
@@ -149,6 +150,7 @@ class DaemonService(MultiService):
         bind: Binder | None = None,
         announce: bool = True,
         serve_metrics: bool = True,
+        read_config: Callable[[Path], Config] = load_config,
     ) -> None:
         """
         @param bind: how the listeners get their ports (L{ListenersService}).
@@ -156,9 +158,13 @@ class DaemonService(MultiService):
         @param serve_metrics: whether the config's C{metrics:} endpoint is
             served here. A worker (L{pbd.worker}) leaves both to the main
             process, which serves every worker's metrics on one endpoint.
+        @param read_config: how a reload reads the config (given its
+            source): the file again, or, in a worker, the text the main
+            checked, which the file may no longer hold.
         """
         super().__init__()
         self.serve_metrics = serve_metrics
+        self.read_config = read_config
         self.assembly = assembly
         self.retired: list[lifecycle.BuiltPlugin] = []
         self.notifier = notifier or Notifier.from_environment()
@@ -212,7 +218,7 @@ class DaemonService(MultiService):
         reactor = the_reactor()
         log.info("reloading {source}", source=str(source))
         try:
-            assembly = assemble(load_config(source), reactor, in_force=in_force)
+            assembly = assemble(self.read_config(source), reactor, in_force=in_force)
         except ConfigError as e:
             return reload_rejected(source, e.report().splitlines())
         metrics_moved = self.serve_metrics and (

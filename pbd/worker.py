@@ -2,10 +2,12 @@
 One worker process of a daemon with C{workers: N} (L{pbd.workers} is the
 main process): C{python -m pbd.worker CONFIG INDEX}, started by the main.
 
-A worker builds its own service tree from the same config file, but binds
-nothing: the main process bound every listener and hands each listening
-socket over the control connection (fd 3, a Unix socketpair speaking AMP,
-whose L{amp.Descriptor} passes file descriptors), and the worker adopts it
+A worker builds its own service tree from the config text the main checked
+(handed over in parts, before each start and reload: never the file, which
+may have been edited since), but binds nothing: the main process bound
+every listener and hands each listening socket over the control
+connection (fd 3, a Unix socketpair speaking AMP, whose L{amp.Descriptor}
+passes file descriptors), and the worker adopts it
 (C{IReactorSocket.adoptStreamPort}). The kernel gives each new connection
 to whichever worker accepts it first. The main decides on reloads and
 stops: the worker ignores SIGINT and SIGHUP, and a SIGTERM sent to it
@@ -15,10 +17,12 @@ gracefully, as it would the single process.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
@@ -33,8 +37,8 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from pbd.assembly import Listener, assemble
-from pbd.config import load_config
-from pbd.errors import ConfigError, ListenError
+from pbd.config import Config, load_config
+from pbd.errors import ConfigError, ListenError, Problem
 from pbd.listeners import CurrentFactory
 from pbd.notify import Notifier
 from pbd.reactor import the_reactor
@@ -45,8 +49,12 @@ log = Logger(namespace="pbd.worker")
 
 # The control connection's file descriptor in the worker.
 CONTROL_FD = 3
-# Most bytes of metrics text in one AMP answer (AMP values stop at 65535).
-METRICS_PAGE = 60_000
+# Most bytes of text in one AMP value (they stop at 65,535): a config or a
+# metrics text longer than that goes in parts.
+PART_BYTES = 60_000
+# Metrics renders kept for their later pages: a scrape that gave up never
+# asks for its last page, and its render must not stay forever.
+RENDERS_KEPT = 4
 
 
 class Adopt(amp.Command):
@@ -60,6 +68,16 @@ class Adopt(amp.Command):
     response = []
 
 
+class ConfigText(amp.Command):
+    """
+    Main to worker: a part of the config text the main checked; the next
+    L{Start} or L{Reload} puts it in force once the C{last} part is in.
+    """
+
+    arguments = [(b"part", amp.String()), (b"last", amp.Boolean())]
+    response = []
+
+
 class Start(amp.Command):
     """Main to worker: every socket is handed over; build the service tree and serve."""
 
@@ -68,7 +86,7 @@ class Start(amp.Command):
 
 
 class Reload(amp.Command):
-    """Main to worker: the main has checked the config file; put it in force (SIGHUP)."""
+    """Main to worker: put the config text the main checked, handed over last, in force (SIGHUP)."""
 
     arguments = []
     response = [(b"result", amp.Unicode())]
@@ -88,11 +106,20 @@ class Status(amp.Command):
     response = [(b"connections", amp.Integer()), (b"logged_in", amp.Integer())]
 
 
-class Metrics(amp.Command):
-    """Main to worker: a page of this worker's Prometheus text (page 0 renders it anew)."""
+class UnknownRenderError(Exception):
+    """The metrics render a page was asked of is gone (dropped as too old)."""
 
-    arguments = [(b"page", amp.Integer())]
-    response = [(b"text", amp.String()), (b"more", amp.Boolean())]
+
+class Metrics(amp.Command):
+    """
+    Main to worker: a page of this worker's Prometheus text. Page 0 renders
+    it anew and answers with the render's number; later pages name their
+    render, so that two scrapes at once never join pages of two renders.
+    """
+
+    arguments = [(b"page", amp.Integer()), (b"render", amp.Integer(optional=True))]
+    response = [(b"text", amp.String()), (b"more", amp.Boolean()), (b"render", amp.Integer())]
+    errors = {UnknownRenderError: b"UNKNOWN_RENDER"}
 
 
 class WorkerControl(amp.AMP):
@@ -104,7 +131,26 @@ class WorkerControl(amp.AMP):
         self.index = index
         self.sockets: dict[str, tuple[int, int]] = {}
         self.service: DaemonService | None = None
-        self._metrics_text = b""
+        # The config text the main checked last, and the parts of the next.
+        self.config_text: str | None = None
+        self._config_parts: list[bytes] = []
+        # Metrics renders whose later pages are still to be asked, by number.
+        self._renders: dict[int, bytes] = {}
+        self._render_numbers = itertools.count(1)
+
+    @ConfigText.responder
+    def config_part(self, part: bytes, last: bool) -> dict:
+        self._config_parts.append(part)
+        if last:
+            self.config_text = b"".join(self._config_parts).decode("utf-8")
+            self._config_parts.clear()
+        return {}
+
+    def read_config(self, source: Path) -> Config:
+        """The config text the main handed over, read as the file C{source} (never read)."""
+        if self.config_text is None:
+            raise ConfigError(source, [Problem("", "the main process sent no config")])
+        return load_config(source, text=self.config_text)
 
     @Adopt.responder
     def adopt(self, key: str, socket: int, family: int) -> dict:
@@ -118,14 +164,20 @@ class WorkerControl(amp.AMP):
     def start(self) -> dict:
         reactor = the_reactor()
         try:
-            assembly = assemble(load_config(self.config_path), reactor)
+            assembly = assemble(self.read_config(Path(self.config_path)), reactor)
         except ConfigError as e:
-            # The main checked this file a moment ago: it changed since.
+            # The main checked this text, but building it here failed: a
+            # file it names changed since, or a plugin failed in this process.
             for line in e.report().splitlines():
                 log.error("{line}", line=line)
             raise SystemExit(1) from None
         service = DaemonService(
-            assembly, Notifier(None), bind=self.adopted, announce=False, serve_metrics=False
+            assembly,
+            Notifier(None),
+            bind=self.adopted,
+            announce=False,
+            serve_metrics=False,
+            read_config=self.read_config,
         )
         service.privilegedStartService()
         service.startService()
@@ -172,8 +224,8 @@ class WorkerControl(amp.AMP):
         Once a reload put the main's config in force, close the sockets
         handed over that it has no listener for: kept open here, a port the
         main stopped would go on queueing connections that nobody accepts.
-        (Until then they wait: a worker that read the file before a reload
-        uses them when it catches up.)
+        (Until then they wait: the main hands over only the listeners each
+        reload adds, so a worker whose reload failed needs them at the next.)
         """
         for fd, _ in self.sockets.values():
             os.close(fd)
@@ -192,15 +244,29 @@ class WorkerControl(amp.AMP):
         return {"connections": connections.count, "logged_in": connections.logged_in_count}
 
     @Metrics.responder
-    def metrics(self, page: int) -> dict:
+    def metrics(self, page: int, render: int | None = None) -> dict:
         if page == 0:
-            from prometheus_client import generate_latest
+            number = next(self._render_numbers)
+            self._renders[number] = self.render_metrics()
+            while len(self._renders) > RENDERS_KEPT:
+                del self._renders[next(iter(self._renders))]
+        elif render is None or render not in self._renders:
+            raise UnknownRenderError(f"no metrics render {render}")
+        else:
+            number = render
+        text = self._renders[number]
+        start = page * PART_BYTES
+        more = start + PART_BYTES < len(text)
+        if not more:
+            del self._renders[number]
+        return {"text": text[start : start + PART_BYTES], "more": more, "render": number}
 
-            registry = self.service.assembly.front_door.metrics.registry if self.service else None
-            self._metrics_text = generate_latest(registry) if registry is not None else b""
-        start = page * METRICS_PAGE
-        text = self._metrics_text[start : start + METRICS_PAGE]
-        return {"text": text, "more": start + METRICS_PAGE < len(self._metrics_text)}
+    def render_metrics(self) -> bytes:
+        """This worker's samples, as Prometheus text."""
+        from prometheus_client import generate_latest
+
+        registry = self.service.assembly.front_door.metrics.registry if self.service else None
+        return generate_latest(registry) if registry is not None else b""
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # The main process is gone: nobody would restart, reload or stop this one.

@@ -11,9 +11,11 @@ reload adds reaches running workers over the same control connection.
 
 The main restarts a worker that dies (with a backoff), passes SIGHUP on as
 a reload (after checking the file itself: a bad config is rejected once,
-here, and no worker is told) and SIGTERM as a graceful stop of every
-worker, tells systemd READY=1 once every worker serves, and serves the
-one C{metrics:} endpoint with every worker's samples, labelled C{worker}.
+here, and no worker is told; a good one's text is what the workers get,
+so none reads a file that changed after the check) and SIGTERM as a
+graceful stop of every worker, tells systemd READY=1 once every worker
+serves, and serves the one C{metrics:} endpoint with every worker's
+samples, labelled C{worker}.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ SCRAPE_TIMEOUT = 5.0
 # Extra seconds a stopping worker gets past limits.shutdown_timeout before SIGKILL.
 STOP_GRACE = 5.0
 # Seconds the main waits for a worker to answer a start or a reload before
-# it takes the worker for hung, ends it and starts another (which reads the
-# config in force): one stuck worker must not hold every reload after it.
+# it takes the worker for hung, ends it and starts another (which is given
+# the config in force): one stuck worker must not hold every reload after it.
 ANSWER_TIMEOUT_VARIABLE = "PBD_WORKER_TIMEOUT"
 DEFAULT_ANSWER_TIMEOUT = 60.0
 
@@ -87,6 +89,14 @@ def answer_timeout(environment: Mapping[str, str] = os.environ) -> float:
         )
         return DEFAULT_ANSWER_TIMEOUT
     return seconds
+
+
+@dataclass(frozen=True)
+class _ForWorkers:
+    """What a worker serves: a config's text and its listening ports, by key."""
+
+    text: str
+    listeners: dict[str, Any]
 
 
 @dataclass
@@ -141,9 +151,11 @@ class WorkersService(MultiService):
         # Bumped when a reload hands its listeners over: a worker started
         # before then, and not among those the reload told, catches up.
         self._generation = 0
-        # While a reload is under way, the listeners of its config by key
+        # While a reload is under way, its config's text and listeners
         # (None: those in force), for the workers that start meanwhile.
-        self._next_listeners: dict[str, Any] | None = None
+        self._next: _ForWorkers | None = None
+        # The scrapes waiting for the gathering under way (None: none is).
+        self._gathering: list[defer.Deferred] | None = None
         self._reloads = {"ok": 0, "rejected": 0, "failed": 0}
         self.reloads = Reloads(self.notifier, self._reload_once, self._reload_finished)
         self._status: task.LoopingCall | None = None
@@ -218,31 +230,38 @@ class WorkersService(MultiService):
             total = hashpool.default_size()
         return max(1, round(total / self.count))
 
-    def _listeners_for_workers(self) -> dict[str, Any]:
-        """The listening ports a worker starting now serves, by key."""
-        if self._next_listeners is not None:
-            return self._next_listeners
-        return {key: bound.port for key, bound in self.listeners.bound.items()}
+    def _for_workers(self) -> _ForWorkers:
+        """
+        What a worker starting now serves: the config in force, or the one
+        a reload under way puts in force.
+        """
+        if self._next is not None:
+            return self._next
+        ports = {key: bound.port for key, bound in self.listeners.bound.items()}
+        return _ForWorkers(self.assembly.config.text, ports)
 
     async def _start(self, slot: _Worker, control: amp.AMP) -> None:
         try:
-            # The worker reads the file when told to start: it gets the
-            # listeners of the config in force, or of the one a reload under
-            # way puts in force (it read that file).
+            # The config in force, or the one a reload under way puts in
+            # force: its text and its listeners together, whatever the file
+            # says now.
             generation = self._generation
-            handed = self._listeners_for_workers()
-            for key, port in handed.items():
+            handed = self._for_workers()
+            for key, port in handed.listeners.items():
                 await self._answered(_hand_over(control, key, port))
+            await self._answered(_send_config(control, handed.text))
             answer = await self._answered(control.callRemote(worker.Start))
             while generation != self._generation:
-                # A reload handed its listeners over meanwhile, and told the
-                # workers serving then: not this one, which may have read
-                # the file before it changed.
+                # A reload handed its config over meanwhile, and told the
+                # workers serving then: not this one, given the config before.
                 generation = self._generation
-                listeners = self._listeners_for_workers()
-                missing = {key: listeners[key] for key in listeners.keys() - handed.keys()}
-                handed = listeners
-                result = await self._answered(_reload_one(control, missing))
+                now = self._for_workers()
+                listeners = now.listeners
+                missing = {
+                    key: listeners[key] for key in listeners.keys() - handed.listeners.keys()
+                }
+                handed = now
+                result = await self._answered(_reload_one(control, missing, now.text))
                 if result != "ok":
                     log.error("worker {index}: reload {result}", index=slot.index, result=result)
         except Exception as e:
@@ -374,13 +393,14 @@ class WorkersService(MultiService):
         for each in newly_bound.values():
             _not_reading(each.port)
         # No await from here to the workers told: a worker that starts from
-        # now on gets this config's listeners, one serving now is told.
+        # now on gets this config, one serving now is told.
         self._generation += 1
-        self._next_listeners = self.listeners.ports_for(assembly.listeners, newly_bound)
+        text = assembly.config.text
+        self._next = _ForWorkers(text, self.listeners.ports_for(assembly.listeners, newly_bound))
         serving = self._serving()
         new_ports = {key: each.port for key, each in newly_bound.items()}
         answers = await defer.DeferredList(
-            [self._answered(_reload_one(control, new_ports)) for _, control in serving],
+            [self._answered(_reload_one(control, new_ports, text)) for _, control in serving],
             consumeErrors=True,
         )
         results = [answer if ok else "failed" for ok, answer in answers]
@@ -396,7 +416,7 @@ class WorkersService(MultiService):
                 if slot.control is control:
                     _signal(slot.process, "KILL")
         stopped = self.listeners.serve(assembly.listeners, newly_bound, assembly.directory)
-        self._next_listeners = None
+        self._next = None
         await stopped
         self.assembly = assembly
         for (slot, _), result in zip(serving, results, strict=True):
@@ -454,20 +474,31 @@ class WorkersService(MultiService):
         return registry
 
     def gather(self) -> defer.Deferred:
-        """Every serving worker's Prometheus text, by worker index."""
+        """
+        Every serving worker's Prometheus text, by worker index. Scrapes
+        that overlap share one gathering: each worker renders once for them
+        all, however many scrape at once.
+        """
+        waiting: defer.Deferred = defer.Deferred()
+        if self._gathering is not None:
+            self._gathering.append(waiting)
+            return waiting
+        self._gathering = [waiting]
+        self._gather_once().addBoth(self._gathered)
+        return waiting
 
-        async def one(control: amp.AMP) -> bytes:
-            pages, page = [], 0
-            while True:
-                answer = await control.callRemote(worker.Metrics, page=page)
-                pages.append(answer["text"])
-                if not answer["more"]:
-                    return b"".join(pages)
-                page += 1
+    def _gathered(self, result: Any) -> None:
+        waiting, self._gathering = self._gathering or [], None
+        for each in waiting:
+            if isinstance(result, Failure):
+                each.errback(result)
+            else:
+                each.callback(result)
 
+    def _gather_once(self) -> defer.Deferred:
         serving = self._serving()
         asked = [
-            defer.ensureDeferred(one(control)).addTimeout(SCRAPE_TIMEOUT, the_reactor())
+            defer.ensureDeferred(worker_metrics(control)).addTimeout(SCRAPE_TIMEOUT, the_reactor())
             for _, control in serving
         ]
         done = defer.DeferredList(asked, consumeErrors=True)
@@ -522,12 +553,36 @@ class _Gathered:
         )
 
 
-async def _reload_one(control: amp.AMP, new_ports: dict[str, Any]) -> str:
-    """Hand a worker the listening sockets it lacks, then have it reload; its result."""
+async def worker_metrics(control: amp.AMP) -> bytes:
+    """One worker's Prometheus text: every page of one render."""
+    answer = await control.callRemote(worker.Metrics, page=0)
+    pages, render, page = [answer["text"]], answer["render"], 0
+    while answer["more"]:
+        page += 1
+        answer = await control.callRemote(worker.Metrics, page=page, render=render)
+        pages.append(answer["text"])
+    return b"".join(pages)
+
+
+async def _reload_one(control: amp.AMP, new_ports: dict[str, Any], text: str) -> str:
+    """Hand a worker the sockets it lacks and the config text, then have it reload; its result."""
     for key, port in new_ports.items():
         await _hand_over(control, key, port)
+    await _send_config(control, text)
     answer = await control.callRemote(worker.Reload)
     return str(answer["result"])
+
+
+async def _send_config(control: amp.AMP, text: str) -> None:
+    """Hand a worker a config text the main checked, in parts that fit AMP's values."""
+    encoded, start = text.encode("utf-8"), 0
+    while True:
+        part = encoded[start : start + worker.PART_BYTES]
+        start += worker.PART_BYTES
+        last = start >= len(encoded)
+        await control.callRemote(worker.ConfigText, part=part, last=last)
+        if last:
+            return
 
 
 async def _hand_over(control: amp.AMP, key: str, port: Any) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import in_reactor
 import pytest
+import yaml
 from configs import LOOPBACK
 from pb_client import login
 from pbd_daemon import Daemon, write_config
@@ -34,6 +35,10 @@ def _config(**more_portals: dict) -> dict[str, Any]:
         "listeners": [{"endpoint": LOOPBACK, "portal": "who"}],
         "portals": {"who": {"realm": PID_REALM, "checkers": [{"plugin": "anonymous"}]}},
         "metrics": {"endpoint": LOOPBACK},
+        # _pids_until logs in until both workers served, and an idle daemon
+        # may give one worker dozens of connections in a row: more than the
+        # default burst per address, whose refusals would end the test.
+        "limits": {"connection_burst_per_address": 1000},
     }
     for name, realm in more_portals.items():
         config["portals"][name] = {"realm": realm, "checkers": [{"plugin": "anonymous"}]}
@@ -44,7 +49,7 @@ def _config(**more_portals: dict) -> dict[str, Any]:
 def daemon(tmp_path):
     started: list[Daemon] = []
 
-    def start(config: dict[str, Any]) -> Daemon:
+    def start(config: dict[str, Any] | str) -> Daemon:
         each = Daemon(write_config(tmp_path, config), env=ON_PATH)
         started.append(each)
         return each.wait_until_ready()
@@ -73,18 +78,32 @@ def _call(avatar: Any, method: str, *args: Any) -> Any:
 
 def _pids_until(port: int, wanted: int, tries: int = 200) -> set[int]:
     """Log in again and again (each login kept until the end) until C{wanted} pids served."""
-    held, pids = [], set()
+    return set(_realms_until(port, wanted, tries))
+
+
+def _realms_until(port: int, wanted: int, tries: int = 200) -> dict[int, set[str]]:
+    """
+    Log in again and again (each login kept until the end) until C{wanted}
+    pids served: which realms' avatars each pid served.
+    """
+
+    async def who() -> tuple[Any, int, str]:
+        factory, avatar = await login(port)
+        pid, realm = await avatar.callRemote("who")
+        return factory, pid, realm
+
+    held, realms = [], {}
     try:
         for _ in range(tries):
-            factory, _avatar, pid = _held(port)
+            factory, pid, realm = in_reactor.run(who)
             held.append(factory)
-            pids.add(pid)
-            if len(pids) >= wanted:
+            realms.setdefault(pid, set()).add(realm)
+            if len(realms) >= wanted:
                 break
     finally:
         for factory in held:
             in_reactor.run(_disconnect, factory)
-    return pids
+    return realms
 
 
 async def _disconnect(factory: Any) -> None:
@@ -99,6 +118,15 @@ def _worker_pids(daemon: Daemon) -> dict[int, int]:
             words = line.split("worker ", 1)[1].split()
             pids[int(words[0])] = int(words[2].rstrip(")"))
     return pids
+
+
+def _restarted(daemon: Daemon, index: int, pid: int) -> int:
+    """The pid of the worker started in place of C{pid}, once it serves."""
+    deadline = time.monotonic() + 30
+    while _worker_pids(daemon)[index] == pid:
+        assert time.monotonic() < deadline, daemon.log
+        time.sleep(0.05)
+    return _worker_pids(daemon)[index]
 
 
 def _alive(pid: int) -> bool:
@@ -193,22 +221,76 @@ def test_sigterm_lets_the_calls_in_flight_finish_then_everything_exits(daemon):
     assert not any(_alive(each) for each in workers.values())
 
 
-def test_a_worker_that_cannot_start_is_ended_and_started_again(daemon, tmp_path):
+def test_a_worker_that_cannot_start_is_ended_and_started_again(tmp_path):
+    from worker_realms import FAIL_MARKER_VARIABLE
+
+    marker = tmp_path / "fail"
+    config = _config()
+    config["portals"]["who"]["realm"] = {"plugin": "worker_realms:FailsWhileMarked"}
+    environment = {**ON_PATH, FAIL_MARKER_VARIABLE: str(marker)}
+    served = Daemon(write_config(tmp_path, config), env=environment)
+    try:
+        served.wait_until_ready()
+        first = _worker_pids(served)[1]
+        # The realm cannot be built from now on: a worker started now cannot start.
+        marker.touch()
+        os.kill(first, signal.SIGKILL)
+        line = served.wait_for_line("worker 1 did not start")
+        assert "stopping it, to be started again" in line
+        # Not left alive serving nothing: ended, and tried again until it can build it.
+        marker.unlink()
+        restarted = _restarted(served, 1, first)
+        assert _alive(restarted)
+        assert _pids_until(served.port("who"), 2) == {restarted, _worker_pids(served)[2]}
+    finally:
+        served.stop()
+
+
+def test_a_worker_restarted_after_the_file_broke_serves_the_config_in_force(daemon, tmp_path):
     served = daemon(_config())
-    first = _worker_pids(served)[1]
-    # The file is broken (not reloaded): a worker started now cannot build it.
-    good = (tmp_path / "pbd.yaml").read_text()
-    (tmp_path / "pbd.yaml").write_text(good.replace("worker_realms:PidRealm", "nowhere:Nothing"))
-    os.kill(first, signal.SIGKILL)
-    line = served.wait_for_line("worker 1 did not start")
-    assert "stopping it, to be started again" in line
-    # Not left alive serving nothing: ended, and tried again once the file is good.
-    (tmp_path / "pbd.yaml").write_text(good)
-    deadline = time.monotonic() + 40
-    while _worker_pids(served)[1] == first and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _worker_pids(served)[1] != first
-    assert _alive(_worker_pids(served)[1])
+    workers = _worker_pids(served)
+    # Broken, and never reloaded: the main checked the config in force, not this.
+    write_config(tmp_path, "listeners: [\n")
+    os.kill(workers[1], signal.SIGKILL)
+    restarted = _restarted(served, 1, workers[1])
+    assert "did not start" not in served.log
+    assert _realms_until(served.port("who"), 2) == {restarted: {"pid"}, workers[2]: {"pid"}}
+
+
+def test_a_worker_restarted_after_the_file_changed_serves_what_the_others_serve(daemon, tmp_path):
+    served = daemon(_config())
+    workers = _worker_pids(served)
+    renamed = _config()
+    renamed["portals"]["who"]["realm"] = {"plugin": "worker_realms:RenamedRealm"}
+    write_config(tmp_path, renamed)  # sound, but not in force until SIGHUP
+    os.kill(workers[1], signal.SIGKILL)
+    restarted = _restarted(served, 1, workers[1])
+    port = served.port("who")
+    assert _realms_until(port, 2) == {restarted: {"pid"}, workers[2]: {"pid"}}
+
+    served.process.send_signal(signal.SIGHUP)
+    served.wait_for_line("reloaded in 2 of 2 workers: ok")
+    assert _realms_until(port, 2) == {restarted: {"renamed"}, workers[2]: {"renamed"}}
+
+
+def test_a_config_over_64_kib_starts_restarts_and_reloads(daemon, tmp_path):
+    # AMP values stop at 65,535 bytes; three-byte characters, so that a part
+    # may end inside one.
+    comment = "# " + "\u20ac" * 30_000 + "\n"
+    served = daemon(comment + yaml.safe_dump(_config(), sort_keys=False))
+    assert (tmp_path / "pbd.yaml").stat().st_size > 65_536
+    workers = _worker_pids(served)
+    port = served.port("who")
+    os.kill(workers[1], signal.SIGKILL)
+    restarted = _restarted(served, 1, workers[1])
+    assert _pids_until(port, 2) == {restarted, workers[2]}
+
+    renamed = _config()
+    renamed["portals"]["who"]["realm"] = {"plugin": "worker_realms:RenamedRealm"}
+    write_config(tmp_path, comment + yaml.safe_dump(renamed, sort_keys=False))
+    served.process.send_signal(signal.SIGHUP)
+    served.wait_for_line("reloaded in 2 of 2 workers: ok")
+    assert _realms_until(port, 2) == {restarted: {"renamed"}, workers[2]: {"renamed"}}
 
 
 def test_a_worker_restarted_during_a_reload_serves_the_listeners_of_the_new_config(

@@ -11,10 +11,19 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
+# A FailsWhileMarked realm cannot be built while the file this names exists.
+FAIL_MARKER_VARIABLE = "PBD_TEST_REALM_FAILS_WHILE"
+
 
 class WhoServes(pb.Avatar):
+    realm = "pid"
+
     def perspective_pid(self) -> int:
         return os.getpid()
+
+    def perspective_who(self) -> tuple[int, str]:
+        """This worker's pid, and which realm built the avatar."""
+        return os.getpid(), self.realm
 
     def perspective_slow_pid(self, seconds: float) -> Any:
         return task.deferLater(reactor, seconds, os.getpid)
@@ -32,3 +41,25 @@ class BuiltRealm(PidRealm):
 
     def __init__(self) -> None:
         Logger().info("built-realm built in pid {pid}", pid=os.getpid())
+
+
+class Renamed(WhoServes):
+    realm = "renamed"
+
+
+@implementer(IRealm)
+class RenamedRealm:
+    """A PidRealm by another name: a config that serves it is told apart."""
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple:
+        return pb.IPerspective, Renamed(), lambda: None
+
+
+@implementer(IRealm)
+class FailsWhileMarked(PidRealm):
+    """A PidRealm whose building fails while the marker file exists (a worker cannot start)."""
+
+    def __init__(self) -> None:
+        marker = os.environ.get(FAIL_MARKER_VARIABLE)
+        if marker and os.path.exists(marker):
+            raise RuntimeError(f"{marker} exists")
