@@ -216,9 +216,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Every event goes to the main's log, over the control connection once it is up.
-    relay = workerlog.EventRelay(fallback=workerlog.stderr_observer())
-    globalLogBeginner.beginLoggingTo([relay], redirectStandardIO=False)
     reactor = the_reactor()
+    relay = workerlog.EventRelay(fallback=workerlog.stderr_observer(), reactor=reactor)
+    globalLogBeginner.beginLoggingTo([relay], redirectStandardIO=False)
     control = WorkerControl(config_path, index)
     factory = Factory.forProtocol(lambda: control)
     reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX, factory)

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import copy
 import sys
+import threading
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorFromThreads
 from twisted.internet.protocol import ProcessProtocol, connectionDone
 from twisted.logger import (
     FileLogObserver,
@@ -155,13 +156,23 @@ class EventRelay:
     connection once it is up (L{attach}), to C{fallback} (the worker's
     standard error, L{stderr_observer}) before that and after it is lost.
 
+    An event logged in another thread (a realm's C{deferToThread}) is
+    relayed from the reactor's thread, which owns the connection.
+
     Registered as the control transport's producer: while the transport's
     buffer is full (the main does not read), it takes L{MAX_BACKLOG} bytes
     more, then drops events and, when the main reads again, logs how many.
     """
 
-    def __init__(self, fallback: ILogObserver, max_backlog: int = MAX_BACKLOG) -> None:
+    def __init__(
+        self,
+        fallback: ILogObserver,
+        reactor: IReactorFromThreads,
+        max_backlog: int = MAX_BACKLOG,
+    ) -> None:
         self.fallback = fallback
+        self.reactor = reactor
+        self._thread: int | None = None
         self.max_backlog = max_backlog
         self._control: amp.AMP | None = None
         self._paused = False
@@ -170,14 +181,18 @@ class EventRelay:
         self._sending = False
 
     def attach(self, control: amp.AMP) -> None:
-        """Relay over C{control}, which is connected, from now on."""
+        """Relay over C{control}, connected, from now on (called in the reactor's thread)."""
         self._control = control
+        self._thread = threading.get_ident()
         consumer = IConsumer(control.transport, None)
         if consumer is not None:
             consumer.registerProducer(self, True)
 
     def __call__(self, event: LogEvent) -> None:
         control = self._control
+        if control is not None and threading.get_ident() != self._thread:
+            self.reactor.callFromThread(self, event)
+            return
         if control is None or control.transport is None or self._sending:
             # Not connected (yet, or any more), or an event logged while
             # sending one: the worker's standard error takes it.

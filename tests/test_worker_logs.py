@@ -11,8 +11,10 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import in_reactor
 from memory_pb import LogCapture
@@ -162,6 +164,21 @@ def test_a_worker_writing_to_its_standard_error_is_logged_within_bounds(tmp_path
 # -- the relay's pieces, in memory
 
 
+class _Reactor:
+    """The one part of a reactor the relay uses: what a thread hands to the reactor's thread."""
+
+    def __init__(self) -> None:
+        self.handed: list[tuple[Any, tuple]] = []
+
+    def callFromThread(self, function: Any, *args: Any) -> None:
+        self.handed.append((function, args))
+
+    def run_handed(self) -> None:
+        handed, self.handed = self.handed, []
+        for function, args in handed:
+            function(*args)
+
+
 def _relay_pair() -> tuple[amp.AMP, workerlog.MainControl, iosim.IOPump]:
     """A worker's end (plain AMP) and the main's, connected in memory."""
     return iosim.connectedServerAndClient(lambda: workerlog.MainControl(2), amp.AMP)
@@ -170,7 +187,7 @@ def _relay_pair() -> tuple[amp.AMP, workerlog.MainControl, iosim.IOPump]:
 def test_a_relayed_event_is_logged_in_the_main_as_the_workers():
     worker_end, _, pump = _relay_pair()
     fallback: list[dict] = []
-    relay = workerlog.EventRelay(fallback.append)
+    relay = workerlog.EventRelay(fallback.append, _Reactor())
     logger = Logger(namespace="pbd.audit", observer=relay)
     logger.info("before the connection is up")
     relay.attach(worker_end)
@@ -193,6 +210,19 @@ def test_a_relayed_event_is_logged_in_the_main_as_the_workers():
     text = eventAsText(failed)
     assert "ZeroDivisionError: division by zero" in text and "Traceback" in text
     assert [formatEvent(e) for e in fallback] == ["before the connection is up"]
+
+    # An event logged in another thread is sent from the reactor's.
+    reactor = relay.reactor
+    assert isinstance(reactor, _Reactor)
+    in_a_thread = threading.Thread(target=logger.info, args=("from a thread",))
+    in_a_thread.start()
+    in_a_thread.join()
+    with LogCapture() as events:
+        pump.flush()
+        assert not [e for e in events if e.get("pbd_worker")]
+        reactor.run_handed()
+        pump.flush()
+    assert [formatEvent(e) for e in events if e.get("pbd_worker")] == ["from a thread"]
 
     worker_end.transport.loseConnection()
     pump.flush()
@@ -224,7 +254,7 @@ def test_an_event_too_big_for_amp_is_cut_and_says_so():
     # The cut event crosses an AMP connection (an uncut one could not: an
     # AMP value stops at 65,535 bytes), and the next event follows it.
     worker_end, _, pump = _relay_pair()
-    relay = workerlog.EventRelay(lambda event: None)
+    relay = workerlog.EventRelay(lambda event: None, _Reactor())
     relay.attach(worker_end)
     with LogCapture() as relayed:
         relay(events[0])
@@ -238,7 +268,7 @@ def test_an_event_too_big_for_amp_is_cut_and_says_so():
 
 def test_while_the_main_does_not_read_a_worker_buffers_a_bounded_backlog():
     worker_end, _, pump = _relay_pair()
-    relay = workerlog.EventRelay(lambda event: None, max_backlog=10_000)
+    relay = workerlog.EventRelay(lambda event: None, _Reactor(), max_backlog=10_000)
     relay.attach(worker_end)
     logger = Logger(namespace="pbd.worker", observer=relay)
     relay.pauseProducing()  # what the transport does while its buffer is full
