@@ -27,15 +27,11 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, connectionDone
-from twisted.logger import (
-    FileLogObserver,
-    Logger,
-    formatEventAsClassicLogText,
-    globalLogBeginner,
-)
+from twisted.logger import Logger, globalLogBeginner
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from pbd import workerlog
 from pbd.assembly import Listener, assemble
 from pbd.config import Config, load_config
 from pbd.errors import ConfigError, ListenError, Problem
@@ -280,29 +276,20 @@ def _stop_reactor() -> None:
         reactor.stop()
 
 
-def _tagged(index: int) -> FileLogObserver:
-    """Classic log lines on standard output, each saying which worker wrote it."""
-
-    def format_event(event: dict) -> str | None:
-        text = formatEventAsClassicLogText(event)
-        if text is None:
-            return None
-        return text.replace(" [", f" [worker {index}] [", 1)
-
-    return FileLogObserver(sys.stdout, format_event)
-
-
 def main(argv: list[str]) -> int:
     config_path, index = argv[0], int(argv[1])
     # Until the main says otherwise, Ctrl-C in a terminal is the main's to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    globalLogBeginner.beginLoggingTo([_tagged(index)], redirectStandardIO=False)
+    # Every event goes to the main's log, over the control connection once it is up.
     reactor = the_reactor()
+    relay = workerlog.EventRelay(fallback=workerlog.stderr_observer(), reactor=reactor)
+    globalLogBeginner.beginLoggingTo([relay], redirectStandardIO=False)
     control = WorkerControl(config_path, index)
     factory = Factory.forProtocol(lambda: control)
     reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX, factory)
     os.close(CONTROL_FD)
+    relay.attach(control)
     reactor.run()
     return 0
 

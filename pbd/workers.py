@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import Factory
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from pbd import hashpool, worker
+from pbd import hashpool, worker, workerlog
 from pbd.assembly import Assembly, assemble
 from pbd.config import load_config
 from pbd.errors import ConfigError, ListenError
@@ -112,15 +112,6 @@ class _Worker:
     waiting: list[defer.Deferred] = field(default_factory=list)
 
 
-class _Exits(ProcessProtocol):
-    def __init__(self, main: WorkersService, slot: _Worker) -> None:
-        self.main = main
-        self.slot = slot
-
-    def processEnded(self, reason: Failure) -> None:
-        self.main._ended(self.slot, reason)
-
-
 class WorkersService(MultiService):
     """
     The main process's service tree: the listeners (bound, not read), the
@@ -193,9 +184,13 @@ class WorkersService(MultiService):
         slot.ended = defer.Deferred()
         slot.serving = False
         slot.started_at = time.monotonic()
+        # Its standard output and error are pipes to this process, its log
+        # events come over the control connection: both are logged here.
+        output = workerlog.WorkerOutput(slot.index, reactor)
+        control = workerlog.MainControl(slot.index)
         try:
             slot.process = reactor.spawnProcess(
-                _Exits(self, slot),
+                output,
                 sys.executable,
                 [
                     sys.executable,
@@ -206,7 +201,7 @@ class WorkersService(MultiService):
                 ],
                 env=environment,
                 path=os.getcwd(),
-                childFDs={0: "w", 1: 1, 2: 2, worker.CONTROL_FD: theirs.fileno()},
+                childFDs={0: "w", 1: "r", 2: "r", worker.CONTROL_FD: theirs.fileno()},
             )
         except BaseException:
             ours.close()
@@ -214,12 +209,20 @@ class WorkersService(MultiService):
         finally:
             theirs.close()
         slot.pid = slot.process.pid
-        control = amp.AMP()
         reactor.adoptStreamConnection(
             ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: control)
         )
         ours.close()
         slot.control = control
+
+        async def ended() -> None:
+            # Once its last words are logged, both the ways they come.
+            await output.ended
+            await control.lost
+            assert output.reason is not None
+            self._ended(slot, output.reason)
+
+        defer.ensureDeferred(ended())
         defer.ensureDeferred(self._start(slot, control))
 
     def _hash_threads(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.cred.portal import IRealm
@@ -27,6 +28,12 @@ class WhoServes(pb.Avatar):
 
     def perspective_slow_pid(self, seconds: float) -> Any:
         return task.deferLater(reactor, seconds, os.getpid)
+
+    def perspective_complain(self, line: str, times: int) -> int:
+        """Write C{line} C{times} times straight to standard error, as C code would."""
+        sys.stderr.write((line + "\n") * times)
+        sys.stderr.flush()
+        return os.getpid()
 
 
 @implementer(IRealm)
