@@ -283,7 +283,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Every event goes to the main's log, over the control connection once it is up.
     reactor = the_reactor()
-    relay = workerlog.EventRelay(fallback=workerlog.stderr_observer(), reactor=reactor)
+    relay = workerlog.EventRelay(fallback=workerlog.FallbackObserver(), reactor=reactor)
     globalLogBeginner.beginLoggingTo([relay], redirectStandardIO=False)
     control = WorkerControl(config_path, index)
     factory = Factory.forProtocol(lambda: control)

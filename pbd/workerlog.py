@@ -34,7 +34,6 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorFromThreads
 from twisted.internet.protocol import ProcessProtocol, connectionDone
 from twisted.logger import (
-    FileLogObserver,
     ILogObserver,
     LogEvent,
     Logger,
@@ -154,7 +153,7 @@ class EventRelay:
     """
     The worker's log observer: each event to the main over the control
     connection once it is up (L{attach}), to C{fallback} (the worker's
-    standard error, L{stderr_observer}) before that and after it is lost.
+    standard output or error, L{FallbackObserver}) before that and after it is lost.
 
     An event logged in another thread (a realm's C{deferToThread}) is
     relayed from the reactor's thread, which owns the connection.
@@ -195,7 +194,7 @@ class EventRelay:
             return
         if control is None or control.transport is None or self._sending:
             # Not connected (yet, or any more), or an event logged while
-            # sending one: the worker's standard error takes it.
+            # sending one: the worker's standard output or error takes it.
             self.fallback(event)
             return
         encoded = encode_event(event)
@@ -229,18 +228,29 @@ class EventRelay:
         self._control = None
 
 
-def stderr_observer() -> FileLogObserver:
+@implementer(ILogObserver)
+class FallbackObserver:
     """
     The worker's events before its control connection is up or after it
-    is lost: on its standard error, which the main logs a line at a time
-    as the worker's (so no timestamp or worker tag here: the main adds them).
+    is lost, as text on its standard output, or its standard error for
+    warnings and worse: the main logs each line as the worker's, at info
+    or error level (so no timestamp or worker tag here: the main adds them,
+    and the last words of a stopping worker are not taken for errors).
     """
 
-    def format_event(event: LogEvent) -> str | None:
-        text = eventAsText(event, includeTimestamp=False, includeSystem=True)
-        return None if not text else text + "\n"
+    def __init__(self, out: Any = None, err: Any = None) -> None:
+        self.out = out
+        self.err = err
 
-    return FileLogObserver(sys.stderr, format_event)
+    def __call__(self, event: LogEvent) -> None:
+        text = eventAsText(event, includeTimestamp=False, includeSystem=True)
+        if not text:
+            return
+        level = event.get("log_level", LogLevel.info)
+        serious = level in (LogLevel.warn, LogLevel.error, LogLevel.critical)
+        stream = (self.err or sys.stderr) if serious else (self.out or sys.stdout)
+        stream.write(text + "\n")
+        stream.flush()
 
 
 # -- the main's side
@@ -297,8 +307,10 @@ class WorkerOutput(ProcessProtocol):
     as the worker's (namespaces C{stdout} and C{stderr}, as twistd logs the
     single process's), within the line budget; and its end.
 
-    @ivar ended: fires once the process ended and its output is read.
-    @ivar reason: then, why it ended (C{ProcessDone} or C{ProcessTerminated}).
+    @ivar exited: fires once the process exited, whether or not its output
+        pipes are closed (a process it started may hold them open for long).
+    @ivar ended: fires once the process exited and its output is read.
+    @ivar reason: once it exited, why (C{ProcessDone} or C{ProcessTerminated}).
     """
 
     def __init__(
@@ -312,6 +324,7 @@ class WorkerOutput(ProcessProtocol):
         self.index = index
         self.clock = clock
         self.max_line = max_line
+        self.exited: defer.Deferred[None] = defer.Deferred()
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.reason: Failure | None = None
         self._budget = TokenBuckets(clock, rate=rate, burst=burst, max_keys=1)
@@ -342,9 +355,14 @@ class WorkerOutput(ProcessProtocol):
         if rest:
             self._line(childFD, rest)
 
+    def processExited(self, reason: Failure) -> None:
+        self.reason = reason
+        self.exited.callback(None)
+
     def processEnded(self, reason: Failure) -> None:
         self._summarise()
-        self.reason = reason
+        if not self.exited.called:
+            self.processExited(reason)
         self.ended.callback(None)
 
     def _line(self, childFD: int, line: bytes) -> None:

@@ -216,8 +216,10 @@ class WorkersService(MultiService):
         slot.control = control
 
         async def ended() -> None:
-            # Once its last words are logged, both the ways they come.
-            await output.ended
+            # Once it exited (a process it started may keep its output
+            # pipes open: that is no reason to wait) and its control
+            # connection, which carries its last events, is closed.
+            await output.exited
             await control.lost
             assert output.reason is not None
             self._ended(slot, output.reason)

@@ -6,6 +6,7 @@ a worker's own standard error (bounded); and the relay's bounds in memory.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from typing import Any
 import in_reactor
 from memory_pb import LogCapture
 from pbd_daemon import TWISTD, Daemon, write_config
-from test_workers import ON_PATH, _call, _config, _disconnect, _held
+from test_workers import ON_PATH, _call, _config, _disconnect, _held, _worker_pids
 from twisted.internet import task
 from twisted.internet.error import ProcessDone
 from twisted.logger import Logger, LogLevel, eventAsText, eventFromJSON, formatEvent
@@ -95,6 +96,10 @@ def test_a_daemonized_pbd_writes_its_workers_lines_to_its_log_file(tmp_path):
     text = logfile.read_text()
     assert "worker 1 (pid " in text and ") stopped (exit status 0)" in text, text
     assert "Traceback" not in text, text
+    # A stopping worker's last words (after its control connection closed)
+    # are no errors: only what the realm wrote to standard error is one.
+    errors = [line for line in text.splitlines() if "#error]" in line]
+    assert errors and all("straight to standard error" in line for line in errors), errors
 
 
 def _json_daemon(tmp_path: Path) -> Daemon:
@@ -161,7 +166,42 @@ def test_a_worker_writing_to_its_standard_error_is_logged_within_bounds(tmp_path
     assert "\x1b" not in daemon.log
 
 
+def test_a_worker_whose_child_holds_its_output_is_restarted_when_it_dies(tmp_path):
+    daemon = Daemon(write_config(tmp_path, _config()), env=ON_PATH)
+    child = None
+    try:
+        daemon.wait_until_ready()
+        daemon.wait_for_line("all 2 workers serve")
+        factory, avatar, _ = _held(daemon.port("who"))
+        child, pid = _call(avatar, "leave_child", 120)
+        in_reactor.run(_disconnect, factory)
+        index = _worker_of(pid, daemon.log)
+        os.kill(pid, signal.SIGKILL)
+        # Its output pipes stay open in the child: the worker's end is its exit.
+        daemon.wait_for_line(f"worker {index} (pid {pid}) died (killed by signal 9)", timeout=20)
+        deadline = time.monotonic() + 20
+        while _worker_pids(daemon)[index] == pid:  # until its successor serves
+            assert time.monotonic() < deadline, daemon.log
+            time.sleep(0.05)
+        assert _running(child)
+    finally:
+        if child is not None:
+            os.kill(child, signal.SIGKILL)
+        daemon.stop()
+
+
 # -- the relay's pieces, in memory
+
+
+def test_a_workers_events_without_a_control_connection_go_to_stdout_or_stderr_by_level():
+    out, err = io.StringIO(), io.StringIO()
+    fallback = workerlog.FallbackObserver(out, err)
+    logger = Logger(namespace="pbd.worker", observer=fallback)
+    logger.info("stopping")
+    logger.warn("a warning")
+    logger.error("an error")
+    assert out.getvalue() == "[pbd.worker#info] stopping\n"
+    assert err.getvalue() == "[pbd.worker#warn] a warning\n[pbd.worker#error] an error\n"
 
 
 class _Reactor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -34,6 +35,12 @@ class WhoServes(pb.Avatar):
         sys.stderr.write((line + "\n") * times)
         sys.stderr.flush()
         return os.getpid()
+
+    def perspective_leave_child(self, seconds: float) -> tuple[int, int]:
+        """Start a process that outlives this one and holds its standard output
+        and error (as a realm's helper may): its pid, and this worker's."""
+        child = subprocess.Popen(["sleep", str(seconds)])  # inherits fds 1 and 2
+        return child.pid, os.getpid()
 
 
 @implementer(IRealm)
