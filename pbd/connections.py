@@ -126,6 +126,13 @@ class ConnectionTable:
         At the total, another connection that has not logged in is dropped
         to make room.
         """
+        site = peer.site_key
+        share = self.limits.site_share
+        # The site's allowance first: a /64 its site refuses keeps its own.
+        if site is not None and not self._site_rate.take(site):
+            rate = self.limits.connections_per_second_per_address * share
+            self._refused("site_share")
+            return f"more than {rate:g} new connections a second from {peer.in_site}"
         if peer.limit_key is not None:
             if not self._rate.take(peer.limit_key):
                 rate = self.limits.connections_per_second_per_address
@@ -135,16 +142,10 @@ class ConnectionTable:
             if waiting >= self.limits.unauthenticated_per_address:
                 self._refused("unauthenticated_per_address")
                 return f"{waiting} connections from {peer.counted} have not logged in"
-        site = peer.site_key
         if site is not None:
-            share = self.limits.site_share
-            if not self._site_rate.take(site):
-                rate = self.limits.connections_per_second_per_address * share
-                self._refused("connections_per_second_per_address")
-                return f"more than {rate:g} new connections a second from {peer.in_site}"
             waiting = self._waiting_by_site[site]
             if waiting >= self.limits.unauthenticated_per_address * share:
-                self._refused("unauthenticated_per_address")
+                self._refused("site_share")
                 return f"{waiting} connections from {peer.in_site} have not logged in"
         if self.count >= self.capacity:
             # Refused, or another dropped to make room: the total did either way.
@@ -185,7 +186,7 @@ class ConnectionTable:
             return f"{peer.counted} has {self.limits.logged_in_per_address} connections logged in"
         site_allowance = self.limits.logged_in_per_address * self.limits.site_share
         if peer.site_key is not None and self._by_site[peer.site_key] >= site_allowance:
-            self._refused("logged_in_per_address")
+            self._refused("site_share")
             return f"{peer.in_site} has {site_allowance} connections logged in"
         if user is not None and self._by_user.get(user, 0) >= self.limits.logged_in_per_user:
             self._refused("logged_in_per_user")

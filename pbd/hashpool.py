@@ -10,8 +10,8 @@ peers' logins waiting. So:
   - checks wait in one queue per source address (all the /64s of an IPv6
     site share one) and are served round robin, so a peer with a hundred
     checks queued delays another peer's check by at most one of its own;
-    addresses that have failed too often lately are served only when no
-    other address waits;
+    addresses (and sites) that have failed too often lately are served only
+    when no other address waits, a /64 that has in a queue of its own;
   - at most C{password_checks} wait or run in all, at most
     C{password_checks_per_address} per address, and C{site_share} times
     that per IPv6 site: past any, a check is refused at once
@@ -172,14 +172,15 @@ class HashPool:
             )
         if site is not None:
             if self._site_pending.get(site, 0) >= self.max_pending_per_address * self.site_share:
-                return self._busy(
-                    f"{site} has too many password checks under way", "password_checks_per_address"
-                )
+                return self._busy(f"{site} has too many password checks under way", "site_share")
             self._site_pending[site] = self._site_pending.get(site, 0) + 1
         self._pending[address] = self._pending.get(address, 0) + 1
         self._pending_total += 1
         done: defer.Deferred = defer.Deferred()
-        turn = address if site is None else (SITE, site)
+        # A site's /64s share one turn, but one that failed too often
+        # lately waits in a turn of its own behind everyone else's.
+        shared = site is not None and not (self.suspect is not None and self.suspect(address))
+        turn = (SITE, site) if shared else address
         queue = self._queues.get(turn)
         if queue is None:
             queue = self._queues[turn] = deque()

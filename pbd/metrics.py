@@ -74,6 +74,7 @@ REFUSAL_LIMITS = (
     "max_attempt_wait",
     "password_checks",
     "password_checks_per_address",
+    "site_share",
     "idle_timeout",
     "root_idle_timeout",
     "message_nesting",

@@ -233,7 +233,7 @@ class FallbackObserver:
     """
     The worker's events before its control connection is up or after it
     is lost, as text on its standard output, or its standard error for
-    warnings and worse: the main logs each line as the worker's, at info
+    errors: the main logs each line as the worker's, at info
     or error level (so no timestamp or worker tag here: the main adds them,
     and the last words of a stopping worker are not taken for errors).
     """
@@ -247,7 +247,7 @@ class FallbackObserver:
         if not text:
             return
         level = event.get("log_level", LogLevel.info)
-        serious = level in (LogLevel.warn, LogLevel.error, LogLevel.critical)
+        serious = level in (LogLevel.error, LogLevel.critical)
         stream = (self.err or sys.stderr) if serious else (self.out or sys.stdout)
         stream.write(text + "\n")
         stream.flush()

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
@@ -63,6 +64,10 @@ RESTART_SETTLED = 30.0
 SCRAPE_TIMEOUT = 5.0
 # Extra seconds a stopping worker gets past limits.shutdown_timeout before SIGKILL.
 STOP_GRACE = 5.0
+# Seconds after a worker exited that its control connection may stay open
+# (its last events on their way; or a process it forked holds it) before
+# the main closes it and takes the worker for ended.
+LAST_EVENTS_GRACE = 1.0
 # Seconds the main waits for a worker to answer a start or a reload before
 # it takes the worker for hung, ends it and starts another (which is given
 # the config in force): one stuck worker must not hold every reload after it.
@@ -218,9 +223,14 @@ class WorkersService(MultiService):
         async def ended() -> None:
             # Once it exited (a process it started may keep its output
             # pipes open: that is no reason to wait) and its control
-            # connection, which carries its last events, is closed.
+            # connection, which carries its last events, is closed; a
+            # process it forked may hold that open too, so not for long.
             await output.exited
-            await control.lost
+            if not control.lost.called:
+                closing = reactor.callLater(LAST_EVENTS_GRACE, _abort, control)
+                await control.lost
+                if closing.active():
+                    closing.cancel()
             assert output.reason is not None
             self._ended(slot, output.reason)
 
@@ -421,9 +431,11 @@ class WorkersService(MultiService):
                 if slot.control is control:
                     _signal(slot.process, "KILL")
         stopped = self.listeners.serve(assembly.listeners, newly_bound, assembly.directory)
+        # Its listeners are the ones in force now: so is its text, for a
+        # worker that starts while the old listeners stop.
+        self.assembly = assembly
         self._next = None
         await stopped
-        self.assembly = assembly
         for (slot, _), result in zip(serving, results, strict=True):
             if result != "ok":
                 log.error("worker {index}: reload {result}", index=slot.index, result=result)
@@ -608,6 +620,12 @@ def _not_reading(port: Any) -> None:
 def _close_bus(assembly: Assembly) -> None:
     if isinstance(assembly.pubsub, RedisPubSub):
         assembly.pubsub.close().addErrback(lambda _: None)
+
+
+def _abort(control: amp.AMP) -> None:
+    transport = control.transport
+    if ITCPTransport.providedBy(transport):  # a Unix socket's provides it too
+        transport.abortConnection()
 
 
 def _signal(process: Any, name: str) -> None:

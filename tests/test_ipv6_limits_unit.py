@@ -204,3 +204,23 @@ def test_the_slash_64s_of_a_site_share_its_log_lines():
     assert len(written) == 7 and written[-1] == "other"
     summaries = [e for e in events if e.get("pbd_event") == "suppressed"]
     assert [(e["peer"], e["count"]) for e in summaries] == [(SITE, 14)]
+
+
+def test_a_sites_refusals_are_counted_as_site_share_and_spare_the_slash_64s_own_allowance():
+    limits = Limits(
+        connections_per_second_per_address=1,
+        connection_burst_per_address=2,
+        site_share=1,
+        unauthenticated_per_address=100,
+    )
+    server = Server(limits)
+    assert None not in [server.connect(_in_site(1)), server.connect(_in_site(2))]
+    # The site's burst of 2 is spent: the third /64 is refused by its site,
+    # again and again, and keeps its own burst of 2 meanwhile.
+    for _ in range(3):
+        assert server.connect(_in_site(3)) is None
+    refusals = server.door.metrics._refusals
+    assert (refusals["site_share"], refusals["connections_per_second_per_address"]) == (3, 0)
+    server.clock.advance(2)  # the site's bucket refills
+    assert server.connect(_in_site(3)) is not None
+    assert server.connect(_in_site(3)) is not None

@@ -248,3 +248,24 @@ def test_a_site_that_failed_often_is_suspect_as_a_whole():
     assert server.door.suspect(("site", SITE_NETWORK))
     assert not server.door.suspect(_slash_64(0))
     assert not server.door.suspect(("site", "2001:db8:2::/48"))
+
+
+def test_a_slash_64_that_failed_often_waits_behind_everyone_but_its_site_mates_do_not():
+    ran = []
+    finish: list[defer.Deferred] = []
+
+    def submit(function, *args):
+        ran.append(args[0])
+        finish.append(defer.Deferred())
+        return finish[-1]
+
+    guesser = _slash_64(1)
+    pool = HashPool(1, submit=submit, suspect=lambda key: key == guesser)
+    pool.run(_slash_64(0), None, "first", site=SITE_NETWORK)  # runs at once
+    pool.run(guesser, None, "guess-1", site=SITE_NETWORK)
+    pool.run(guesser, None, "guess-2", site=SITE_NETWORK)
+    pool.run(_slash_64(2), None, "mate", site=SITE_NETWORK)
+    pool.run("192.0.2.1", None, "other")
+    while finish:
+        finish.pop(0).callback(None)
+    assert ran == ["first", "mate", "other", "guess-1", "guess-2"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import in_reactor
+import pytest
 from memory_pb import LogCapture
 from pbd_daemon import TWISTD, Daemon, write_config
 from test_workers import ON_PATH, _call, _config, _disconnect, _held, _worker_pids
@@ -166,14 +167,15 @@ def test_a_worker_writing_to_its_standard_error_is_logged_within_bounds(tmp_path
     assert "\x1b" not in daemon.log
 
 
-def test_a_worker_whose_child_holds_its_output_is_restarted_when_it_dies(tmp_path):
+@pytest.mark.parametrize("fork", [False, True], ids=["spawned", "forked"])
+def test_a_worker_whose_child_holds_its_output_is_restarted_when_it_dies(tmp_path, fork):
     daemon = Daemon(write_config(tmp_path, _config()), env=ON_PATH)
     child = None
     try:
         daemon.wait_until_ready()
         daemon.wait_for_line("all 2 workers serve")
         factory, avatar, _ = _held(daemon.port("who"))
-        child, pid = _call(avatar, "leave_child", 120)
+        child, pid = _call(avatar, "leave_child", 120, fork)
         in_reactor.run(_disconnect, factory)
         index = _worker_of(pid, daemon.log)
         os.kill(pid, signal.SIGKILL)
@@ -184,6 +186,8 @@ def test_a_worker_whose_child_holds_its_output_is_restarted_when_it_dies(tmp_pat
             assert time.monotonic() < deadline, daemon.log
             time.sleep(0.05)
         assert _running(child)
+        # And it stops in good time, the child still there.
+        assert daemon.stop() == 0
     finally:
         if child is not None:
             os.kill(child, signal.SIGKILL)
@@ -200,8 +204,8 @@ def test_a_workers_events_without_a_control_connection_go_to_stdout_or_stderr_by
     logger.info("stopping")
     logger.warn("a warning")
     logger.error("an error")
-    assert out.getvalue() == "[pbd.worker#info] stopping\n"
-    assert err.getvalue() == "[pbd.worker#warn] a warning\n[pbd.worker#error] an error\n"
+    assert out.getvalue() == "[pbd.worker#info] stopping\n[pbd.worker#warn] a warning\n"
+    assert err.getvalue() == "[pbd.worker#error] an error\n"
 
 
 class _Reactor:

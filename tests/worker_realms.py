@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 from twisted.cred.portal import IRealm
@@ -36,11 +37,21 @@ class WhoServes(pb.Avatar):
         sys.stderr.flush()
         return os.getpid()
 
-    def perspective_leave_child(self, seconds: float) -> tuple[int, int]:
-        """Start a process that outlives this one and holds its standard output
-        and error (as a realm's helper may): its pid, and this worker's."""
-        child = subprocess.Popen(["sleep", str(seconds)])  # inherits fds 1 and 2
-        return child.pid, os.getpid()
+    def perspective_leave_child(self, seconds: float, fork: bool = False) -> tuple[int, int]:
+        """
+        Start a process that outlives this one and holds its standard output
+        and error (as a realm's helper may): its pid, and this worker's. A
+        forked one (multiprocessing's default here) holds every descriptor,
+        the control connection's too.
+        """
+        if fork:
+            child = os.fork()
+            if child == 0:
+                time.sleep(seconds)
+                os._exit(0)
+            return child, os.getpid()
+        helper = subprocess.Popen(["sleep", str(seconds)])  # inherits fds 1 and 2
+        return helper.pid, os.getpid()
 
 
 @implementer(IRealm)
