@@ -235,7 +235,7 @@ def test_an_ipv6_site_has_site_share_times_the_per_address_bound():
         assert not _admitted(pool.run(_slash_64(number), None, site=SITE_NETWORK))
     refused = _admitted(pool.run(_slash_64(4), None, site=SITE_NETWORK))
     assert refused and refused[0].check(BusyError)
-    assert SITE_NETWORK in str(refused[0].value)
+    assert SITE_NETWORK in str(refused[0].value) and refused[0].value.limit == "site_share"
     assert not _admitted(pool.run("2001:db8:2:1::/64", None, site="2001:db8:2::/48"))
     finish.pop(0).callback(None)  # one of the site's is done: room for one more
     assert not _admitted(pool.run(_slash_64(5), None, site=SITE_NETWORK))
@@ -269,3 +269,24 @@ def test_a_slash_64_that_failed_often_waits_behind_everyone_but_its_site_mates_d
     while finish:
         finish.pop(0).callback(None)
     assert ran == ["first", "mate", "other", "guess-1", "guess-2"]
+
+
+def test_a_site_of_one_allowance_gets_exactly_one_check():
+    pool = HashPool(
+        1, max_pending_per_address=1, site_share=1, submit=lambda f, *a: defer.Deferred()
+    )
+    assert not _admitted(pool.run(_slash_64(0), None, site=SITE_NETWORK))
+    refused = _admitted(pool.run(_slash_64(1), None, site=SITE_NETWORK))
+    assert refused and refused[0].check(BusyError)
+
+
+def test_a_site_key_counts_and_forgives_failures_by_its_share():
+    clock = task.Clock()
+    throttle = Throttle(clock, Limits(site_share=4))
+    site = ("site", SITE_NETWORK)
+    throttle.failed([site, ("address", _slash_64(0))])
+    throttle.failed([site])
+    assert throttle.failures(site) == pytest.approx(0.5)
+    assert throttle.failures(("address", _slash_64(0))) == pytest.approx(1.0)
+    throttle.forgive([site])
+    assert throttle.failures(site) == pytest.approx(0.25)
