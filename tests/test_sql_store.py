@@ -555,3 +555,66 @@ def test_postgresql_down_at_start_is_a_config_error(tmp_path, postgresql):
     refused = passwd(secret_dsn, "--list")
     assert refused.returncode == 1
     assert "hunter2" not in refused.stderr and "Traceback" not in refused.stderr
+
+
+# -- the checker's options, in memory
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "message"),
+    [
+        ({}, "dsn", "give exactly one of database (SQLite) and dsn (PostgreSQL)"),
+        (
+            {"database": "u.sqlite", "dsn": "postgresql://u@h/db"},
+            "dsn",
+            "give exactly one of database (SQLite) and dsn (PostgreSQL)",
+        ),
+        ({"dsn": "mysql://u@h/db"}, "dsn", "expected a postgresql:// URL"),
+        ({"dsn": "u@h/db"}, "dsn", "expected a postgresql:// URL"),
+        (
+            {"database": "u.sqlite", "table": "1users"},
+            "table",
+            "a table name is a letter or '_', then letters, digits or '_' (at most 48)",
+        ),
+        ({"database": "u.sqlite", "table": "users; drop table x"}, "table", "a table name is"),
+    ],
+)
+def test_options_that_cannot_name_a_store_say_which_and_why(options, key, message):
+    from pbd.checkers import SqlOptions
+    from pbd.errors import OptionError
+
+    with pytest.raises(OptionError) as refused:
+        SqlOptions(**options)
+    assert refused.value.option == key
+    assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://u@h/db", "postgres://u@h/db"])
+def test_both_spellings_of_a_postgresql_url_are_taken(dsn):
+    from pbd.checkers import SqlOptions
+
+    assert SqlOptions(dsn=dsn).dsn == dsn
+    assert SqlOptions(database="u.sqlite", table="_users_2").table == "_users_2"
+
+
+def test_an_sqlite_store_is_found_beside_the_config_with_its_options(tmp_path):
+    sqlstore.set_password(
+        sqlstore.Store("sqlite", str(tmp_path / "u.sqlite"), "people"),
+        "sam",
+        hash_password("sam-pw", "hex_md5"),
+    )
+    checker = SqlChecker(
+        database="u.sqlite", table="people", timeout=3, stale_after=7, config_dir=tmp_path
+    )
+    assert (checker.store.kind, checker.store.target) == ("sqlite", str(tmp_path / "u.sqlite"))
+    assert (checker.store.table, checker.store.timeout, checker.stale_after) == ("people", 3, 7)
+    assert checker.lookup("sam") is not None and checker.lookup("bob") is None
+
+
+def test_a_store_that_cannot_be_read_names_the_option_that_named_it(tmp_path):
+    from pbd.errors import OptionError
+
+    with pytest.raises(OptionError) as refused:
+        SqlChecker(database="missing/u.sqlite", config_dir=tmp_path)
+    assert refused.value.option == "database"
+    assert str(refused.value).startswith("cannot read the user store: ")
