@@ -618,3 +618,40 @@ def test_a_store_that_cannot_be_read_names_the_option_that_named_it(tmp_path):
         SqlChecker(database="missing/u.sqlite", config_dir=tmp_path)
     assert refused.value.option == "database"
     assert str(refused.value).startswith("cannot read the user store: ")
+
+
+def test_a_poll_takes_in_a_changed_store_once_and_says_how_many_users(polled, tmp_path):
+    checker, _, reads = polled
+    before = checker.generation
+    store = sqlstore.Store("sqlite", str(tmp_path / "users.sqlite"))
+    sqlstore.set_password(store, "bob", hash_password("bob-pw", "hex_md5"))
+    with LogCapture() as events:
+        checker.reloadIfChanged()
+        reads.answer()
+        checker.reloadIfChanged()  # unchanged since: nothing more taken in
+        reads.answer()
+    assert checker.lookup("bob") is not None and checker.lookup("sam") is not None
+    assert checker.generation == before + 1
+    lines = [e["log_format"].format(**e) for e in events if "log_format" in e]
+    assert lines == [f"{checker.store.describe()}: reloaded, 2 user(s)"], lines
+
+
+def test_an_unreadable_store_serves_its_last_users_for_exactly_stale_after(polled):
+    checker, clock, reads = polled
+    with LogCapture() as events:
+        checker.reloadIfChanged()
+        reads.fail("disk on fire")
+        clock.advance(10)  # the login is asked at stale_after
+        assert not _logs_in(checker, clock)
+    lines = [e["log_format"].format(**e) for e in events if "log_format" in e]
+    assert any(
+        "user store cannot be read: " in line and "disk on fire" in line for line in lines
+    ), lines
+
+
+def test_an_unreadable_store_serves_its_last_users_until_stale_after(polled):
+    checker, clock, reads = polled
+    checker.reloadIfChanged()
+    reads.fail()
+    clock.advance(10 - 0.001)
+    assert _logs_in(checker, clock)  # asked just before stale_after
