@@ -170,3 +170,25 @@ def test_a_password_file_read_that_hangs_is_given_up_and_polling_goes_on_once_it
     given_up = [line for line in lines if "not read within" in line]
     assert len(given_up) == 1, lines  # one line for the whole outage
     assert any(line.endswith(": read again") for line in lines), lines
+
+
+def test_sighup_reads_a_password_file_that_looks_unchanged(tmp_path):
+    """An edit that kept the file's size and time is missed by the polls; a SIGHUP reads anyway."""
+    import os
+
+    users = tmp_path / "users"
+    users.write_text(f"sam:{hash_password('old-pw', 'hex_md5')}\n")
+    checker = PasswordFileChecker(file="users", config_dir=tmp_path)
+    clock, reads = task.Clock(), _HeldReads()
+    checker.clock, checker.run_in_thread = clock, reads
+    seen = os.stat(users)
+    users.write_text(f"sam:{hash_password('new-pw', 'hex_md5')}\n")  # as long
+    os.utime(users, ns=(seen.st_atime_ns, seen.st_mtime_ns))
+    checker.reloadIfChanged()
+    while reads.waiting:
+        reads.finish()
+    assert checker.lookup("sam").md5_digest == md5(b"old-pw").digest()
+    checker.reload()
+    while reads.waiting:
+        reads.finish()
+    assert checker.lookup("sam").md5_digest == md5(b"new-pw").digest()
