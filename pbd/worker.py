@@ -17,6 +17,7 @@ gracefully, as it would the single process.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 
 from twisted.internet import defer
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger, globalLogBeginner
@@ -39,7 +41,7 @@ from pbd.listeners import CurrentFactory
 from pbd.notify import Notifier
 from pbd.reactor import the_reactor
 from pbd.service import DaemonService
-from pbd.twisted_private import adopt_shared_unix_port
+from pbd.twisted_private import accept_one_at_a_time, adopt_shared_unix_port
 
 log = Logger(namespace="pbd.worker")
 
@@ -198,11 +200,14 @@ class WorkerControl(amp.AMP):
         fd, family = handed
         try:
             if family == socket.AF_UNIX:
-                return adopt_shared_unix_port(the_reactor(), fd, factory)
-            port: IListeningPort = the_reactor().adoptStreamPort(fd, family, factory)
-            return port
+                port: IListeningPort = adopt_shared_unix_port(the_reactor(), fd, factory)
+            else:
+                port = the_reactor().adoptStreamPort(fd, family, factory)
         finally:
             os.close(fd)  # adopting took a copy
+        # The workers share the socket: none takes a whole burst alone.
+        accept_one_at_a_time(port)
+        return port
 
     @Reload.responder
     def reload(self) -> defer.Deferred:
@@ -271,9 +276,10 @@ class WorkerControl(amp.AMP):
 
 
 def _stop_reactor() -> None:
-    reactor = the_reactor()
-    if reactor.running:
-        reactor.stop()
+    # Already stopping (its own SIGTERM came first: systemd signals every
+    # process of the unit) is as good as stopped.
+    with contextlib.suppress(ReactorNotRunning):
+        the_reactor().stop()
 
 
 def main(argv: list[str]) -> int:

@@ -414,3 +414,29 @@ def test_the_worker_answer_timeout_is_read_from_the_environment():
             assert answer_timeout({"PBD_WORKER_TIMEOUT": written}) == DEFAULT_ANSWER_TIMEOUT
     warnings = [e for e in events if "PBD_WORKER_TIMEOUT" in str(e.get("variable", ""))]
     assert len(warnings) == 5
+
+
+def test_sigterm_to_every_process_as_systemd_stops_logs_no_traceback(daemon):
+    served = daemon(_config())
+    workers = _worker_pids(served)
+    factory, avatar, pid = _held(served.port("who"))
+
+    async def slow() -> int:
+        return await avatar.callRemote("slow_pid", 1.5)
+
+    answers: list[Any] = []
+    calling = threading.Thread(target=lambda: answers.append(in_reactor.run(slow)))
+    calling.start()
+    time.sleep(0.3)  # the call is under way: its worker waits for it to stop
+    # systemd's stop signals the whole control group; the worker hears it
+    # first, then the main tells it to stop as well.
+    os.kill(pid, signal.SIGTERM)
+    served.wait_for_line("shutting down")
+    os.kill(served.process.pid, signal.SIGTERM)
+    assert served.process.wait(30) == 0
+    calling.join(10)
+    in_reactor.run(_disconnect, factory)
+    served.stop()
+    assert answers == [pid]
+    assert "Traceback" not in served.log, served.log
+    assert not any(_alive(each) for each in workers.values())
