@@ -117,3 +117,36 @@ def adopt_shared_unix_port(reactor: Any, fd: int, factory: Any) -> Any:
     port = _SharedUnixPort._fromListeningDescriptor(reactor, fd, factory)
     port.startListening()
     return port
+
+
+def accept_one_at_a_time(port: Any) -> None:
+    """
+    Make a listening port accept one connection per turn of the event
+    loop. Twisted's C{tcp.Port.doRead} accepts up to C{numberAccepts} in a
+    row (100 at first, growing by 20 each time it takes them all), so of
+    workers sharing one listening socket the first woken took a whole
+    burst: 49 of 50 logins that arrived at once, here. One a turn, the
+    workers take turns, and a busy one takes fewer. Uses C{numberAccepts}.
+    """
+    read = port.doRead
+
+    def read_one() -> Any:
+        port.numberAccepts = 1
+        result = read()
+        if port.connected:
+            # Out of the next turns' polls for a moment: the next
+            # connection of a burst goes to another worker.
+            port.stopReading()
+            port.reactor.callLater(ACCEPT_PAUSE, _resume, port)
+        return result
+
+    port.doRead = read_one
+
+
+# Seconds a worker's port sits out after accepting, while others accept.
+ACCEPT_PAUSE = 0.001
+
+
+def _resume(port: Any) -> None:
+    if port.connected:
+        port.startReading()

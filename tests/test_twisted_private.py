@@ -164,3 +164,33 @@ def test_a_half_made_remote_reference_writes_nothing_when_collected(monkeypatch)
         connection.server.unserialize([b"remote"])
     gc.collect()
     assert unraisable == []
+
+
+def test_a_port_made_to_accept_one_at_a_time_takes_one_connection_a_turn():
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    built: list[Protocol] = []
+
+    class Counting(Factory):
+        def buildProtocol(self, addr: Any) -> Protocol:
+            built.append(Protocol())
+            return built[-1]
+
+    port = tcp.Port(0, Counting(), interface="127.0.0.1", reactor=MemoryReactorClock())
+    port.startListening()
+    twisted_private.accept_one_at_a_time(port)
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(3)]
+    try:
+        for turn in (1, 2, 3):
+            port.doRead()
+            assert len(built) == turn
+    finally:
+        for each in clients:
+            each.close()
+        for protocol in built:
+            protocol.transport.socket.close()
+        port.socket.close()
