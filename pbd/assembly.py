@@ -619,7 +619,7 @@ def _endpoint(
     if not _ssl_files_readable(description, path, problems):
         return None
     try:
-        return serverFromString(reactor, description)
+        return serverFromString(reactor, endpoint_strings.with_default_backlog(description))
     except (IndexError, KeyError) as e:
         if is_systemd:
             problems.append(Problem(path, _systemd_problem(e)))

@@ -184,3 +184,27 @@ def ssl_files(description: str) -> tuple[str, str] | None:
     key = keywords.get("privateKey", positional[1] if len(positional) > 1 else _SSL_DEFAULT_KEY)
     certificate = keywords.get("certKey", positional[2] if len(positional) > 2 else key)
     return key, certificate
+
+
+# How many connections the kernel may queue on a listener before pbd
+# accepts them. Twisted's 50 loses connections of a reconnect storm (a third
+# of 200 logins at once, here); Linux caps it at net.core.somaxconn.
+DEFAULT_BACKLOG = 1024
+# Where each endpoint type takes its backlog when given by position
+# (segment 0 is the type).
+_BACKLOG_POSITION = {"tcp": 3, "tcp6": 2, "ssl": 6, "unix": 3}
+
+
+def with_default_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """
+    C{description} with C{:backlog=N} added where it is a C{tcp:}, C{tcp6:},
+    C{ssl:} or C{unix:} endpoint that does not set its backlog; any other
+    endpoint (C{systemd:}, whose socket unit sets it) as it is.
+    """
+    parts = segments(description)
+    position = _BACKLOG_POSITION.get(parts[0].value.lower() if parts[0].key is None else "")
+    if position is None or any(part.key == "backlog" for part in parts):
+        return description
+    if len([part for part in parts if part.key is None]) > position:
+        return description  # given by position
+    return f"{description}:backlog={backlog}"

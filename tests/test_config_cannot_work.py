@@ -318,3 +318,25 @@ def test_an_escaped_ipv6_interface_serves(start_daemon, tmp_path):
         reactor.connectTCP("::1", port, factory, timeout=10)
 
     assert in_reactor.run(call_as, port, "alice", "secret", "whoami", connect=connect) == "alice"
+
+
+@pytest.mark.parametrize(
+    ("written", "served"),
+    [
+        ("tcp:8787", "tcp:8787:backlog=1024"),
+        ("tcp:8787:interface=127.0.0.1", "tcp:8787:interface=127.0.0.1:backlog=1024"),
+        ("tcp:8787:backlog=5", "tcp:8787:backlog=5"),
+        ("tcp:8787:127.0.0.1:64", "tcp:8787:127.0.0.1:64"),  # given by position
+        ("tcp6:8787:64", "tcp6:8787:64"),
+        ("tcp6:8787", "tcp6:8787:backlog=1024"),
+        ("ssl:8788:privateKey=k.pem", "ssl:8788:privateKey=k.pem:backlog=1024"),
+        ("ssl:8788:k.pem:c.pem:TLS:0.0.0.0:64", "ssl:8788:k.pem:c.pem:TLS:0.0.0.0:64"),
+        ("unix:/run/pbd.sock:mode=660", "unix:/run/pbd.sock:mode=660:backlog=1024"),
+        ("unix:/run/pbd.sock:660:64", "unix:/run/pbd.sock:660:64"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_a_listener_that_sets_no_backlog_gets_pbds(written, served):
+    from pbd.endpoint_strings import with_default_backlog
+
+    assert with_default_backlog(written) == served

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from typing import Any
 
 import in_reactor
 from configs import echo_config
@@ -59,4 +60,34 @@ def test_idle_connections_from_many_addresses_cannot_keep_a_real_user_out(tmp_pa
     finally:
         for connection in held:
             connection.close()
+        daemon.stop()
+
+
+def test_a_storm_of_logins_at_once_from_many_addresses_all_get_in(tmp_path):
+    """Twisted's listen backlog of 50 lost a third of 200 logins at once; pbd's is 1,024."""
+    from pb_client import login
+    from twisted.internet import defer, reactor
+
+    daemon = Daemon(write_config(tmp_path, echo_config())).wait_until_ready()
+    try:
+        port = daemon.port("demo")
+
+        async def storm() -> list:
+            async def one(number: int) -> str:
+                def connect(factory: Any) -> None:
+                    source = (f"127.0.{2 + number // 200}.{1 + number % 200}", 0)
+                    reactor.connectTCP("127.0.0.1", port, factory, timeout=10, bindAddress=source)
+
+                factory, avatar = await login(port, connect=connect)
+                try:
+                    return await avatar.callRemote("whoami")
+                finally:
+                    factory.disconnect()
+
+            return await defer.gatherResults(
+                [defer.ensureDeferred(one(n)) for n in range(300)], consumeErrors=True
+            )
+
+        assert in_reactor.run(storm, timeout=60) == [None] * 300
+    finally:
         daemon.stop()
