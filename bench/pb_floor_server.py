@@ -15,14 +15,9 @@ Listens on a free loopback port, prints C{PB floor serving on
 
 from __future__ import annotations
 
-import sys
-import threading
 from typing import Any
 
-from raw_pb_server import EchoRealm
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.portal import Portal
-from twisted.internet import reactor
+from raw_pb_server import serve
 from twisted.spread import banana, pb
 
 _INT = 0x81
@@ -95,18 +90,7 @@ class FloorBroker(pb.Broker):
 
 
 def main() -> None:
-    checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
-    factory = pb.PBServerFactory(Portal(EchoRealm(), [checker]))
-    factory.protocol = FloorBroker
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    print(f"PB floor serving on 127.0.0.1:{port.getHost().port}", flush=True)
-
-    def stop_when_stdin_closes() -> None:
-        sys.stdin.read()
-        reactor.callFromThread(lambda: reactor.running and reactor.stop())
-
-    threading.Thread(target=stop_when_stdin_closes, daemon=True).start()
-    reactor.run()
+    serve("PB floor", FloorBroker)
 
 
 if __name__ == "__main__":

@@ -44,13 +44,23 @@ def _stop() -> None:
         reactor.stop()
 
 
-def main() -> None:
+def serve(name: str, protocol: type[pb.Broker] = pb.Broker) -> None:
+    """
+    Serve the echo realm (alice, secret) with brokers of C{protocol} on a
+    free loopback port, say C{NAME serving on 127.0.0.1:PORT}, and run
+    until standard input closes (the floors use it too).
+    """
     checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
-    portal = Portal(EchoRealm(), [checker])
-    port = reactor.listenTCP(0, pb.PBServerFactory(portal), interface="127.0.0.1")
-    print(f"raw PB serving on 127.0.0.1:{port.getHost().port}", flush=True)
+    factory = pb.PBServerFactory(Portal(EchoRealm(), [checker]))
+    factory.protocol = protocol
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    print(f"{name} serving on 127.0.0.1:{port.getHost().port}", flush=True)
     threading.Thread(target=_stop_when_stdin_closes, daemon=True).start()
     reactor.run()
+
+
+def main() -> None:
+    serve("raw PB")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,7 @@ import sys
 import threading
 from typing import Any
 
-from raw_pb_server import EchoRealm
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.portal import Portal
+from raw_pb_server import serve
 from twisted.internet import reactor
 from twisted.spread import jelly, pb
 
@@ -160,18 +158,7 @@ def _answer_one(buffer: bytearray, position: int, shapes: list[Shape], pieces: l
 
 
 def main() -> None:
-    checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
-    factory = pb.PBServerFactory(Portal(EchoRealm(), [checker]))
-    factory.protocol = SocketFloorBroker
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    print(f"socket floor serving on 127.0.0.1:{port.getHost().port}", flush=True)
-
-    def stop_when_stdin_closes() -> None:
-        sys.stdin.read()
-        reactor.callFromThread(lambda: reactor.running and reactor.stop())
-
-    threading.Thread(target=stop_when_stdin_closes, daemon=True).start()
-    reactor.run()
+    serve("socket floor", SocketFloorBroker)
 
 
 if __name__ == "__main__":
