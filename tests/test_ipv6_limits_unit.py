@@ -126,14 +126,19 @@ def test_the_slash_64s_of_a_site_share_its_unauthenticated_allowance():
     assert server.connect(_in_site(8)) is not None
 
 
-def test_the_slash_64s_of_a_site_share_its_connection_rate():
+def _rate_limited(site_share: int) -> Server:
+    """A server where an address may open 2 connections at once, then 1 a second."""
     limits = Limits(
         connections_per_second_per_address=1,
         connection_burst_per_address=2,
-        site_share=2,
+        site_share=site_share,
         unauthenticated_per_address=100,
     )
-    server = Server(limits)
+    return Server(limits)
+
+
+def test_the_slash_64s_of_a_site_share_its_connection_rate():
+    server = _rate_limited(site_share=2)
     assert None not in [server.connect(_in_site(n)) for n in range(1, 5)]
     with LogCapture() as events:
         assert server.connect(_in_site(5)) is None
@@ -209,13 +214,7 @@ def test_the_slash_64s_of_a_site_share_its_log_lines():
 
 
 def test_a_sites_refusals_are_counted_as_site_share_and_spare_the_slash_64s_own_allowance():
-    limits = Limits(
-        connections_per_second_per_address=1,
-        connection_burst_per_address=2,
-        site_share=1,
-        unauthenticated_per_address=100,
-    )
-    server = Server(limits)
+    server = _rate_limited(site_share=1)
     assert None not in [server.connect(_in_site(1)), server.connect(_in_site(2))]
     # The site's burst of 2 is spent: the third /64 is refused by its site,
     # again and again, and keeps its own burst of 2 meanwhile.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 from memory_pb import LogCapture, Server, echo_portal, remote_type
@@ -119,14 +120,21 @@ class CountingChecker(MemoryChecker):
         return super().requestAvatarId(credentials)
 
 
-def test_checks_are_shared_round_robin_between_addresses():
-    ran = []
+def _recording_submit() -> tuple[list, list[defer.Deferred], Any]:
+    """A pool's submit that records each check's first argument and holds it until fired."""
+    ran: list = []
     finish: list[defer.Deferred] = []
 
     def submit(function, *args):
         ran.append(args[0])
         finish.append(defer.Deferred())
         return finish[-1]
+
+    return ran, finish, submit
+
+
+def test_checks_are_shared_round_robin_between_addresses():
+    ran, finish, submit = _recording_submit()
 
     pool = HashPool(1, max_pending=256, max_pending_per_address=4, submit=submit)
     for number in range(4):
@@ -172,13 +180,7 @@ def test_a_key_with_thousands_of_failures_is_still_answered():
 
 
 def test_addresses_that_fail_often_wait_until_the_others_have_had_their_turn():
-    ran = []
-    finish: list[defer.Deferred] = []
-
-    def submit(function, *args):
-        ran.append(args[0])
-        finish.append(defer.Deferred())
-        return finish[-1]
+    ran, finish, submit = _recording_submit()
 
     pool = HashPool(1, submit=submit, suspect=lambda address: address.startswith("guesser"))
     pool.run("guesser-1", None, "g1-0")
@@ -251,13 +253,7 @@ def test_a_site_that_failed_often_is_suspect_as_a_whole():
 
 
 def test_a_slash_64_that_failed_often_waits_behind_everyone_but_its_site_mates_do_not():
-    ran = []
-    finish: list[defer.Deferred] = []
-
-    def submit(function, *args):
-        ran.append(args[0])
-        finish.append(defer.Deferred())
-        return finish[-1]
+    ran, finish, submit = _recording_submit()
 
     guesser = _slash_64(1)
     pool = HashPool(1, submit=submit, suspect=lambda key: key == guesser)

@@ -129,6 +129,19 @@ def _restarted(daemon: Daemon, index: int, pid: int) -> int:
     return _worker_pids(daemon)[index]
 
 
+def _slow_call_under_way(avatar: Any) -> tuple[threading.Thread, list[Any]]:
+    """A call of 1.5 s, started and under way: its thread, and the list its answer goes to."""
+
+    async def slow() -> int:
+        return await avatar.callRemote("slow_pid", 1.5)
+
+    answers: list[Any] = []
+    calling = threading.Thread(target=lambda: answers.append(in_reactor.run(slow)))
+    calling.start()
+    time.sleep(0.3)  # the call is under way
+    return calling, answers
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -207,13 +220,7 @@ def test_sigterm_lets_the_calls_in_flight_finish_then_everything_exits(daemon):
     workers = _worker_pids(served)
     factory, avatar, pid = _held(served.port("who"))
 
-    async def slow() -> int:
-        return await avatar.callRemote("slow_pid", 1.5)
-
-    answers: list[Any] = []
-    calling = threading.Thread(target=lambda: answers.append(in_reactor.run(slow)))
-    calling.start()
-    time.sleep(0.3)  # the call is under way: it takes 1.5 s
+    calling, answers = _slow_call_under_way(avatar)
     assert served.stop() == 0
     calling.join(10)
     assert answers == [pid]
@@ -421,13 +428,7 @@ def test_sigterm_to_every_process_as_systemd_stops_logs_no_traceback(daemon):
     workers = _worker_pids(served)
     factory, avatar, pid = _held(served.port("who"))
 
-    async def slow() -> int:
-        return await avatar.callRemote("slow_pid", 1.5)
-
-    answers: list[Any] = []
-    calling = threading.Thread(target=lambda: answers.append(in_reactor.run(slow)))
-    calling.start()
-    time.sleep(0.3)  # the call is under way: its worker waits for it to stop
+    calling, answers = _slow_call_under_way(avatar)  # its worker waits for it to stop
     # systemd's stop signals the whole control group; the worker hears it
     # first, then the main tells it to stop as well.
     os.kill(pid, signal.SIGTERM)
