@@ -26,9 +26,13 @@ from pbd.limits import Limits
 if TYPE_CHECKING:
     from pbd.metrics import Metrics
 
+# Connections a listener accepts in one turn of the event loop (Twisted's
+# own count grows without bound while a queue lasts).
+ACCEPTS_PER_TURN = 40
+
 # Descriptors kept for listeners, log files, password files and threads,
-# and for the connections Twisted accepts in one go (up to 100) while those
-# that make room for them are still closing.
+# and for the connections dropped to make room, which close a turn or two
+# after those that replace them were accepted: three turns' worth.
 DESCRIPTOR_HEADROOM = 192
 
 

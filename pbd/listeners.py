@@ -21,10 +21,12 @@ from twisted.python.failure import Failure
 
 from pbd.assembly import Listener
 from pbd.config import ListenerConfig
+from pbd.connections import ACCEPTS_PER_TURN
 from pbd.directory import Directory
 from pbd.endpoint_strings import bound_address
 from pbd.errors import ListenError
 from pbd.root import PortalRoot
+from pbd.twisted_private import limit_accepts_per_turn
 
 log = Logger()
 
@@ -295,6 +297,7 @@ def _listen_now(listener: Listener, factory: Any) -> IListeningPort:
         raise ListenError(
             f"{config.key_path} ({config.endpoint}): cannot listen: {reason}{_lock_holder(config)}"
         )
+    limit_accepts_per_turn(result, ACCEPTS_PER_TURN)
     return result
 
 

@@ -119,6 +119,28 @@ def adopt_shared_unix_port(reactor: Any, fd: int, factory: Any) -> Any:
     return port
 
 
+def limit_accepts_per_turn(port: Any, most: int) -> None:
+    """
+    Make a listening port accept at most C{most} connections per turn of the
+    event loop. Twisted's C{tcp.Port.doRead} accepts up to C{numberAccepts}
+    in a row, 100 at first and 20 more each time it takes them all, without
+    bound: a queue of 600 idle connections grew it to 180, and the
+    descriptors of a turn's connections and of those dropped to make room
+    for them (closed a turn or two later) ran the daemon out. Uses
+    C{numberAccepts}; ports without it (none of Twisted's stream ports) are
+    left as they are.
+    """
+    if not hasattr(port, "numberAccepts"):
+        return
+    read = port.doRead
+
+    def read_at_most() -> Any:
+        port.numberAccepts = min(port.numberAccepts, most)
+        return read()
+
+    port.doRead = read_at_most
+
+
 def accept_one_at_a_time(port: Any) -> None:
     """
     Make a listening port accept one connection per turn of the event

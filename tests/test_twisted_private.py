@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.python.systemd import ListenFDs
@@ -166,7 +167,9 @@ def test_a_half_made_remote_reference_writes_nothing_when_collected(monkeypatch)
     assert unraisable == []
 
 
-def test_a_port_made_to_accept_one_at_a_time_takes_one_connection_a_turn():
+@contextlib.contextmanager
+def _listening_port(clients: int) -> Iterator[tuple[Any, list[Any]]]:
+    """A real loopback port on a memory reactor, C{clients} queued, and what it built."""
     import socket
 
     from twisted.internet import tcp
@@ -180,17 +183,32 @@ def test_a_port_made_to_accept_one_at_a_time_takes_one_connection_a_turn():
             built.append(Protocol())
             return built[-1]
 
-    port = tcp.Port(0, Counting(), interface="127.0.0.1", reactor=MemoryReactorClock())
+    port = tcp.Port(0, Counting(), 256, "127.0.0.1", MemoryReactorClock())
     port.startListening()
-    twisted_private.accept_one_at_a_time(port)
-    clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(3)]
+    address = ("127.0.0.1", port.getHost().port)
+    queued = [socket.create_connection(address) for _ in range(clients)]
     try:
-        for turn in (1, 2, 3):
-            port.doRead()
-            assert len(built) == turn
+        yield port, built
     finally:
-        for each in clients:
+        for each in queued:
             each.close()
         for protocol in built:
             protocol.transport.socket.close()
         port.socket.close()
+
+
+def test_a_port_made_to_accept_one_at_a_time_takes_one_connection_a_turn():
+    with _listening_port(clients=3) as (port, built):
+        twisted_private.accept_one_at_a_time(port)
+        for turn in (1, 2, 3):
+            port.doRead()
+            assert len(built) == turn
+
+
+def test_a_port_with_a_limit_never_takes_more_a_turn_though_twisted_would_grow_it():
+    with _listening_port(clients=150) as (port, built):
+        port.numberAccepts = 500  # what a long queue grows Twisted's own count to
+        twisted_private.limit_accepts_per_turn(port, 40)
+        for taken in (40, 80, 120, 150):
+            port.doRead()
+            assert len(built) == taken
