@@ -10,7 +10,7 @@ import base64
 from collections import Counter
 
 import pytest
-from memory_pb import LogCapture, Server, at_once, echo_portal, remote_type
+from memory_pb import LogCapture, Server, checks_here, echo_portal, remote_type
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, task
@@ -20,7 +20,6 @@ from zope.interface import directlyProvides
 
 from pbd.checkers import MemoryChecker, PasswordFileChecker
 from pbd.credentials import IUserStore
-from pbd.hashpool import HashPool
 from pbd.passwdfile import hash_password
 from pbd.portals import CheckerChain
 from pbd.scram import ClientExchange, Verifier
@@ -36,8 +35,7 @@ class CountingStore(UserStoreChecker):
     """Users whose password checks are counted: the real users' and the decoy's."""
 
     def __init__(self, **users):
-        self.clock = task.Clock()
-        self.useHashPool(HashPool(submit=at_once))
+        checks_here(self)
         self.checked = Counter()
         self.users = {name: self._user(name, password) for name, password in users.items()}
         # A store times each kind of hash once, on one of its users: done now, not counted.
@@ -216,9 +214,7 @@ def test_a_store_that_does_not_decide_never_lets_anyone_in():
     chain = CheckerChain("demo", [CountingStore(alice="a"), Careless(alice="b")])
     assert plain(chain, "alice", "b") == "wrong password for 'alice'"
     # And the bundled stores' refuseUnknown refuses even the right password.
-    store = MemoryChecker(users={"alice": "secret"})
-    store.useHashPool(HashPool(submit=at_once))
-    store.clock = task.Clock()
+    store = checks_here(MemoryChecker(users={"alice": "secret"}))
     results = []
     store.refuseUnknown(UsernamePassword(b"alice", b"secret")).addBoth(results.append)
     assert str(results[0].value) == "unknown user 'alice'"
@@ -238,10 +234,7 @@ def _argon2_store(tmp_path):
     (tmp_path / "users").write_text(
         f"sam:{hash_password('sam-pw')}\nada:{hash_password('ada-pw', 'argon2')}\n"
     )
-    store = PasswordFileChecker(file="users", config_dir=tmp_path)
-    store.useHashPool(HashPool(submit=at_once))
-    store.clock = task.Clock()
-    return store
+    return checks_here(PasswordFileChecker(file="users", config_dir=tmp_path))
 
 
 def _scram(connection, user, password):

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import in_reactor
 import pytest
-from memory_pb import LogCapture, at_once
+from memory_pb import LogCapture, checks_here
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from pbd.checkers import CertificateChecker, MemoryChecker, PasswordFileChecker
 from pbd.credentials import CertificateSubject, Peer
 from pbd.errors import OptionError
-from pbd.hashpool import HashPool
 from pbd.passwdfile import hash_password
 
 PEER = Peer("10.0.0.1", "test")
@@ -103,9 +102,7 @@ def plain_login(checker, user, password):
 
 
 def test_memory_users_answer_every_mechanism():
-    checker = MemoryChecker(users={"alice": "sécret"})
-    checker.useHashPool(HashPool(submit=at_once))
-    checker.clock = task.Clock()
+    checker = checks_here(MemoryChecker(users={"alice": "sécret"}))
     assert plain_login(checker, b"alice", "sécret".encode()) == b"alice"
     assert checker.scramVerifier("alice").verify_password("sécret")
     assert checker.lookup("alice").name == "alice"
@@ -126,9 +123,7 @@ USERS = {
 def passwd(tmp_path):
     path = tmp_path / "users.passwd"
     path.write_text("".join(f"{u}:{hash_password(p, s)}\n" for u, (p, s) in USERS.items()))
-    checker = PasswordFileChecker(file=path.name, config_dir=tmp_path)
-    checker.useHashPool(HashPool(submit=at_once))
-    checker.clock = task.Clock()
+    checker = checks_here(PasswordFileChecker(file=path.name, config_dir=tmp_path))
     return checker, path
 
 

@@ -12,7 +12,7 @@ from hashlib import md5
 
 import in_reactor
 import pytest
-from memory_pb import at_once
+from memory_pb import at_once, checks_here
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, task
@@ -46,10 +46,7 @@ def md5_login(store, user, password, challenge=b"c" * 16):
 
 
 def memory_store(**users):
-    store = MemoryChecker(users=users)
-    store.useHashPool(HashPool(submit=at_once))
-    store.clock = task.Clock()
-    return store
+    return checks_here(MemoryChecker(users=users))
 
 
 def test_the_reasons_of_an_md5_refusal(tmp_path):
@@ -213,8 +210,7 @@ class NoDecoyStore(UserStoreChecker):
     """A store that cannot make decoys of its own (the base class's default)."""
 
     def __init__(self, users=()):
-        self.clock = task.Clock()
-        self.useHashPool(HashPool(submit=at_once))
+        checks_here(self)
         self.users = {user.name: user for user in users}
         self.verified = 0
 

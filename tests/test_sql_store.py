@@ -25,7 +25,7 @@ import in_reactor
 import pytest
 from certs import Authority
 from configs import LOOPBACK
-from memory_pb import LogCapture, at_once
+from memory_pb import LogCapture, checks_here
 from pb_client import call_as
 from pbd_daemon import PBD, run_twistd, write_config
 from twisted.cred.credentials import UsernamePassword
@@ -35,7 +35,6 @@ from twisted.spread import pb
 
 from pbd import client, sqlstore
 from pbd.checkers import SqlChecker
-from pbd.hashpool import HashPool
 from pbd.passwdfile import hash_password
 
 # Long enough for a busy machine; the daemon polls every 2 s.
@@ -304,9 +303,8 @@ def polled(tmp_path: Path) -> tuple[SqlChecker, task.Clock, Reads]:
     sqlstore.set_password(store, "sam", hash_password("sam-pw", "hex_md5"))
     checker = SqlChecker(database="users.sqlite", timeout=3, stale_after=10, config_dir=tmp_path)
     clock, reads = task.Clock(), Reads()
-    checker.clock = clock
     checker.run_in_thread = reads
-    checker.useHashPool(HashPool(submit=at_once))
+    checks_here(checker, clock)
     return checker, clock, reads
 
 
