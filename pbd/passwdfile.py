@@ -16,7 +16,7 @@ import binascii
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from passlib.context import CryptContext
@@ -74,9 +74,24 @@ class PasswordFileError(ValueError):
 
 @dataclass(frozen=True)
 class PasswordEntry:
+    """
+    One user's stored hash. What logins need of it (its MD5, its SCRAM
+    verifier) is parsed once, here: a malformed hash fails when the file
+    is read, not at login time.
+
+    @raise ValueError: the hash is malformed for its scheme.
+    """
+
     user: str
     hash: str
     scheme: str
+    md5_digest: bytes | None = field(init=False, repr=False, compare=False)
+    scram_verifier: Verifier | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        verifier = Verifier.parse(self.hash) if self.scheme == SCRAM_SCHEME else None
+        object.__setattr__(self, "md5_digest", _md5_digest(self.scheme, self.hash))
+        object.__setattr__(self, "scram_verifier", verifier)
 
     @property
     def plain_only(self) -> bool:
@@ -87,10 +102,6 @@ class PasswordEntry:
         scheme is not such a user.
         """
         return self.scheme != SCRAM_SCHEME and self.scheme not in MD5_CAPABLE_SCHEMES
-
-    @property
-    def scram_verifier(self) -> Verifier | None:
-        return Verifier.parse(self.hash) if self.scheme == SCRAM_SCHEME else None
 
     def verify_plain(self, password: str) -> bool:
         """Check a password sent in full (slow by design: call it off the reactor thread)."""
@@ -103,18 +114,18 @@ class PasswordEntry:
             # bcrypt refuses passwords over 72 bytes or with NUL bytes: no match.
             return False
 
-    @property
-    def md5_digest(self) -> bytes | None:
-        """The password's MD5, which PB's challenge needs, if this hash holds it."""
-        if self.scheme == "hex_md5":
-            digest = bytes.fromhex(self.hash)
-        elif self.scheme == "ldap_md5":
-            digest = base64.b64decode(self.hash[len("{MD5}") :], validate=True)
-        else:
-            return None
-        if len(digest) != 16:
-            raise ValueError("an MD5 is 16 bytes")
-        return digest
+
+def _md5_digest(scheme: str, hashed: str) -> bytes | None:
+    """The password's MD5, which PB's challenge needs, if this hash holds it."""
+    if scheme == "hex_md5":
+        digest = bytes.fromhex(hashed)
+    elif scheme == "ldap_md5":
+        digest = base64.b64decode(hashed[len("{MD5}") :], validate=True)
+    else:
+        return None
+    if len(digest) != 16:
+        raise ValueError("an MD5 is 16 bytes")
+    return digest
 
 
 def parse_password_file(text: str) -> dict[str, PasswordEntry]:
@@ -151,13 +162,10 @@ def password_entry(user: str, hashed: str) -> PasswordEntry:
     if scheme is None:
         known = ", ".join((SCRAM_SCHEME, *SCHEMES))
         raise ValueError(f"hash for {user!r} is in no known format (known: {known})")
-    entry = PasswordEntry(user, hashed, scheme)
     try:
-        entry.md5_digest  # noqa: B018 - fail now, not at login time
-        entry.scram_verifier  # noqa: B018
+        return PasswordEntry(user, hashed, scheme)
     except (ValueError, binascii.Error):
         raise ValueError(f"malformed {scheme} hash for {user!r}") from None
-    return entry
 
 
 def identify(hashed: str) -> str | None:
