@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -53,4 +54,12 @@ class OptionError(ValueError):
 
 
 class ListenError(Exception):
-    """A listener could not start listening; the daemon must not half-start."""
+    """
+    A listener could not start listening; the daemon must not half-start.
+
+    @ivar closed: fires once the ports bound before this one are closed
+        again (a reload waits for it before it says it was rejected, so
+        that nothing connects to them after).
+    """
+
+    closed: Any = None

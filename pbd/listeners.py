@@ -246,8 +246,8 @@ def _bind_all(listeners: Sequence[tuple[str, Listener]], bind: Binder) -> dict[s
         factory = CurrentFactory(listener.factory)
         try:
             port = bind(key, listener, factory)
-        except ListenError:
-            stop_listening([each.port for each in bound.values()])
+        except ListenError as e:
+            e.closed = stop_listening([each.port for each in bound.values()])
             raise
         each = _BoundListener(listener, port, factory)
         if listener.portal_root is not None:

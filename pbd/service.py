@@ -230,10 +230,12 @@ class DaemonService(MultiService):
             if metrics_moved and metrics is not None:
                 try:
                     metrics.listen()
-                except ListenError:
-                    stop_listening([each.port for each in newly_bound.values()])
+                except ListenError as e:
+                    e.closed = stop_listening([each.port for each in newly_bound.values()])
                     raise
         except ListenError as e:
+            if e.closed is not None:
+                await e.closed
             return reload_rejected(source, [f"{source}: {e}"])
         # From here on the new config is in force.
         if metrics_moved:

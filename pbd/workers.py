@@ -404,6 +404,8 @@ class WorkersService(MultiService):
         try:
             newly_bound = self.listeners.bind_new(assembly.listeners)
         except ListenError as e:
+            if e.closed is not None:
+                await e.closed
             return reload_rejected(source, [f"{source}: {e}"])
         for each in newly_bound.values():
             _not_reading(each.port)
