@@ -191,13 +191,16 @@ class Daemon:
             # Woken by each line; the timeout only notices an exit without output.
             self._changed.wait(min(remaining, 0.5))
 
-    def wait_for_line(self, needle: str, timeout: float = 20) -> str:
+    def wait_for_line(self, needle: str, timeout: float = 20, after: int = 0) -> str:
         """
         Wait until a logged line contains C{needle} and return it.
 
+        @param after: look only at lines from this index on: C{len(daemon.lines)}
+            taken before an action waits for what the action logs, not for
+            an earlier line that says the same.
         @raise DaemonFailedError: the daemon exited first, or C{timeout} passed.
         """
-        seen = 0
+        seen = after
 
         def found() -> str | None:
             nonlocal seen

@@ -174,8 +174,9 @@ def test_the_daemon_reloads_the_file_and_keeps_logged_in_users(start_daemon, tmp
 
         # Repaired, and reloaded at once on SIGHUP.
         path.write_text(path.read_text().replace("no colon on this line\n", ""))
+        before = len(daemon.lines)
         os.kill(daemon.process.pid, signal.SIGHUP)
-        daemon.wait_for_line("reloaded, 2 user(s)")
+        daemon.wait_for_line("reloaded, 2 user(s)", after=before)
 
         async def still_there():
             return await alice.callRemote("whoami")
