@@ -56,6 +56,16 @@ async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds)
 
 
+async def until(condition: Callable[[], Any], seconds: float = 10.0) -> Any:
+    """Check C{condition} every few milliseconds until it is true (returned), or fail."""
+    deadline = reactor.seconds() + seconds
+    while not (result := condition()):
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"not true within {seconds:g} s: {condition}")
+        await sleep(0.005)
+    return result
+
+
 def call(function: Callable[..., Any], *args: Any) -> Any:
     """
     Call a plain function in the reactor thread and return its result:

@@ -26,6 +26,7 @@ from pbd.mechanisms import servable
 from pbd.portals import CheckerChain, PortalEntry
 from pbd.root import PortalRoot
 from pbd.session import FrontDoor
+from pbd.userstore import UserStoreChecker
 from realms.echo import EchoRealm
 
 
@@ -78,7 +79,7 @@ class Server:
         entries = self.entries or [echo_portal()]
         for entry in entries:
             for checker in entry.checkers:
-                if isinstance(checker, MemoryChecker):
+                if isinstance(checker, UserStoreChecker):
                     checker.useHashPool(self.pool)
                     checker.clock = self.clock
                     checker.timer = _still

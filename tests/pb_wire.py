@@ -190,6 +190,8 @@ class RawPeer:
 
         @raise HungError: neither happened within C{timeout}.
         """
+        if until is None and not data:
+            return not self.closed  # nothing to send, nothing to wait for
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         view = memoryview(data)
         while True:

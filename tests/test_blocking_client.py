@@ -70,10 +70,11 @@ def test_errors_are_pbd_clients(start_daemon):
 
 def test_nobody_listening():
     with socket.socket() as unused:
+        # Held bound, never listening: no other program can take the port meanwhile.
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    with pytest.raises(ConnectFailedError, match=f"cannot connect to 127.0.0.1:{port}"):
-        pbd.blocking.login(f"pb://alice@127.0.0.1:{port}/demo", password="secret")
+        with pytest.raises(ConnectFailedError, match=f"cannot connect to 127.0.0.1:{port}"):
+            pbd.blocking.login(f"pb://alice@127.0.0.1:{port}/demo", password="secret")
 
 
 def _silent_server(close: bool) -> tuple[int, threading.Event]:

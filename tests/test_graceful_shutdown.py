@@ -88,26 +88,35 @@ def test_a_new_connection_is_refused_once_stopping(slow_daemon):
     daemon = slow_daemon(shutdown_timeout=30)
     port = _port(daemon)
 
-    async def late_connection() -> str:
+    async def slow_call_under_way() -> tuple[pb.PBClientFactory, defer.Deferred]:
         factory = pb.PBClientFactory()
         reactor.connectTCP("127.0.0.1", port, factory, timeout=10)
         root = await factory.getRootObject()
         answer = root.callRemote("slow", 2.0)
         await root.callRemote("slow", 0)
-        os.kill(daemon.process.pid, signal.SIGTERM)
-        await in_reactor.sleep(0.5)  # the daemon is waiting for the slow call
+        return factory, answer
+
+    async def late_connection() -> str:
         late = pb.PBClientFactory()
         reactor.connectTCP("127.0.0.1", port, late, timeout=5)
         try:
             await late.getRootObject()
-            outcome = "accepted"
+            return "accepted"
         except error.ConnectionRefusedError:
-            outcome = "refused"
-        assert await answer == "done"
-        factory.disconnect()
-        return outcome
+            return "refused"
 
+    async def finished(factory: pb.PBClientFactory, answer: defer.Deferred) -> str:
+        try:
+            return await answer
+        finally:
+            factory.disconnect()
+
+    factory, answer = in_reactor.run(slow_call_under_way)
+    os.kill(daemon.process.pid, signal.SIGTERM)
+    # The daemon is waiting for the slow call, its port closed.
+    daemon.wait_for_line(f"(TCP Port {port} Closed)")
     assert in_reactor.run(late_connection) == "refused"
+    assert in_reactor.run(finished, factory, answer) == "done"
     assert daemon.process.wait(30) == 0
 
 

@@ -256,8 +256,7 @@ def test_disconnect_closes_the_connection(served):
     async def login_then_disconnect():
         avatar = await client.login(f"pb://alice@127.0.0.1:{port}", "secret")
         client.disconnect(avatar)
-        await in_reactor.sleep(0.2)
-        return avatar.broker.disconnected
+        return await in_reactor.until(lambda: avatar.broker.disconnected)
 
     assert run(login_then_disconnect)
 
@@ -268,7 +267,7 @@ def test_a_refused_login_closes_the_connection(served):
     with LogCapture() as events:
         with pytest.raises(UnauthorizedLogin):
             run(whoami, f"pb://alice@127.0.0.1:{port}", "wrong")
-        run(in_reactor.sleep, 0.2)
+        run(in_reactor.until, lambda: server.door.connections.count == 0)
     assert [e for e in events if e.get("pbd_event") == "logout"] == []
     assert server.door.connections.waiting("10.0.0.1") == 0
     assert server.door.connections.waiting("127.0.0.1") == 0

@@ -6,10 +6,10 @@ import base64
 from hashlib import md5
 
 import pytest
+from memory_pb import at_once, checks_here
 from twisted.cred.checkers import AllowAnonymousAccess
 from twisted.cred.credentials import Anonymous, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from pbd.checkers import MemoryChecker
@@ -51,16 +51,8 @@ def test_malformed_lines_are_named(text, message):
         parse_password_file(text)
 
 
-def _at_once(function, *args):
-    return defer.maybeDeferred(function, *args)
-
-
 def _memory_checker(users):
-    from pbd.hashpool import HashPool
-
-    checker = MemoryChecker(users=users)
-    checker.useHashPool(HashPool(submit=_at_once))
-    return checker
+    return checks_here(MemoryChecker(users=users))
 
 
 def _outcome(d):
@@ -101,7 +93,7 @@ def test_passwords_bcrypt_cannot_take_never_match_and_are_refused_when_set():
 def test_password_checks_past_the_bound_are_refused_not_queued():
     from pbd.hashpool import HashPool
 
-    pool = HashPool(max_pending=0, submit=_at_once)
+    pool = HashPool(max_pending=0, submit=at_once)
     refused = _outcome(pool.run("10.0.0.1", lambda: "never run"))
     assert isinstance(refused, Failure) and refused.check(UnauthorizedLogin)
     assert "password checks under way" in str(refused.value)

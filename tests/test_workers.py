@@ -131,14 +131,18 @@ def _restarted(daemon: Daemon, index: int, pid: int) -> int:
 
 def _slow_call_under_way(avatar: Any) -> tuple[threading.Thread, list[Any]]:
     """A call of 1.5 s, started and under way: its thread, and the list its answer goes to."""
+    under_way = threading.Event()
 
     async def slow() -> int:
-        return await avatar.callRemote("slow_pid", 1.5)
+        answer = avatar.callRemote("slow_pid", 1.5)
+        await avatar.callRemote("pid")  # answered in order: the slow call has arrived
+        under_way.set()
+        return await answer
 
     answers: list[Any] = []
     calling = threading.Thread(target=lambda: answers.append(in_reactor.run(slow)))
     calling.start()
-    time.sleep(0.3)  # the call is under way
+    assert under_way.wait(30), "the slow call never got under way"
     return calling, answers
 
 
