@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import time
 from pathlib import Path
 
 import in_reactor
@@ -113,11 +115,21 @@ def test_a_new_connection_is_refused_once_stopping(slow_daemon):
 
     factory, answer = in_reactor.run(slow_call_under_way)
     os.kill(daemon.process.pid, signal.SIGTERM)
-    # The daemon is waiting for the slow call, its port closed.
+    # The daemon is waiting for the slow call, its port closing (Twisted
+    # logs this line just before it closes the socket).
     daemon.wait_for_line(f"(TCP Port {port} Closed)")
+    deadline = time.monotonic() + 10
+    while _accepts(port):
+        assert time.monotonic() < deadline, "the port stayed open"
+        time.sleep(0.01)
     assert in_reactor.run(late_connection) == "refused"
     assert in_reactor.run(finished, factory, answer) == "done"
     assert daemon.process.wait(30) == 0
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_a_second_signal_while_stopping_says_so_in_one_line(slow_daemon):
