@@ -51,9 +51,9 @@ def test_streams_after_login(target, stream):
     target.check_daemon()
 
 
-# About 17 s here alone (the per-address connection rate paces the logins);
-# past 60 s on a loaded machine. Each exchange has its own deadline, so a
-# hang still fails fast.
+# A few seconds here alone, more on a loaded machine (the per-address
+# connection rate paces the logins). Each exchange has its own deadline,
+# so a hang still fails fast.
 @pytest.mark.timeout(180)
 @FUZZ
 @given(mutation=strategy(login_mutation))
