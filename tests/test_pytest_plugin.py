@@ -76,7 +76,7 @@ def test_calls(pbd_daemon):
         assert [counter.call("add", 1), counter.call("add", 1)] == [1, 2]
     with pytest.raises(UnauthorizedLogin):
         daemon.call("whoami", user="alice", password="wrong")
-    assert "login accepted: user 'alice'" in daemon.log
+    daemon.wait_for_line("login accepted: user 'alice'")
     print("PID", daemon.process.pid)
 
 

@@ -144,6 +144,7 @@ def test_a_realm_that_raises_refuses_that_login_only_and_is_logged_once(pbd_daem
         assert (refusal.remoteType, str(refusal)) == (REFUSED, "refused")
     # The daemon keeps serving.
     assert daemon.call("hello", user="alice", password="a-pw") == "hello"
+    daemon.wait_for_line("login accepted: user 'alice'")  # may follow the answer by a moment
 
     log = daemon.log
     lines = [x for x in log.splitlines() if "a login to portal 'demo' from 127.0.0.1 failed" in x]
