@@ -12,8 +12,10 @@ from pbd_daemon import Daemon, write_config
 
 
 @pytest.fixture(scope="session", autouse=True)
-def reactor_thread() -> None:
+def reactor_thread() -> Iterator[None]:
     in_reactor.start()
+    yield
+    in_reactor.stop()
 
 
 @pytest.fixture(autouse=True)

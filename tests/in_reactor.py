@@ -27,6 +27,20 @@ def start() -> None:
         _thread.start()
 
 
+def stop(timeout: float = 10) -> None:
+    """
+    Stop the reactor and its thread pool: a pool thread that a test started
+    from its own thread is not a daemon thread, and would keep pytest from
+    exiting after the last test.
+    """
+    global _thread
+    if _thread is None:
+        return
+    reactor.callFromThread(reactor.stop)
+    _thread.join(timeout)
+    _thread = None
+
+
 def run(
     function: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 30, **kwargs: Any
 ) -> Any:

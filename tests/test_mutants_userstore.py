@@ -100,12 +100,12 @@ def test_plain_checks_are_queued_by_the_peers_address_and_ipv6_site():
 
 def test_without_a_pool_of_its_own_a_store_makes_one():
     store = MemoryChecker(users={"alice": "secret"})
-    d = store.requestAvatarId(UsernamePassword(b"alice", b"secret"))
 
-    async def wait():
-        return await d
+    async def login():
+        # In the reactor's thread: the reactor's pool is then started there.
+        return await store.requestAvatarId(UsernamePassword(b"alice", b"secret"))
 
-    assert in_reactor.run(wait) == b"alice"
+    assert in_reactor.run(login) == b"alice"
 
 
 class Stopwatch:
