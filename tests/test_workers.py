@@ -52,7 +52,10 @@ def daemon(tmp_path):
     def start(config: dict[str, Any] | str) -> Daemon:
         each = Daemon(write_config(tmp_path, config), env=ON_PATH)
         started.append(each)
-        return each.wait_until_ready()
+        each.wait_until_ready()
+        # "pbd ready" says the listeners are bound; the workers may still be starting.
+        each.wait_for_line("workers serve")
+        return each
 
     yield start
     for each in started:
