@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 @dataclass(frozen=True)
@@ -62,4 +65,4 @@ class ListenError(Exception):
         that nothing connects to them after).
     """
 
-    closed: Any = None
+    closed: Deferred[Any] | None = None
