@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,15 @@ BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
 PBD = str(BIN / "pbd")
 READY = plugin.READY_LINE
+
+
+def wait_until(condition: Any, what: str, timeout: float = 10, every: float = 0.05) -> None:
+    """In a test's thread: until C{condition()} holds, or fail saying C{what} did not happen."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(every)
 
 
 def write_config(directory: Path, config: dict[str, Any] | str, name: str = "pbd.yaml") -> Path:

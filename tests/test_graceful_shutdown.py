@@ -11,13 +11,12 @@ import os
 import re
 import signal
 import socket
-import time
 from pathlib import Path
 
 import in_reactor
 import pytest
 from configs import LOOPBACK
-from pbd_daemon import Daemon, write_config
+from pbd_daemon import Daemon, wait_until, write_config
 from twisted.internet import defer, error, reactor
 from twisted.spread import pb
 
@@ -118,10 +117,7 @@ def test_a_new_connection_is_refused_once_stopping(slow_daemon):
     # The daemon is waiting for the slow call, its port closing (Twisted
     # logs this line just before it closes the socket).
     daemon.wait_for_line(f"(TCP Port {port} Closed)")
-    deadline = time.monotonic() + 10
-    while _accepts(port):
-        assert time.monotonic() < deadline, "the port stayed open"
-        time.sleep(0.01)
+    wait_until(lambda: not _accepts(port), "the port closed", every=0.01)
     assert in_reactor.run(late_connection) == "refused"
     assert in_reactor.run(finished, factory, answer) == "done"
     assert daemon.process.wait(30) == 0

@@ -15,14 +15,13 @@ import os
 import re
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import in_reactor
 import pytest
 from certs import make_server_certificate
 from configs import LOOPBACK
-from pbd_daemon import TWISTD, Daemon, run_pbd, write_config
+from pbd_daemon import TWISTD, Daemon, run_pbd, wait_until, write_config
 from sample_roots import Frog, HowtoRoot, Note, Receiver, Stowaway
 from twisted.internet import reactor, ssl
 from twisted.spread import pb
@@ -331,14 +330,7 @@ def test_connections_to_a_root_are_capped_per_address(served):
     finally:
         for connection in held:
             connection.close()
-    _wait_until(lambda: served.count("refusing a connection from 127.0.0.4") == 1)
-
-
-def _wait_until(condition, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: served.count("refusing a connection from 127.0.0.4") == 1, "the refusal")
 
 
 # -- the config

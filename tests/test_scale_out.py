@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from typing import Any
 
 from pb_client import Mailbox
+from pbd_daemon import wait_until
 from test_proxy_protocol import behind_haproxy, haproxy, needs_haproxy  # noqa: F401 (fixture)
 from test_pubsub import _messages, _pump_until, _wait_for_log, chat_across, redis_server  # noqa: F401
 
@@ -100,13 +100,6 @@ def test_chat_across_two_workers_delivers_every_message_once(pbd_daemon, redis_s
             avatar.close()
 
 
-def _wait_until(condition: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.05)
-
-
 @needs_haproxy
 def test_chat_across_two_daemons_behind_haproxy_delivers_every_message_once(
     pbd_daemon,
@@ -130,7 +123,9 @@ def test_chat_across_two_daemons_behind_haproxy_delivers_every_message_once(
         # A login's audit line may reach the log after its answer reached the client.
         for name in NAMES[:4]:
             line = f"accepted: user '{name}'"
-            _wait_until(lambda line=line: any(line in daemon.log for daemon in daemons))
+            wait_until(
+                lambda line=line: any(line in daemon.log for daemon in daemons), line, timeout=20
+            )
         for daemon in daemons:
             assert len(re.findall(r"login accepted: user 'm\d'", daemon.log)) == 2, daemon.log
         _join_and_chat(members)

@@ -16,7 +16,6 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from certs import Authority
 from configs import LOOPBACK
 from memory_pb import LogCapture, checks_here
 from pb_client import call_as
-from pbd_daemon import PBD, run_twistd, write_config
+from pbd_daemon import PBD, run_twistd, wait_until, write_config
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, task
@@ -94,11 +93,7 @@ def logs_in(port: int, user: str, password: str, portal: str = "users") -> bool:
 
 def eventually(condition, what: str) -> None:
     """Until C{condition()} holds (a change reaches a daemon at its next poll)."""
-    deadline = time.monotonic() + WITHIN
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {WITHIN:g} s")
-        time.sleep(0.2)
+    wait_until(condition, what, WITHIN, every=0.2)
 
 
 # -- SQLite
